@@ -1,0 +1,400 @@
+//! The command line: clap definitions and the commands, which call into [`crate::node`].
+//! Errors carry an exit code: 2 for bad input (nothing written), 1 for everything else.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, anyhow};
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+use crate::id::{EntityType, NodeId, Vector};
+use crate::node::{self, ImportReport, Node, NodeError};
+
+/// sitesync: offline-first replication of clinic medical records.
+///
+/// Every site runs a node beside its EMR. Records are Automerge documents in a local store;
+/// nodes exchange signed batches of changes (as bundle files on a USB stick, or over the network)
+/// and converge to identical records. Concurrent edits of one field are kept as conflicts.
+#[derive(Parser, Debug)]
+#[command(name = "sitesync", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Node directory (holds node.key, sitesync.toml and store.redb).
+    #[arg(long, global = true, env = "SITESYNC_DIR", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Log filter (e.g. info, debug, sitesync=trace); logs go to stderr. Also RUST_LOG.
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a node: a new ed25519 key (mode 0600), sitesync.toml and the store. Prints the node id.
+    Init {
+        /// Human name of this node, e.g. the clinic's name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Print this node's id (lowercase hex of its public key).
+    Id,
+    /// Validate a JSON record (or a JSON list of records) and write it as one change per record.
+    ///
+    /// Prints TYPE/UUID for each record; a record without "uuid" gets a new random one. A put
+    /// carries the whole record: fields left out are cleared, except items of collections
+    /// (names, identifiers, ...), which are kept: void an item with "voided": true.
+    Put {
+        /// Entity type: patient, person, location, visit, encounter, obs, condition, allergy,
+        /// appointment, relationship, provider, concept or generic.
+        #[arg(value_name = "TYPE")]
+        ty: String,
+        /// JSON file, or - for standard input.
+        file: PathBuf,
+    },
+    /// Print a record as JSON.
+    Get {
+        #[arg(value_name = "TYPE")]
+        ty: String,
+        uuid: String,
+        /// Also list fields holding concurrent values (each value, its author and time, the winner).
+        #[arg(long)]
+        conflicts: bool,
+    },
+    /// List record ids (TYPE/UUID), of one type or all.
+    List {
+        #[arg(value_name = "TYPE")]
+        ty: Option<String>,
+    },
+    /// Manage the nodes whose changes this node accepts.
+    Trust {
+        #[command(subcommand)]
+        action: TrustAction,
+    },
+    /// Write the signed batches another node lacks to a bundle file (the USB-stick path).
+    Export {
+        /// Bundle file to write (written atomically).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Send only what this node is known to lack (learnt from its last bundle).
+        #[arg(long, value_name = "NODE_ID", conflicts_with = "since")]
+        peer: Option<String>,
+        /// Send only what the given vector lacks (a file from `sitesync vector`).
+        #[arg(long, value_name = "VECTOR_FILE")]
+        since: Option<PathBuf>,
+    },
+    /// Verify and apply a bundle file; prints what was applied, already present and rejected.
+    Import { file: PathBuf },
+    /// Print node id, vector, entity counts and the state digest.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print this node's vector as JSON (give it to `export --since` on another node).
+    Vector {
+        /// Write to a file instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Show the node's event log (writes, imports, exports, rejections), newest last.
+    Events {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Move the store to a new incarnation. Run this after restoring the node from a backup.
+    Reincarnate,
+    /// Run the end-to-end demo in a temporary folder.
+    Demo,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TrustAction {
+    /// Trust changes authored by NODE_ID.
+    Add {
+        node_id: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Stop trusting NODE_ID (changes already applied stay).
+    Remove { node_id: String },
+    /// List trusted nodes.
+    List,
+}
+
+/// An error with the exit code it should produce.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        let error = e.into();
+        let code = match error.downcast_ref::<NodeError>() {
+            Some(NodeError::Input(_) | NodeError::Entity(_)) => 2,
+            _ => 1,
+        };
+        Failure { code, error }
+    }
+}
+
+fn input(msg: impl Into<String>) -> Failure {
+    Failure { code: 2, error: anyhow!(msg.into()) }
+}
+
+fn node_dir(cli: &Cli) -> Result<&Path, Failure> {
+    cli.dir.as_deref().ok_or_else(|| input("no node directory: pass --dir DIR or set SITESYNC_DIR"))
+}
+
+fn open(cli: &Cli) -> Result<Node, Failure> {
+    Ok(Node::open(node_dir(cli)?)?)
+}
+
+fn parse_node_id(s: &str) -> Result<NodeId, Failure> {
+    s.parse().map_err(|e: crate::id::IdError| input(e.to_string()))
+}
+
+fn progress_bar(what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    let style = indicatif::ProgressStyle::with_template(&format!(
+        "{what} {{bar:40}} {{pos}}/{{len}} batches ({{per_sec}}, {{eta}} left)"
+    ));
+    if let Ok(style) = style {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Runs one command; returns the exit code for success paths that still report trouble.
+pub fn run(cli: Cli) -> Result<i32, Failure> {
+    match &cli.command {
+        Command::Init { name } => {
+            let node = Node::init(node_dir(&cli)?, name)?;
+            println!("{}", node.id());
+        }
+        Command::Id => println!("{}", open(&cli)?.id()),
+        Command::Put { ty, file } => put(&cli, ty, file)?,
+        Command::Get { ty, uuid, conflicts } => {
+            let node = open(&cli)?;
+            let id = node::entity_id(ty, uuid)?;
+            let (record, found) = node.store.get(&id)?.ok_or_else(|| Failure {
+                code: 1,
+                error: anyhow!("no record {id} in this node"),
+            })?;
+            let out =
+                if *conflicts { json!({"record": record, "conflicts": found}) } else { record };
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Command::List { ty } => {
+            let ty = ty
+                .as_deref()
+                .map(str::parse::<EntityType>)
+                .transpose()
+                .map_err(|e| input(e.to_string()))?;
+            for id in open(&cli)?.store.list(ty)? {
+                println!("{id}");
+            }
+        }
+        Command::Trust { action } => trust(&cli, action)?,
+        Command::Export { out, peer, since } => {
+            export(&cli, out, peer.as_deref(), since.as_deref())?
+        }
+        Command::Import { file } => return import(&cli, file),
+        Command::Status { json } => status(&cli, *json)?,
+        Command::Vector { out } => {
+            let node = open(&cli)?;
+            let doc = json!({"format": "sitesync-vector", "version": 1, "node": node.id().to_string(),
+                             "vector": node.store.vector()?.to_json()});
+            let text = serde_json::to_string_pretty(&doc)? + "\n";
+            match out {
+                Some(path) => {
+                    std::fs::write(path, text).map_err(|e| anyhow!("{}: {e}", path.display()))?
+                }
+                None => print!("{text}"),
+            }
+        }
+        Command::Events { limit } => {
+            for (n, e) in open(&cli)?.store.events(*limit)? {
+                println!("{n:>6}  {}  {}", e.time, e.kind);
+            }
+        }
+        Command::Reincarnate => {
+            let inc =
+                open(&cli)?.reincarnate("requested by the operator (sitesync reincarnate)")?;
+            println!("new incarnation {inc}");
+        }
+        Command::Demo => crate::demo::run()?,
+    }
+    Ok(0)
+}
+
+fn put(cli: &Cli, ty: &str, file: &Path) -> Result<(), Failure> {
+    let ty: EntityType = ty.parse().map_err(|e: crate::id::IdError| input(e.to_string()))?;
+    let mut text = String::new();
+    let limit = crate::entity::INPUT_BYTES_MAX as u64;
+    let read = if file == Path::new("-") {
+        std::io::stdin().take(limit + 1).read_to_string(&mut text)
+    } else {
+        std::fs::File::open(file).and_then(|f| f.take(limit + 1).read_to_string(&mut text))
+    };
+    read.map_err(|e| input(format!("{}: {e}", file.display())))?;
+    if text.len() as u64 > limit {
+        return Err(input(format!("{}: input exceeds {limit} bytes", file.display())));
+    }
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| input(format!("{}: not valid JSON: {e}", file.display())))?;
+    let node = open(cli)?;
+    for outcome in node.put(ty, &value)? {
+        let note = if outcome.changed { "" } else { " (unchanged)" };
+        println!("{}{note}", outcome.id);
+    }
+    Ok(())
+}
+
+fn trust(cli: &Cli, action: &TrustAction) -> Result<(), Failure> {
+    let mut node = open(cli)?;
+    match action {
+        TrustAction::Add { node_id, name } => {
+            let id = parse_node_id(node_id)?;
+            if id == node.id() {
+                return Err(input("that is this node's own id; a node always trusts itself"));
+            }
+            let added = node.trust_add(id, name.clone())?;
+            println!("{} {id}", if added { "trusted" } else { "updated" });
+        }
+        TrustAction::Remove { node_id } => {
+            let id = parse_node_id(node_id)?;
+            let removed = node.trust_remove(id)?;
+            println!("{} {id}", if removed { "removed" } else { "was not trusted:" });
+        }
+        TrustAction::List => {
+            for t in &node.config.trust {
+                println!("{}  {}", t.node_id, t.name.as_deref().unwrap_or(""));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn export(cli: &Cli, out: &Path, peer: Option<&str>, since: Option<&Path>) -> Result<(), Failure> {
+    let node = open(cli)?;
+    let peer = peer.map(parse_node_id).transpose()?;
+    let since_vector = match (peer, since) {
+        (Some(p), _) => node.store.peer_vector(&p)?.ok_or_else(|| {
+            input(format!("nothing is known about what {p} holds yet: import a bundle from it first, or use --since"))
+        })?,
+        (None, Some(path)) => read_vector_file(path)?,
+        (None, None) => Vector::default(),
+    };
+    let bar = progress_bar("exporting");
+    let report = node.export(out, &since_vector, peer, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    println!(
+        "exported {} batches ({} changes, {} bytes) to {}",
+        report.batches,
+        report.changes,
+        report.bytes,
+        out.display()
+    );
+    Ok(())
+}
+
+fn read_vector_file(path: &Path) -> Result<Vector, Failure> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| input(format!("{}: {e}", path.display())))?;
+    let doc: Value = serde_json::from_str(&text)
+        .map_err(|e| input(format!("{}: not valid JSON: {e}", path.display())))?;
+    let vector = doc.get("vector").unwrap_or(&doc);
+    Vector::from_json(vector).map_err(|e| input(format!("{}: {e}", path.display())))
+}
+
+fn import(cli: &Cli, file: &Path) -> Result<i32, Failure> {
+    let node = open(cli)?;
+    let bar = progress_bar("importing");
+    let report = node.import(file, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    print_import(&report);
+    let a = &report.applied;
+    let trouble =
+        !a.rejected.is_empty() || !report.frame_errors.is_empty() || report.truncated.is_some();
+    Ok(if trouble { 1 } else { 0 })
+}
+
+fn print_import(r: &ImportReport) {
+    let a = &r.applied;
+    let from = r.exporter.map_or("?".to_string(), |n| n.to_string());
+    println!("bundle from {from}: {} batches read", r.frames);
+    println!("applied: {} batches ({} changes)", a.applied_batches, a.applied_changes);
+    println!("already present: {} batches", a.present);
+    if a.waiting > 0 {
+        println!("waiting for earlier batches: {}", a.waiting);
+    }
+    println!("rejected: {} batches", a.rejected.len() + r.frame_errors.len());
+    for rej in &a.rejected {
+        println!("  rejected {} #{}: {}", rej.author, rej.seq, rej.reason);
+    }
+    for e in &r.frame_errors {
+        println!("  rejected {e}");
+    }
+    for (entity, reason) in &a.unmergeable {
+        println!("  could not merge into {entity}: {reason}");
+    }
+    if let Some((have, declared)) = r.truncated {
+        println!(
+            "bundle is truncated ({have} of {declared} bytes): applied the whole batches before the cut; \
+             {} batches are missing, export again to get them",
+            r.missing_frames
+        );
+    }
+    if let Some(author) = a.reincarnated {
+        println!(
+            "note: this node's own log was ahead of its store (restored backup?); now writing as {author}"
+        );
+    }
+    if a.applied_batches == 0 && a.rejected.is_empty() && a.present > 0 {
+        println!("nothing new: every batch was already present");
+    }
+}
+
+fn status(cli: &Cli, as_json: bool) -> Result<(), Failure> {
+    let node = open(cli)?;
+    let s = node.summary()?;
+    let entities: serde_json::Map<String, Value> =
+        s.entities.iter().map(|(t, n)| (t.to_string(), Value::from(*n))).collect();
+    if as_json {
+        let out = json!({
+            "node_id": node.id().to_string(),
+            "name": node.config.name,
+            "author": node.store.author().to_string(),
+            "vector": s.vector.to_json(),
+            "entities": entities,
+            "batches": s.batches,
+            "pending_batches": s.pending,
+            "digest": s.digest.to_hex().to_string(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("node     {} ({})", node.id(), node.config.name);
+    println!("author   {}", node.store.author());
+    println!("digest   {}", s.digest.to_hex());
+    println!("batches  {} held, {} waiting for earlier ones", s.batches, s.pending);
+    println!("records  {}", s.entities.values().sum::<u64>());
+    for (t, n) in &s.entities {
+        println!("  {t:<13}{n}");
+    }
+    println!("vector");
+    for (author, seq) in &s.vector.0 {
+        println!("  {author}  {seq}");
+    }
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! Events: the durable report of what a node did, written in the same transaction as the work
+//! it describes. No patient data: ids, counts, bytes, hashes and reasons only.
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::{AuthorId, EntityId, Incarnation, NodeId};
+
+/// One entry of the node's event log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Seconds since the Unix epoch.
+    pub time: i64,
+    pub kind: EventKind,
+}
+
+/// What happened. New variants go at the end (postcard encodes the variant index).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// Local records written and sealed.
+    LocalWrite { records: u64, changes: u64, batches: u64 },
+    /// Batches received (from a bundle, later from a peer).
+    Received {
+        from: Option<NodeId>,
+        applied_batches: u64,
+        applied_changes: u64,
+        present: u64,
+        waiting: u64,
+        rejected: u64,
+    },
+    /// One batch refused, with the reason.
+    Rejected { author: AuthorId, seq: u64, reason: String },
+    /// A bundle written for a peer.
+    Exported { peer: Option<NodeId>, batches: u64, changes: u64, bytes: u64 },
+    /// An accepted change could not be merged into its document (kept, reported).
+    Unmergeable { entity: EntityId, reason: String },
+    /// The store moved to a new incarnation.
+    Incarnation { old: Incarnation, new: Incarnation, reason: String },
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EventKind::LocalWrite { records, changes, batches } => {
+                write!(f, "local write: {records} records, {changes} changes, {batches} batches")
+            }
+            EventKind::Received {
+                from,
+                applied_batches,
+                applied_changes,
+                present,
+                waiting,
+                rejected,
+            } => {
+                let from = from.map_or("unknown".to_string(), |n| n.to_string());
+                write!(
+                    f,
+                    "received from {from}: applied {applied_batches} batches ({applied_changes} \
+                     changes), {present} already present, {waiting} waiting, {rejected} rejected"
+                )
+            }
+            EventKind::Rejected { author, seq, reason } => {
+                write!(f, "rejected batch {author} #{seq}: {reason}")
+            }
+            EventKind::Exported { peer, batches, changes, bytes } => {
+                let peer = peer.map_or("any node".to_string(), |n| n.to_string());
+                write!(
+                    f,
+                    "exported for {peer}: {batches} batches, {changes} changes, {bytes} bytes"
+                )
+            }
+            EventKind::Unmergeable { entity, reason } => {
+                write!(f, "change to {entity} could not be merged: {reason}")
+            }
+            EventKind::Incarnation { old, new, reason } => {
+                write!(f, "incarnation {old} -> {new}: {reason}")
+            }
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! The composition root: a node directory (key, config, store) and the operations the CLI and
+//! the demo run on it. This is the only layer that reads the clock, the OS RNG and node files.
+
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use crate::batch::{BATCH_CHANGES_MAX, VerifiedBatch};
+use crate::bundle::{self, BundleError, BundleWriter};
+use crate::config::{Config, ConfigError, TrustedNode};
+use crate::entity::{self, EntityError};
+use crate::event::{Event, EventKind};
+use crate::id::{EntityId, EntityType, Incarnation, NodeId, Vector};
+use crate::identity::{KeyError, Keypair};
+use crate::store::apply::{ApplyContext, ApplyReport, Rejection};
+use crate::store::{PutOutcome, Store, StoreError, Summary};
+
+pub const CONFIG_FILE: &str = "sitesync.toml";
+pub const KEY_FILE: &str = "node.key";
+pub const STORE_FILE: &str = "store.redb";
+/// Changes applied per write transaction during an import (bounds memory and the work a crash
+/// can lose; each chunk is durable on its own).
+pub const IMPORT_CHUNK_CHANGES: usize = 50_000;
+
+/// Why a node operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0} already holds a sitesync node ({1} exists); refusing to overwrite it")]
+    Exists(PathBuf, &'static str),
+    #[error(
+        "{0} is not a sitesync node directory ({1} is missing); create one with `sitesync init`"
+    )]
+    NotANode(PathBuf, &'static str),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Key { path: PathBuf, source: KeyError },
+    #[error("{path}: key file is readable by other users (mode {mode:o}); run chmod 600 on it")]
+    KeyMode { path: PathBuf, mode: u32 },
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Bundle(#[from] BundleError),
+    /// Bad record input: exit code 2.
+    #[error("{0}")]
+    Input(String),
+    #[error("{0}")]
+    Entity(#[from] EntityError),
+}
+
+/// What an import did, summed over its transactions.
+#[derive(Clone, Debug, Default)]
+pub struct ImportReport {
+    pub exporter: Option<NodeId>,
+    pub frames: u64,
+    pub applied: ApplyReport,
+    /// Frames that passed their checksum but did not decode as a batch.
+    pub frame_errors: Vec<String>,
+    /// `(file bytes, declared bytes)` if the bundle was cut short.
+    pub truncated: Option<(u64, u64)>,
+    /// Frames the header declares but the file does not hold whole.
+    pub missing_frames: u64,
+}
+
+/// What an export wrote.
+#[derive(Clone, Debug, Default)]
+pub struct ExportReport {
+    pub batches: u64,
+    pub changes: u64,
+    pub bytes: u64,
+}
+
+/// An open node directory.
+pub struct Node {
+    pub dir: PathBuf,
+    pub config: Config,
+    key: Keypair,
+    pub store: Store,
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], NodeError> {
+    let mut out = [0u8; N];
+    getrandom::fill(&mut out).map_err(|e| NodeError::Io {
+        path: "/dev/urandom".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(out)
+}
+
+fn fresh_incarnation() -> Result<Incarnation, NodeError> {
+    Ok(Incarnation(u64::from_le_bytes(random_bytes()?)))
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> NodeError + '_ {
+    move |source| NodeError::Io { path: path.to_path_buf(), source }
+}
+
+impl Node {
+    /// Creates a node directory: key (mode 0600), config and store.
+    pub fn init(dir: &Path, name: &str) -> Result<Node, NodeError> {
+        let config = Config::new(name).map_err(|m| NodeError::Input(format!("--name: {m}")))?;
+        for file in [CONFIG_FILE, KEY_FILE, STORE_FILE] {
+            if dir.join(file).exists() {
+                return Err(NodeError::Exists(dir.to_path_buf(), file));
+            }
+        }
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let key = Keypair::from_secret(random_bytes()?);
+        let key_path = dir.join(KEY_FILE);
+        write_key(&key_path, &key)?;
+        config.save(&dir.join(CONFIG_FILE))?;
+        let store = Store::create(&dir.join(STORE_FILE), key.node_id(), fresh_incarnation()?)?;
+        Ok(Node { dir: dir.to_path_buf(), config, key, store })
+    }
+
+    /// Opens an existing node directory.
+    pub fn open(dir: &Path) -> Result<Node, NodeError> {
+        for file in [CONFIG_FILE, KEY_FILE, STORE_FILE] {
+            if !dir.join(file).exists() {
+                return Err(NodeError::NotANode(dir.to_path_buf(), file));
+            }
+        }
+        let config = Config::load(&dir.join(CONFIG_FILE))?;
+        let key = read_key(&dir.join(KEY_FILE))?;
+        let store =
+            Store::open(&dir.join(STORE_FILE), key.node_id(), fresh_incarnation()?, now_secs())?;
+        Ok(Node { dir: dir.to_path_buf(), config, key, store })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.key.node_id()
+    }
+
+    /// Validates and writes one record or a JSON list of records (one change per record that
+    /// differs, all in one transaction). Nothing is written if any record is invalid.
+    pub fn put(&self, ty: EntityType, input: &Value) -> Result<Vec<PutOutcome>, NodeError> {
+        let items: Vec<&Value> = match input {
+            Value::Array(items) => items.iter().collect(),
+            one => vec![one],
+        };
+        let mut records = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let record = entity::validate(
+                ty,
+                item,
+                uuid::Builder::from_random_bytes(random_bytes()?).into_uuid(),
+            );
+            let record = match (record, input.is_array()) {
+                (Ok(r), _) => r,
+                (Err(e), true) => return Err(NodeError::Input(format!("record {i}: {e}"))),
+                (Err(e), false) => return Err(e.into()),
+            };
+            records.push(record);
+        }
+        Ok(self.store.put(&self.key, &records, now_secs())?)
+    }
+
+    /// Adds (or renames) a trusted node in the config.
+    pub fn trust_add(&mut self, node_id: NodeId, name: Option<String>) -> Result<bool, NodeError> {
+        if let Some(n) = &name {
+            crate::config::check_name(n).map_err(|m| NodeError::Input(format!("--name: {m}")))?;
+        }
+        let added = match self.config.trust.iter_mut().find(|t| t.node_id == node_id) {
+            Some(t) => {
+                t.name = name.or(t.name.take());
+                false
+            }
+            None => {
+                self.config.trust.push(TrustedNode { node_id, name });
+                true
+            }
+        };
+        self.config.save(&self.dir.join(CONFIG_FILE))?;
+        Ok(added)
+    }
+
+    pub fn trust_remove(&mut self, node_id: NodeId) -> Result<bool, NodeError> {
+        let before = self.config.trust.len();
+        self.config.trust.retain(|t| t.node_id != node_id);
+        self.config.save(&self.dir.join(CONFIG_FILE))?;
+        Ok(self.config.trust.len() != before)
+    }
+
+    pub fn summary(&self) -> Result<Summary, NodeError> {
+        Ok(self.store.summary()?)
+    }
+
+    /// Moves the store to a new incarnation (required after restoring a backup by hand).
+    pub fn reincarnate(&self, reason: &str) -> Result<Incarnation, NodeError> {
+        Ok(self.store.reincarnate(fresh_incarnation()?, reason, now_secs())?.incarnation)
+    }
+
+    /// Writes the batches `since` lacks to `out`. `progress(batches_done, batches_total)`.
+    pub fn export(
+        &self,
+        out: &Path,
+        since: &Vector,
+        peer: Option<NodeId>,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<ExportReport, NodeError> {
+        let vector = self.store.vector()?;
+        let total = vector.ahead_of(since);
+        let mut writer = BundleWriter::create(out)?;
+        let mut report = ExportReport::default();
+        self.store.export_since::<NodeError>(since, |signed, bodies| {
+            report.changes += signed.batch.changes.len() as u64;
+            writer.push(signed, bodies)?;
+            report.batches += 1;
+            progress(report.batches, total);
+            Ok(())
+        })?;
+        report.bytes = writer.finish(self.id(), now_secs(), vector)?;
+        let kind = EventKind::Exported {
+            peer,
+            batches: report.batches,
+            changes: report.changes,
+            bytes: report.bytes,
+        };
+        self.store.record(Event { time: now_secs(), kind })?;
+        tracing::info!(
+            batches = report.batches,
+            changes = report.changes,
+            bytes = report.bytes,
+            "exported bundle"
+        );
+        Ok(report)
+    }
+
+    /// Verifies and applies a bundle. A corrupted bundle applies nothing; a truncated one
+    /// applies the whole batches before the cut. `progress(frames_done, frames_total)`.
+    pub fn import(
+        &self,
+        path: &Path,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<ImportReport, NodeError> {
+        let started = Instant::now();
+        let scan = bundle::scan(path)?;
+        let mut report = ImportReport {
+            exporter: Some(scan.header.exporter),
+            truncated: scan.truncated,
+            missing_frames: scan.header.frames - scan.usable_frames,
+            ..ImportReport::default()
+        };
+        let trust = self.config.trust_set(self.id());
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        let mut chunk: Vec<VerifiedBatch> = Vec::new();
+        let mut refused: Vec<Rejection> = Vec::new();
+        let mut chunk_changes = 0;
+        let mut frames = bundle::frames(path, &scan)?.peekable();
+        while let Some(item) = frames.next() {
+            report.frames += 1;
+            match item {
+                Ok((signed, bodies)) => {
+                    let (author, seq) = (signed.author(), signed.seq());
+                    match signed.verify(bodies, &trust) {
+                        Ok(vb) => {
+                            chunk_changes += vb.changes.len();
+                            chunk.push(vb);
+                        }
+                        Err(e) => refused.push(Rejection { author, seq, reason: e.to_string() }),
+                    }
+                }
+                Err(reason) => {
+                    report.frame_errors.push(format!("frame {}: {reason}", report.frames - 1))
+                }
+            }
+            let last = frames.peek().is_none();
+            if last || chunk_changes + BATCH_CHANGES_MAX > IMPORT_CHUNK_CHANGES {
+                let ctx = ApplyContext {
+                    trust: &trust,
+                    from: Some(scan.header.exporter),
+                    refused: std::mem::take(&mut refused),
+                    fresh_incarnation: fresh_incarnation()?,
+                    time: now_secs(),
+                    threads,
+                };
+                let r = self.store.apply(std::mem::take(&mut chunk), ctx)?;
+                merge_report(&mut report.applied, r);
+                chunk_changes = 0;
+            }
+            progress(report.frames, scan.usable_frames);
+        }
+        if report.truncated.is_none() {
+            self.store.learn_peer_vector(&scan.header.exporter, &scan.header.vector, now_secs())?;
+        }
+        let a = &report.applied;
+        tracing::info!(
+            frames = report.frames,
+            applied = a.applied_batches,
+            changes = a.applied_changes,
+            present = a.present,
+            rejected = a.rejected.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "imported bundle"
+        );
+        Ok(report)
+    }
+
+    /// Signing key access for tools that build bundles by hand (tests, benches, the demo).
+    pub fn keypair(&self) -> &Keypair {
+        &self.key
+    }
+}
+
+fn merge_report(total: &mut ApplyReport, r: ApplyReport) {
+    total.applied_batches += r.applied_batches;
+    total.applied_changes += r.applied_changes;
+    total.present += r.present;
+    total.waiting += r.waiting;
+    total.rejected.extend(r.rejected);
+    total.unmergeable.extend(r.unmergeable);
+    total.reincarnated = r.reincarnated.or(total.reincarnated);
+}
+
+fn write_key(path: &Path, key: &Keypair) -> Result<(), NodeError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    file.write_all(key.to_file_text().as_bytes()).map_err(io(path))?;
+    file.sync_all().map_err(io(path))
+}
+
+fn read_key(path: &Path) -> Result<Keypair, NodeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(io(path))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(NodeError::KeyMode { path: path.to_path_buf(), mode });
+    }
+    let text = std::fs::read(path).map_err(io(path))?;
+    let text = String::from_utf8(text)
+        .map_err(|_| NodeError::Key { path: path.to_path_buf(), source: KeyError::Header })?;
+    Keypair::from_file_text(&text)
+        .map_err(|source| NodeError::Key { path: path.to_path_buf(), source })
+}
+
+/// Parses an entity id given as TYPE and UUID arguments.
+pub fn entity_id(ty: &str, uuid: &str) -> Result<EntityId, NodeError> {
+    let ty: EntityType =
+        ty.parse().map_err(|e: crate::id::IdError| NodeError::Input(e.to_string()))?;
+    let uuid = crate::id::parse_uuid(uuid).map_err(|e| NodeError::Input(e.to_string()))?;
+    Ok(EntityId::new(ty, uuid))
+}

@@ -1,0 +1,546 @@
+//! The node's redb store: entity documents, change bodies, batches, the vector, pending batches,
+//! peer knowledge and the event log (layouts in [`tables`]).
+//!
+//! Every operation that changes replicated state is one write transaction: a local write seals
+//! its changes into a batch in the transaction that stores them; applying received batches
+//! stores bodies, batches, documents, the vector and the report together. A node killed at any
+//! instant therefore restarts with a consistent store. This module owns no threads except the
+//! scoped workers that materialize documents in parallel inside an apply.
+
+pub mod apply;
+pub mod tables;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+use crate::batch::{BATCH_CHANGES_MAX, BATCH_VERSION, Batch, BatchHash, ChangeRef, SignedBatch};
+use crate::entity::doc::{EntityDoc, FieldConflict};
+use crate::entity::{self, Record};
+use crate::event::{Event, EventKind};
+use crate::id::{AuthorId, BodyHash, EntityId, EntityType, Incarnation, NodeId, Vector};
+use crate::identity::Keypair;
+use tables::*;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store database: {0}")]
+    Db(#[from] redb::Error),
+    #[error("the store is in use by another sitesync process (only one may open it at a time)")]
+    Busy,
+    #[error("store format {found} is not supported (this sitesync reads format {STORE_FORMAT})")]
+    Format { found: u64 },
+    #[error("store belongs to node {found}, not {expected}")]
+    WrongNode { found: NodeId, expected: NodeId },
+    #[error("store record {what} is corrupt: {reason}")]
+    Corrupt { what: String, reason: String },
+    #[error("{0}")]
+    Doc(#[from] crate::entity::doc::DocError),
+    #[error("store file: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+macro_rules! redb_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.into())
+            }
+        }
+    )*};
+}
+redb_errors!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+
+impl From<redb::DatabaseError> for StoreError {
+    fn from(e: redb::DatabaseError) -> Self {
+        match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Busy,
+            other => StoreError::Db(other.into()),
+        }
+    }
+}
+
+pub(crate) fn corrupt(what: impl Into<String>, reason: impl ToString) -> StoreError {
+    StoreError::Corrupt { what: what.into(), reason: reason.to_string() }
+}
+
+/// What a `put` did to one record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PutOutcome {
+    pub id: EntityId,
+    pub changed: bool,
+}
+
+/// Counts and digest, as `status` prints them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    pub vector: Vector,
+    pub entities: BTreeMap<EntityType, u64>,
+    pub batches: u64,
+    pub pending: u64,
+    pub digest: blake3::Hash,
+}
+
+/// A node's store.
+pub struct Store {
+    db: Database,
+    node: NodeId,
+    author: Mutex<AuthorId>,
+}
+
+impl Store {
+    /// Creates a new store at `path` for `node` with a first incarnation.
+    pub fn create(
+        path: &Path,
+        node: NodeId,
+        incarnation: Incarnation,
+    ) -> Result<Store, StoreError> {
+        let db = Database::create(path)?;
+        let tx = db.begin_write()?;
+        {
+            let mut meta = tx.open_table(META)?;
+            meta.insert("format", STORE_FORMAT.to_be_bytes().as_slice())?;
+            meta.insert("node", node.0.as_slice())?;
+            meta.insert("incarnation", incarnation.0.to_be_bytes().as_slice())?;
+            meta.insert("file-identity", file_identity(path)?.as_slice())?;
+            // Create every table so readers never meet a missing one.
+            tx.open_table(BODIES)?;
+            tx.open_table(BATCHES)?;
+            tx.open_table(VECTOR)?;
+            tx.open_table(PENDING)?;
+            tx.open_table(DOCS)?;
+            tx.open_table(PEERS)?;
+            tx.open_table(EVENTS)?;
+        }
+        tx.commit()?;
+        let author = AuthorId { node, incarnation };
+        Ok(Store { db, node, author: Mutex::new(author) })
+    }
+
+    /// Opens the store of `node`. If the store file is not the one this incarnation was
+    /// confirmed on (it was copied or restored from a backup), the store moves to
+    /// `fresh_incarnation` before anything is written, so no (author, seq) is reused.
+    pub fn open(
+        path: &Path,
+        node: NodeId,
+        fresh_incarnation: Incarnation,
+        time: i64,
+    ) -> Result<Store, StoreError> {
+        let db = Database::open(path)?;
+        let tx = db.begin_write()?;
+        let author;
+        {
+            let mut meta = tx.open_table(META)?;
+            let read_u64 =
+                |v: Option<redb::AccessGuard<'_, &[u8]>>, what: &str| -> Result<u64, StoreError> {
+                    let v = v.ok_or_else(|| corrupt(format!("meta {what}"), "missing"))?;
+                    let bytes: [u8; 8] = v
+                        .value()
+                        .try_into()
+                        .map_err(|_| corrupt(format!("meta {what}"), "not 8 bytes"))?;
+                    Ok(u64::from_be_bytes(bytes))
+                };
+            let format = read_u64(meta.get("format")?, "format")?;
+            if format != STORE_FORMAT {
+                return Err(StoreError::Format { found: format });
+            }
+            let stored_node: [u8; 32] = match meta.get("node")? {
+                Some(v) => {
+                    v.value().try_into().map_err(|_| corrupt("meta node", "not 32 bytes"))?
+                }
+                None => return Err(corrupt("meta node", "missing")),
+            };
+            if stored_node != node.0 {
+                return Err(StoreError::WrongNode { found: NodeId(stored_node), expected: node });
+            }
+            let incarnation = Incarnation(read_u64(meta.get("incarnation")?, "incarnation")?);
+            let identity = file_identity(path)?;
+            let same_file =
+                meta.get("file-identity")?.is_some_and(|v| v.value() == identity.as_slice());
+            author = if same_file {
+                AuthorId { node, incarnation }
+            } else {
+                meta.insert("incarnation", fresh_incarnation.0.to_be_bytes().as_slice())?;
+                meta.insert("file-identity", identity.as_slice())?;
+                let reason = "the store file was copied or restored from a backup".to_string();
+                tracing::warn!(old = %incarnation, new = %fresh_incarnation, "{reason}: new incarnation");
+                drop(meta);
+                let kind =
+                    EventKind::Incarnation { old: incarnation, new: fresh_incarnation, reason };
+                append_event(&tx, Event { time, kind })?;
+                AuthorId { node, incarnation: fresh_incarnation }
+            };
+        }
+        tx.commit()?;
+        Ok(Store { db, node, author: Mutex::new(author) })
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// The author this store writes as now.
+    pub fn author(&self) -> AuthorId {
+        match self.author.lock() {
+            Ok(a) => *a,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    fn set_author(&self, author: AuthorId) {
+        match self.author.lock() {
+            Ok(mut a) => *a = author,
+            Err(poisoned) => *poisoned.into_inner() = author,
+        }
+    }
+
+    /// Moves the store to a new incarnation (the operator restored it from a backup, or a
+    /// fork of this node's own log was detected).
+    pub fn reincarnate(
+        &self,
+        fresh: Incarnation,
+        reason: &str,
+        time: i64,
+    ) -> Result<AuthorId, StoreError> {
+        let tx = self.db.begin_write()?;
+        let old = self.author();
+        {
+            let mut meta = tx.open_table(META)?;
+            meta.insert("incarnation", fresh.0.to_be_bytes().as_slice())?;
+        }
+        let kind =
+            EventKind::Incarnation { old: old.incarnation, new: fresh, reason: reason.to_string() };
+        append_event(&tx, Event { time, kind })?;
+        tx.commit()?;
+        let author = AuthorId { node: self.node, incarnation: fresh };
+        self.set_author(author);
+        Ok(author)
+    }
+
+    /// Writes validated records as local changes (one change per record that differs) and seals
+    /// them into signed batches, all in one transaction.
+    pub fn put(
+        &self,
+        key: &Keypair,
+        records: &[Record],
+        time: i64,
+    ) -> Result<Vec<PutOutcome>, StoreError> {
+        let author = self.author();
+        let tx = self.db.begin_write()?;
+        let mut outcomes = Vec::with_capacity(records.len());
+        let mut refs = Vec::new();
+        {
+            let mut docs = tx.open_table(DOCS)?;
+            let mut bodies = tx.open_table(BODIES)?;
+            for record in records {
+                let key_str = record.id.key();
+                let mut rec = match docs.get(key_str.as_str())? {
+                    Some(v) => decode_doc(&key_str, v.value())?,
+                    None => DocRecord::default(),
+                };
+                let mut doc =
+                    if rec.doc.is_empty() { EntityDoc::new() } else { EntityDoc::load(&rec.doc)? };
+                let keyed = keyed_fields(record.id.ty);
+                let change = doc.write(&author, &record.body, &keyed, time)?;
+                let changed = change.is_some();
+                if let Some(change) = change {
+                    let bytes = change.raw_bytes();
+                    let hash = BodyHash::of(bytes);
+                    bodies.insert(&hash.0, bytes)?;
+                    refs.push(ChangeRef { entity: record.id, body: hash });
+                    rec.heads = doc.heads().iter().map(|h| h.0).collect();
+                    rec.doc = doc.save();
+                    docs.insert(key_str.as_str(), encode(&rec).as_slice())?;
+                }
+                outcomes.push(PutOutcome { id: record.id, changed });
+            }
+        }
+        let batches = seal(&tx, key, author, &refs)?;
+        if !refs.is_empty() {
+            let kind = EventKind::LocalWrite {
+                records: records.len() as u64,
+                changes: refs.len() as u64,
+                batches,
+            };
+            append_event(&tx, Event { time, kind })?;
+        }
+        tx.commit()?;
+        Ok(outcomes)
+    }
+
+    /// The record as JSON (winning values), or `None` if the store has no such entity.
+    pub fn get(
+        &self,
+        id: &EntityId,
+    ) -> Result<Option<(serde_json::Value, Vec<FieldConflict>)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let docs = tx.open_table(DOCS)?;
+        let key = id.key();
+        let Some(v) = docs.get(key.as_str())? else { return Ok(None) };
+        let rec = decode_doc(&key, v.value())?;
+        if rec.doc.is_empty() {
+            // Only queued changes (their dependencies have not arrived): nothing to show yet.
+            return Ok(None);
+        }
+        let doc = EntityDoc::load(&rec.doc)?;
+        let json = entity::to_output(id.ty, &doc.to_json());
+        Ok(Some((json, doc.conflicts())))
+    }
+
+    /// Ids of stored entities, optionally of one type, in key order.
+    pub fn list(&self, ty: Option<EntityType>) -> Result<Vec<EntityId>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let docs = tx.open_table(DOCS)?;
+        let mut out = Vec::new();
+        let prefix = ty.map(|t| format!("{t}/"));
+        let iter = match &prefix {
+            Some(p) => docs.range(p.as_str()..)?,
+            None => docs.iter()?,
+        };
+        for item in iter {
+            let (k, _) = item?;
+            let key = k.value();
+            if prefix.as_ref().is_some_and(|p| !key.starts_with(p.as_str())) {
+                break;
+            }
+            out.push(key.parse().map_err(|e| corrupt(format!("doc key {key:?}"), e))?);
+        }
+        Ok(out)
+    }
+
+    /// The vector: for each author, the highest seq held contiguously.
+    pub fn vector(&self) -> Result<Vector, StoreError> {
+        let tx = self.db.begin_read()?;
+        read_vector(&tx.open_table(VECTOR)?)
+    }
+
+    /// Vector, entity counts, batch counts and the digest: blake3 over the sorted
+    /// (entity id, Automerge heads). Nodes holding the same changes have the same digest.
+    pub fn summary(&self) -> Result<Summary, StoreError> {
+        let tx = self.db.begin_read()?;
+        let vector = read_vector(&tx.open_table(VECTOR)?)?;
+        let docs = tx.open_table(DOCS)?;
+        let mut entities = BTreeMap::new();
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"sitesync digest v1\0");
+        for item in docs.iter()? {
+            let (k, v) = item?;
+            let key = k.value();
+            let rec = decode_doc(key, v.value())?;
+            if rec.heads.is_empty() {
+                continue;
+            }
+            let id: EntityId = key.parse().map_err(|e| corrupt(format!("doc key {key:?}"), e))?;
+            *entities.entry(id.ty).or_insert(0) += 1;
+            hasher.update(key.as_bytes());
+            hasher.update(&[0]);
+            hasher.update(&(rec.heads.len() as u64).to_be_bytes());
+            for h in &rec.heads {
+                hasher.update(h);
+            }
+        }
+        let batches = tx.open_table(BATCHES)?.len()?;
+        let pending = tx.open_table(PENDING)?.len()?;
+        Ok(Summary { vector, entities, batches, pending, digest: hasher.finalize() })
+    }
+
+    /// What `node` was last known to hold (learnt from bundles it exported).
+    pub fn peer_vector(&self, node: &NodeId) -> Result<Option<Vector>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let peers = tx.open_table(PEERS)?;
+        let Some(v) = peers.get(&node.0)? else { return Ok(None) };
+        let rec: PeerRecord =
+            postcard::from_bytes(v.value()).map_err(|e| corrupt("peer record", e))?;
+        Ok(Some(rec.vector))
+    }
+
+    /// Records that `node` holds at least `vector`.
+    pub fn learn_peer_vector(
+        &self,
+        node: &NodeId,
+        vector: &Vector,
+        time: i64,
+    ) -> Result<(), StoreError> {
+        if *node == self.node {
+            return Ok(());
+        }
+        let tx = self.db.begin_write()?;
+        {
+            let mut peers = tx.open_table(PEERS)?;
+            let mut rec: PeerRecord = match peers.get(&node.0)? {
+                Some(v) => {
+                    postcard::from_bytes(v.value()).map_err(|e| corrupt("peer record", e))?
+                }
+                None => PeerRecord::default(),
+            };
+            rec.vector.merge(vector);
+            rec.seen = time;
+            peers.insert(&node.0, encode(&rec).as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Calls `sink` with every held batch (and its bodies) that `since` lacks, in author then
+    /// seq order. Returns the number of batches visited.
+    pub fn export_since<E: From<StoreError>>(
+        &self,
+        since: &Vector,
+        mut sink: impl FnMut(SignedBatch, Vec<Vec<u8>>) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        let tx = self.db.begin_read().map_err(StoreError::from)?;
+        let held = read_vector(&tx.open_table(VECTOR).map_err(StoreError::from)?)?;
+        let batches = tx.open_table(BATCHES).map_err(StoreError::from)?;
+        let bodies = tx.open_table(BODIES).map_err(StoreError::from)?;
+        let mut count = 0;
+        for (author, &top) in &held.0 {
+            let from = since.get(author) + 1;
+            if from > top {
+                continue;
+            }
+            let actor = author.actor_bytes();
+            for item in batches.range((&actor, from)..=(&actor, top)).map_err(StoreError::from)? {
+                let (_, v) = item.map_err(StoreError::from)?;
+                let (_, signed) = decode_batch(v.value())?;
+                let mut carried = Vec::with_capacity(signed.batch.changes.len());
+                for c in &signed.batch.changes {
+                    let body = bodies.get(&c.body.0).map_err(StoreError::from)?;
+                    let body =
+                        body.ok_or_else(|| corrupt(format!("body {}", c.body), "missing"))?;
+                    carried.push(body.value().to_vec());
+                }
+                sink(signed, carried)?;
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Appends an event on its own (for work that changed nothing else, such as an export).
+    pub fn record(&self, event: Event) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        append_event(&tx, event)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The last `limit` events, oldest first.
+    pub fn events(&self, limit: usize) -> Result<Vec<(u64, Event)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let events = tx.open_table(EVENTS)?;
+        let mut out = Vec::new();
+        for item in events.iter()?.rev().take(limit) {
+            let (k, v) = item?;
+            let event = postcard::from_bytes(v.value()).map_err(|e| corrupt("event", e))?;
+            out.push((k.value(), event));
+        }
+        out.reverse();
+        Ok(out)
+    }
+}
+
+/// The collections of `ty` stored as maps keyed by item uuid.
+pub fn keyed_fields(ty: EntityType) -> Vec<&'static str> {
+    let Some(fields) = entity::schema::fields(ty) else { return Vec::new() };
+    fields
+        .iter()
+        .filter(|f| matches!(f.kind, entity::schema::Kind::Keyed(_)))
+        .map(|f| f.name)
+        .collect()
+}
+
+/// Seals `refs` (new local changes) into batches of at most `BATCH_CHANGES_MAX`, continuing the
+/// author's chain. Returns how many batches were written.
+fn seal(
+    tx: &redb::WriteTransaction,
+    key: &Keypair,
+    author: AuthorId,
+    refs: &[ChangeRef],
+) -> Result<u64, StoreError> {
+    if refs.is_empty() {
+        return Ok(0);
+    }
+    let actor = author.actor_bytes();
+    let mut vector = tx.open_table(VECTOR)?;
+    let mut batches = tx.open_table(BATCHES)?;
+    let mut seq = vector.get(&actor)?.map_or(0, |v| v.value());
+    let mut prev = match seq {
+        0 => None,
+        s => {
+            let v = batches
+                .get((&actor, s))?
+                .ok_or_else(|| corrupt(format!("own batch #{s}"), "missing"))?;
+            Some(decode_batch(v.value())?.0)
+        }
+    };
+    let mut count = 0;
+    for chunk in refs.chunks(BATCH_CHANGES_MAX) {
+        seq += 1;
+        let batch = Batch { version: BATCH_VERSION, author, seq, prev, changes: chunk.to_vec() };
+        let hash = batch.hash();
+        let signed = batch.sign(key);
+        batches.insert((&actor, seq), encode_batch(&hash, &signed).as_slice())?;
+        prev = Some(hash);
+        count += 1;
+    }
+    vector.insert(&actor, seq)?;
+    Ok(count)
+}
+
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // Encoding our own types into a Vec cannot fail.
+    postcard::to_stdvec(value).unwrap_or_default()
+}
+
+pub(crate) fn decode_doc(key: &str, bytes: &[u8]) -> Result<DocRecord, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| corrupt(format!("document {key}"), e))
+}
+
+pub(crate) fn encode_batch(hash: &BatchHash, signed: &SignedBatch) -> Vec<u8> {
+    let mut out = hash.0.to_vec();
+    out.extend(encode(signed));
+    out
+}
+
+pub(crate) fn decode_batch(bytes: &[u8]) -> Result<(BatchHash, SignedBatch), StoreError> {
+    if bytes.len() < 32 {
+        return Err(corrupt("batch", "shorter than its hash"));
+    }
+    let (hash, rest) = bytes.split_at(32);
+    let signed = postcard::from_bytes(rest).map_err(|e| corrupt("batch", e))?;
+    let hash: [u8; 32] = hash.try_into().map_err(|_| corrupt("batch", "hash"))?;
+    Ok((BatchHash(hash), signed))
+}
+
+pub(crate) fn read_vector(
+    table: &impl ReadableTable<&'static [u8; 40], u64>,
+) -> Result<Vector, StoreError> {
+    let mut out = BTreeMap::new();
+    for item in table.iter()? {
+        let (k, v) = item?;
+        let author = AuthorId::from_actor_bytes(k.value())
+            .ok_or_else(|| corrupt("vector key", "not 40 bytes"))?;
+        out.insert(author, v.value());
+    }
+    Ok(Vector(out))
+}
+
+pub(crate) fn append_event(tx: &redb::WriteTransaction, event: Event) -> Result<(), StoreError> {
+    let mut events = tx.open_table(EVENTS)?;
+    let next = events.last()?.map_or(0, |(k, _)| k.value() + 1);
+    events.insert(next, encode(&event).as_slice())?;
+    Ok(())
+}
+
+/// (device, inode) of the store file: changes when the file is copied or restored.
+fn file_identity(path: &Path) -> Result<[u8; 16], StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&meta.dev().to_be_bytes());
+    out[8..].copy_from_slice(&meta.ino().to_be_bytes());
+    Ok(out)
+}

@@ -1,0 +1,69 @@
+//! Every redb table of a node's store, with its key and value layout. Table names carry a
+//! version: a layout change gets a new name and a numbered migration in `store.rs`.
+//!
+//! Values are postcard-encoded unless stated otherwise. Author keys are the 40 actor bytes
+//! (node id 32 + incarnation 8, big-endian), so an author's batches sort by seq.
+
+use redb::TableDefinition;
+use serde::{Deserialize, Serialize};
+
+use crate::id::{BodyHash, Vector};
+
+/// Store format version, kept in `META["format"]`.
+pub const STORE_FORMAT: u64 = 1;
+
+/// `name -> bytes`: `format` (u64 BE), `node` (32 B), `incarnation` (u64 BE), `file-identity`
+/// (dev u64 BE ++ inode u64 BE of the store file when the incarnation was last confirmed).
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
+
+/// `blake3(body) -> body`: raw Automerge change bytes, content-addressed.
+pub const BODIES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("bodies-1");
+
+/// `(author, seq) -> batch hash (32 B) ++ postcard(SignedBatch)`: every accepted batch, kept so
+/// it can be relayed unchanged.
+pub const BATCHES: TableDefinition<(&[u8; 40], u64), &[u8]> = TableDefinition::new("batches-1");
+
+/// `author -> seq`: the vector, the highest seq held contiguously for each author.
+pub const VECTOR: TableDefinition<&[u8; 40], u64> = TableDefinition::new("vector-1");
+
+/// `(author, seq) -> postcard(PendingBatch)`: verified batches waiting for an earlier seq.
+pub const PENDING: TableDefinition<(&[u8; 40], u64), &[u8]> = TableDefinition::new("pending-1");
+
+/// `"type/uuid" -> postcard(DocRecord)`: one Automerge document per entity.
+pub const DOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("docs-1");
+
+/// `node id -> postcard(Vector)`: what each other node was last known to hold (from the
+/// headers of bundles it exported), so `export --peer` sends only what it lacks.
+pub const PEERS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("peers-1");
+
+/// `n -> postcard(Event)`: the durable report of every local write, import, export,
+/// rejection and incarnation change, in order (becomes the hash-chained audit log).
+pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events-1");
+
+/// An entity document and its replication state.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DocRecord {
+    /// Automerge heads, for the digest.
+    pub heads: Vec<[u8; 32]>,
+    /// Bodies received for this entity that Automerge queued because a change they depend on
+    /// has not arrived yet; re-applied with the next change to this entity.
+    pub queued: Vec<BodyHash>,
+    /// `Automerge::save()` of the document; empty while every change is queued.
+    #[serde(with = "serde_bytes")]
+    pub doc: Vec<u8>,
+}
+
+/// A verified batch stored until the seq before it arrives.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PendingBatch {
+    pub signed: crate::batch::SignedBatch,
+    pub bodies: Vec<serde_bytes::ByteBuf>,
+}
+
+/// Peer knowledge record.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PeerRecord {
+    pub vector: Vector,
+    /// Seconds since the Unix epoch when this was learnt.
+    pub seen: i64,
+}
