@@ -247,7 +247,7 @@ mod tests {
         let body = serde_json::json!({"a": 1}).as_object().cloned().unwrap_or_default();
         let change = doc.write(&author, &body, &[], 1).ok().flatten().expect("a change");
         let bytes = change.raw_bytes().to_vec();
-        let entity = EntityId::new(EntityType::Generic, uuid::Uuid::nil());
+        let entity = EntityId::new(EntityType::Generic, crate::id::Uid::from_random([0; 16]));
         let batch = Batch {
             version: BATCH_VERSION,
             author,

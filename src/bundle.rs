@@ -307,12 +307,12 @@ fn read_frame(c: &mut Cursor) -> Result<Option<Result<Vec<u8>, String>>, BundleE
     Ok(Some(Ok(body[..len as usize].to_vec())))
 }
 
+/// One decoded frame (a batch and its bodies), or why it does not decode.
+pub type FrameItem = Result<(SignedBatch, Vec<Vec<u8>>), String>;
+
 /// Iterates the usable frames of a scanned bundle, decoded. A frame that passed its hash but
 /// does not decode yields `Err(reason)` for that frame only.
-pub fn frames(
-    path: &Path,
-    scan: &Scan,
-) -> Result<impl Iterator<Item = Result<(SignedBatch, Vec<Vec<u8>>), String>>, BundleError> {
+pub fn frames(path: &Path, scan: &Scan) -> Result<impl Iterator<Item = FrameItem>, BundleError> {
     let mut file = File::open(path).map_err(io_err(path))?;
     file.seek(SeekFrom::Start(scan.frames_start)).map_err(io_err(path))?;
     let mut c = Cursor {

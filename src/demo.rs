@@ -26,7 +26,7 @@ fn patient(n: usize, site: &str) -> Value {
                          "identifierType": "05a29f94-c0ed-11e2-94be-8c13b969e334", "preferred": true}],
         "names": [{"uuid": uuid(0xc, n), "givenName": given[n % given.len()],
                    "familyName": family[n % family.len()], "preferred": true}],
-        "gender": if n % 2 == 0 { "F" } else { "M" },
+        "gender": if n.is_multiple_of(2) { "F" } else { "M" },
         "birthdate": format!("19{:02}-0{}-1{}", 60 + n % 40, 1 + n % 9, n % 10),
     })
 }

@@ -10,7 +10,7 @@ pub mod schema;
 
 use serde_json::{Map, Value};
 
-use crate::id::{EntityId, EntityType, parse_uuid};
+use crate::id::{EntityId, EntityType, Uid, parse_uuid};
 use schema::{Field, Kind};
 
 /// Longest string value accepted in a record.
@@ -41,11 +41,7 @@ pub struct Record {
 }
 
 /// Validates one JSON record of type `ty`. `new_uuid` is used when the input has no `uuid`.
-pub fn validate(
-    ty: EntityType,
-    input: &Value,
-    new_uuid: uuid::Uuid,
-) -> Result<Record, EntityError> {
+pub fn validate(ty: EntityType, input: &Value, new_uuid: Uid) -> Result<Record, EntityError> {
     let err = |path: &str, problem: String| EntityError { ty, path: path.to_string(), problem };
     let obj = input.as_object().ok_or_else(|| err("(record)", "is not a JSON object".into()))?;
     let uuid = match obj.get("uuid") {
@@ -54,13 +50,13 @@ pub fn validate(
         Some(other) => return Err(err("uuid", format!("{other} is not a uuid string"))),
     };
     let mut body = match schema::fields(ty) {
-        Some(fields) => check_object(obj, fields, "").map_err(|(p, m)| err(&p, m))?,
+        Some(fields) => check_object(obj, fields, "", true).map_err(|(p, m)| err(&p, m))?,
         None => check_generic(obj).map_err(|(p, m)| err(&p, m))?,
     };
     if schema::fields(ty).is_some() {
         cross_checks(ty, &body).map_err(|(p, m)| err(&p, m))?;
     }
-    body.insert("uuid".into(), Value::String(uuid.hyphenated().to_string()));
+    body.insert("uuid".into(), Value::String(uuid.to_string()));
     Ok(Record { id: EntityId::new(ty, uuid), body })
 }
 
@@ -74,9 +70,10 @@ fn check_object(
     obj: &Map<String, Value>,
     fields: &[Field],
     at: &str,
+    has_uuid: bool,
 ) -> Result<Map<String, Value>, Failure> {
     for key in obj.keys() {
-        if key != "uuid" && !fields.iter().any(|f| f.name == key) {
+        if !(has_uuid && key == "uuid") && !fields.iter().any(|f| f.name == key) {
             let known: Vec<&str> = fields.iter().map(|f| f.name).collect();
             let msg = format!("unknown field (known: uuid, {})", known.join(", "));
             return Err((join(at, key), msg));
@@ -113,11 +110,13 @@ fn check_value(value: &Value, kind: Kind, path: &str) -> Result<Value, Failure> 
             None => bad("a string"),
         },
         Kind::Uuid | Kind::Ref(_) => match value.as_str().map(parse_uuid) {
-            Some(Ok(u)) => Ok(Value::String(u.hyphenated().to_string())),
+            Some(Ok(u)) => Ok(Value::String(u.to_string())),
             _ => bad("a uuid"),
         },
+        // OpenMRS REST writes dates as date-times at midnight; the date part is what it means.
         Kind::Date => match value.as_str() {
             Some(s) if is_date(s) => Ok(value.clone()),
+            Some(s) if s.contains('T') && is_datetime(s) => Ok(Value::String(s[..10].to_string())),
             _ => bad("a date (YYYY-MM-DD)"),
         },
         Kind::DateTime => match value.as_str() {
@@ -133,13 +132,18 @@ fn check_value(value: &Value, kind: Kind, path: &str) -> Result<Value, Failure> 
             _ => bad(&format!("one of {}", allowed.join(", "))),
         },
         Kind::StrList => match value.as_array() {
-            Some(items) if items.iter().all(|v| v.as_str().is_some_and(|s| !s.is_empty())) => {
+            Some(items)
+                if items.len() <= KEYED_ITEMS_MAX
+                    && items.iter().all(|v| {
+                        v.as_str().is_some_and(|s| !s.is_empty() && s.len() <= STRING_BYTES_MAX)
+                    }) =>
+            {
                 Ok(value.clone())
             }
-            _ => bad("a list of non-empty strings"),
+            _ => bad("a list of at most 1,000 non-empty strings of at most 64 KiB"),
         },
         Kind::Object(fields) => match value.as_object() {
-            Some(obj) => Ok(Value::Object(check_object(obj, fields, path)?)),
+            Some(obj) => Ok(Value::Object(check_object(obj, fields, path, false)?)),
             None => bad("an object"),
         },
         Kind::Keyed(fields) => check_keyed(value, fields, path),
@@ -175,11 +179,11 @@ fn check_keyed(value: &Value, fields: &[Field], path: &str) -> Result<Value, Fai
                 return Err((format!("{at}.uuid"), "is required (items are keyed by uuid)".into()));
             }
         };
-        let key = uuid.hyphenated().to_string();
+        let key = uuid.to_string();
         if out.contains_key(&key) {
             return Err((format!("{at}.uuid"), format!("{key:?} appears twice")));
         }
-        out.insert(key, Value::Object(check_object(obj, fields, &at)?));
+        out.insert(key, Value::Object(check_object(obj, fields, &at, true)?));
     }
     Ok(Value::Object(out))
 }
@@ -314,6 +318,9 @@ fn digits(s: &str) -> Option<u32> {
 
 /// `YYYY-MM-DD` with a real month and day (leap years included).
 pub fn is_date(s: &str) -> bool {
+    if !s.is_ascii() {
+        return false;
+    }
     let parts: Vec<&str> = s.split('-').collect();
     let [y, m, d] = parts.as_slice() else { return false };
     if y.len() != 4 || m.len() != 2 || d.len() != 2 {
@@ -333,6 +340,10 @@ pub fn is_date(s: &str) -> bool {
 
 /// A date, or `date T hh:mm[:ss[.fraction]] [Z | ±hh:mm | ±hhmm]`.
 pub fn is_datetime(s: &str) -> bool {
+    // Byte slicing below relies on ASCII.
+    if !s.is_ascii() {
+        return false;
+    }
     let Some((date, rest)) = s.split_once('T') else { return is_date(s) };
     if !is_date(date) {
         return false;
@@ -361,7 +372,8 @@ pub fn is_datetime(s: &str) -> bool {
             .iter()
             .zip(ranges)
             .all(|(p, max)| p.len() == 2 && digits(p).is_some_and(|v| v < max))
-        && digits(frac).is_some();
+        && (1..=9).contains(&frac.len())
+        && frac.bytes().all(|b| b.is_ascii_digit());
     zone_ok && time_ok
 }
 
@@ -369,6 +381,10 @@ pub fn is_datetime(s: &str) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn nil() -> Uid {
+        Uid::from_random([0; 16])
+    }
 
     fn uuid(n: u8) -> String {
         format!("00000000-0000-4000-8000-0000000000{n:02x}")
@@ -386,7 +402,7 @@ mod tests {
 
     #[test]
     fn valid_patient_becomes_keyed_maps_and_round_trips() {
-        let rec = validate(EntityType::Patient, &patient(), uuid::Uuid::nil()).expect("valid");
+        let rec = validate(EntityType::Patient, &patient(), nil()).expect("valid");
         assert_eq!(rec.id.to_string(), format!("patient/{}", uuid(1)));
         assert!(rec.body["names"].as_object().expect("map").contains_key(&uuid(4)));
         assert_eq!(to_output(EntityType::Patient, &rec.body), patient());
@@ -396,36 +412,51 @@ mod tests {
     fn errors_name_the_field_and_value() {
         let mut p = patient();
         p["gender"] = json!("X");
-        let e = validate(EntityType::Patient, &p, uuid::Uuid::nil()).unwrap_err();
+        let e = validate(EntityType::Patient, &p, nil()).unwrap_err();
         assert_eq!(e.path, "gender");
         assert!(e.to_string().contains("\"X\" is not one of M, F, U, O"), "{e}");
 
         let mut p = patient();
         p["birthdate"] = json!("1990-02-30");
-        let e = validate(EntityType::Patient, &p, uuid::Uuid::nil()).unwrap_err();
+        let e = validate(EntityType::Patient, &p, nil()).unwrap_err();
         assert!(e.to_string().contains("birthdate") && e.to_string().contains("1990-02-30"));
 
         let mut p = patient();
         p["names"][0]["uuid"] = json!("nope");
-        let e = validate(EntityType::Patient, &p, uuid::Uuid::nil()).unwrap_err();
+        let e = validate(EntityType::Patient, &p, nil()).unwrap_err();
         assert_eq!(e.path, "names[0].uuid");
 
         let mut p = patient();
         p["gendr"] = json!("F");
-        let e = validate(EntityType::Patient, &p, uuid::Uuid::nil()).unwrap_err();
+        let e = validate(EntityType::Patient, &p, nil()).unwrap_err();
         assert!(e.to_string().contains("gendr") && e.to_string().contains("unknown field"));
 
         let mut p = patient();
         p.as_object_mut().expect("obj").remove("gender");
-        let e = validate(EntityType::Patient, &p, uuid::Uuid::nil()).unwrap_err();
+        let e = validate(EntityType::Patient, &p, nil()).unwrap_err();
         assert_eq!((e.path.as_str(), e.problem.as_str()), ("gender", "is required"));
+    }
+
+    #[test]
+    fn openmrs_shapes_are_accepted_and_nested_objects_carry_no_uuid() {
+        let mut p = patient();
+        p["birthdate"] = json!("1988-07-14T00:00:00.000+0300");
+        p["causeOfDeath"] = json!("5089AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+        let rec = validate(EntityType::Patient, &p, nil()).expect("valid");
+        assert_eq!(rec.body["birthdate"], json!("1988-07-14"));
+        assert_eq!(rec.body["causeOfDeath"], json!("5089AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"));
+        let allergy = json!({"patient": uuid(1), "allergen": {"uuid": 5, "allergenType": "FOOD",
+                             "nonCodedAllergen": "peanuts"}});
+        let e =
+            validate(EntityType::Allergy, &allergy, nil()).expect_err("uuid in a nested object");
+        assert_eq!(e.path, "allergen.uuid");
     }
 
     #[test]
     fn missing_uuid_takes_the_given_one() {
         let mut p = patient();
         p.as_object_mut().expect("obj").remove("uuid");
-        let fresh = uuid::Uuid::new_v4();
+        let fresh = Uid::from_random([9; 16]);
         let rec = validate(EntityType::Patient, &p, fresh).expect("valid");
         assert_eq!(rec.id.uuid, fresh);
     }
@@ -433,9 +464,9 @@ mod tests {
     #[test]
     fn generic_takes_any_object_but_not_a_list() {
         let g = json!({"kind": "form", "fields": [1, {"a": null, "b": true}]});
-        let rec = validate(EntityType::Generic, &g, uuid::Uuid::nil()).expect("valid");
+        let rec = validate(EntityType::Generic, &g, nil()).expect("valid");
         assert_eq!(rec.body["fields"], json!([1, {"b": true}]));
-        assert!(validate(EntityType::Generic, &json!([1]), uuid::Uuid::nil()).is_err());
+        assert!(validate(EntityType::Generic, &json!([1]), nil()).is_err());
     }
 
     #[test]
@@ -448,9 +479,17 @@ mod tests {
         ] {
             assert!(is_datetime(ok), "{ok}");
         }
-        for bad in
-            ["2023-02-29", "2024-13-01", "24-01-01", "2024-03-01T25:00", "2024-03-01T09:30+3", "x"]
-        {
+        assert!(is_datetime("2024-03-01T09:30:00.999999999Z"));
+        for bad in [
+            "2024-03-05T08:42+1\u{e9}00",
+            "2024-03-01T09:30:00.Z",
+            "2023-02-29",
+            "2024-13-01",
+            "24-01-01",
+            "2024-03-01T25:00",
+            "2024-03-01T09:30+3",
+            "x",
+        ] {
             assert!(!is_datetime(bad), "{bad}");
         }
     }

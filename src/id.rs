@@ -22,7 +22,7 @@ pub enum IdError {
     Author(String),
     #[error("unknown entity type {0:?} (expected one of: {list})", list = EntityType::names())]
     EntityType(String),
-    #[error("{0:?} is not a uuid")]
+    #[error("{0:?} is not a uuid (36 characters: letters, digits and '-')")]
     Uuid(String),
     #[error("entity id {0:?} is not TYPE/UUID")]
     EntityId(String),
@@ -181,23 +181,86 @@ impl fmt::Display for EntityType {
     }
 }
 
-/// Parses a uuid in its canonical hyphenated form and returns it lowercased.
-pub fn parse_uuid(s: &str) -> Result<uuid::Uuid, IdError> {
-    if s.len() != 36 {
-        return Err(IdError::Uuid(s.to_string()));
+/// Length of a record id: OpenMRS uuids are 36 characters.
+pub const UID_BYTES: usize = 36;
+
+/// A record's id as OpenMRS writes it: 36 characters. A hyphenated hex uuid is stored
+/// lowercased; other 36-character ids of letters, digits and `-` (OpenMRS's CIEL concepts,
+/// e.g. `5089AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA`) are kept exactly, as OpenMRS compares them.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Uid([u8; UID_BYTES]);
+
+impl Uid {
+    /// A new random (v4) uuid from 16 bytes of entropy.
+    pub fn from_random(bytes: [u8; 16]) -> Uid {
+        let uuid = uuid::Builder::from_random_bytes(bytes).into_uuid();
+        let mut out = [0u8; UID_BYTES];
+        out.copy_from_slice(uuid.hyphenated().to_string().as_bytes());
+        Uid(out)
     }
-    uuid::Uuid::parse_str(s).map_err(|_| IdError::Uuid(s.to_string()))
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever stored (checked by parse_uuid).
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+}
+
+impl fmt::Display for Uid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl fmt::Debug for Uid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Uid({})", self.as_str())
+    }
+}
+
+impl FromStr for Uid {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        parse_uuid(s)
+    }
+}
+
+impl Serialize for Uid {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Uid {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        parse_uuid(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses a record id (see [`Uid`]): a hyphenated uuid (stored lowercased) or a 36-character
+/// OpenMRS id of ASCII letters, digits and `-` (kept as written).
+pub fn parse_uuid(s: &str) -> Result<Uid, IdError> {
+    let bad = || IdError::Uuid(s.to_string());
+    if s.len() != UID_BYTES || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(bad());
+    }
+    let mut out = [0u8; UID_BYTES];
+    match uuid::Uuid::try_parse(s) {
+        Ok(u) => out.copy_from_slice(u.hyphenated().to_string().as_bytes()),
+        Err(_) => out.copy_from_slice(s.as_bytes()),
+    }
+    Ok(Uid(out))
 }
 
 /// One record: `(type, uuid)`, printed as `type/uuid`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 pub struct EntityId {
     pub ty: EntityType,
-    pub uuid: uuid::Uuid,
+    pub uuid: Uid,
 }
 
 impl EntityId {
-    pub fn new(ty: EntityType, uuid: uuid::Uuid) -> Self {
+    pub fn new(ty: EntityType, uuid: Uid) -> Self {
         EntityId { ty, uuid }
     }
 
@@ -209,7 +272,7 @@ impl EntityId {
 
 impl fmt::Display for EntityId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.ty, self.uuid.hyphenated())
+        write!(f, "{}/{}", self.ty, self.uuid)
     }
 }
 
@@ -311,6 +374,21 @@ mod tests {
         let err = "pateint/5b6f2a4e-8c1d-4d0e-9f00-0123456789ab".parse::<EntityId>().unwrap_err();
         assert!(err.to_string().contains("pateint"));
         assert!("patient/xyz".parse::<EntityId>().is_err());
+    }
+
+    #[test]
+    fn uids_accept_uuids_and_openmrs_ids() {
+        let upper = "5B6F2A4E-8C1D-4D0E-9F00-0123456789AB";
+        assert_eq!(parse_uuid(upper).map(|u| u.to_string()), Ok(upper.to_lowercase()));
+        let ciel = "5089AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        assert_eq!(parse_uuid(ciel).map(|u| u.to_string()), Ok(ciel.to_string()));
+        let accented = "5089AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\u{e9}";
+        for bad in ["", "abc", accented, "5089AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA/"] {
+            assert!(parse_uuid(bad).is_err(), "{bad}");
+        }
+        let id = Uid::from_random([7; 16]);
+        let bytes = postcard::to_stdvec(&id).expect("encode");
+        assert_eq!(postcard::from_bytes::<Uid>(&bytes).expect("decode"), id);
     }
 
     #[test]

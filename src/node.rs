@@ -148,11 +148,7 @@ impl Node {
         };
         let mut records = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
-            let record = entity::validate(
-                ty,
-                item,
-                uuid::Builder::from_random_bytes(random_bytes()?).into_uuid(),
-            );
+            let record = entity::validate(ty, item, crate::id::Uid::from_random(random_bytes()?));
             let record = match (record, input.is_array()) {
                 (Ok(r), _) => r,
                 (Err(e), true) => return Err(NodeError::Input(format!("record {i}: {e}"))),

@@ -87,6 +87,7 @@ pub struct Summary {
 /// A node's store.
 pub struct Store {
     db: Database,
+    path: std::path::PathBuf,
     node: NodeId,
     author: Mutex<AuthorId>,
 }
@@ -117,7 +118,7 @@ impl Store {
         }
         tx.commit()?;
         let author = AuthorId { node, incarnation };
-        Ok(Store { db, node, author: Mutex::new(author) })
+        Ok(Store { db, path: path.to_path_buf(), node, author: Mutex::new(author) })
     }
 
     /// Opens the store of `node`. If the store file is not the one this incarnation was
@@ -130,52 +131,45 @@ impl Store {
         time: i64,
     ) -> Result<Store, StoreError> {
         let db = Database::open(path)?;
-        let tx = db.begin_write()?;
-        let author;
-        {
-            let mut meta = tx.open_table(META)?;
-            let read_u64 =
-                |v: Option<redb::AccessGuard<'_, &[u8]>>, what: &str| -> Result<u64, StoreError> {
-                    let v = v.ok_or_else(|| corrupt(format!("meta {what}"), "missing"))?;
-                    let bytes: [u8; 8] = v
-                        .value()
-                        .try_into()
-                        .map_err(|_| corrupt(format!("meta {what}"), "not 8 bytes"))?;
-                    Ok(u64::from_be_bytes(bytes))
-                };
-            let format = read_u64(meta.get("format")?, "format")?;
+        let (incarnation, same_file) = {
+            let tx = db.begin_read()?;
+            let meta = tx.open_table(META)?;
+            let read = |what: &str| -> Result<Vec<u8>, StoreError> {
+                let v =
+                    meta.get(what)?.ok_or_else(|| corrupt(format!("meta {what}"), "missing"))?;
+                Ok(v.value().to_vec())
+            };
+            let read_u64 = |what: &str| -> Result<u64, StoreError> {
+                let bytes: [u8; 8] = read(what)?
+                    .try_into()
+                    .map_err(|_| corrupt(format!("meta {what}"), "not 8 bytes"))?;
+                Ok(u64::from_be_bytes(bytes))
+            };
+            let format = read_u64("format")?;
             if format != STORE_FORMAT {
                 return Err(StoreError::Format { found: format });
             }
-            let stored_node: [u8; 32] = match meta.get("node")? {
-                Some(v) => {
-                    v.value().try_into().map_err(|_| corrupt("meta node", "not 32 bytes"))?
-                }
-                None => return Err(corrupt("meta node", "missing")),
-            };
+            let stored_node: [u8; 32] =
+                read("node")?.try_into().map_err(|_| corrupt("meta node", "not 32 bytes"))?;
             if stored_node != node.0 {
                 return Err(StoreError::WrongNode { found: NodeId(stored_node), expected: node });
             }
-            let incarnation = Incarnation(read_u64(meta.get("incarnation")?, "incarnation")?);
-            let identity = file_identity(path)?;
-            let same_file =
-                meta.get("file-identity")?.is_some_and(|v| v.value() == identity.as_slice());
-            author = if same_file {
-                AuthorId { node, incarnation }
-            } else {
-                meta.insert("incarnation", fresh_incarnation.0.to_be_bytes().as_slice())?;
-                meta.insert("file-identity", identity.as_slice())?;
-                let reason = "the store file was copied or restored from a backup".to_string();
-                tracing::warn!(old = %incarnation, new = %fresh_incarnation, "{reason}: new incarnation");
-                drop(meta);
-                let kind =
-                    EventKind::Incarnation { old: incarnation, new: fresh_incarnation, reason };
-                append_event(&tx, Event { time, kind })?;
-                AuthorId { node, incarnation: fresh_incarnation }
-            };
+            let identity = read("file-identity").unwrap_or_default();
+            (Incarnation(read_u64("incarnation")?), identity == file_identity(path)?)
+        };
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+            node,
+            author: Mutex::new(AuthorId { node, incarnation }),
+        };
+        if !same_file {
+            // Read-only commands never write; this write happens once per copied store.
+            let reason = "the store file was copied or restored from a backup";
+            tracing::warn!(old = %incarnation, new = %fresh_incarnation, "{reason}: new incarnation");
+            store.reincarnate(fresh_incarnation, reason, time)?;
         }
-        tx.commit()?;
-        Ok(Store { db, node, author: Mutex::new(author) })
+        Ok(store)
     }
 
     pub fn node(&self) -> NodeId {
@@ -210,6 +204,7 @@ impl Store {
         {
             let mut meta = tx.open_table(META)?;
             meta.insert("incarnation", fresh.0.to_be_bytes().as_slice())?;
+            meta.insert("file-identity", file_identity(&self.path)?.as_slice())?;
         }
         let kind =
             EventKind::Incarnation { old: old.incarnation, new: fresh, reason: reason.to_string() };

@@ -181,7 +181,9 @@ fn reconcile_map<T: Transactable + ReadDoc>(
         }
     }
     if !keep_absent {
-        let stale: Vec<String> = tx.keys(obj).filter(|k| !new.contains_key(k)).collect();
+        // A keyed collection left out of a put keeps its items (they are voided, never deleted).
+        let stale: Vec<String> =
+            tx.keys(obj).filter(|k| !new.contains_key(k) && !keyed.contains(&k.as_str())).collect();
         for key in stale {
             tx.delete(obj, key.as_str())?;
         }
@@ -308,6 +310,8 @@ mod tests {
         doc.write(&author(1), &v1, &["names"], 1).expect("write");
         let v2 = obj(json!({"gender": "F", "names": {"n2": {"givenName": "B"}}}));
         doc.write(&author(1), &v2, &["names"], 2).expect("write");
+        let v3 = obj(json!({"gender": "F"}));
+        doc.write(&author(1), &v3, &["names"], 3).expect("write");
         let out = doc.to_json();
         assert!(!out.contains_key("birthdate"));
         assert_eq!(out["names"], json!({"n1": {"givenName": "A"}, "n2": {"givenName": "B"}}));
