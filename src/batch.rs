@@ -208,9 +208,19 @@ impl SignedBatch {
             if body.len() > CHANGE_BYTES_MAX || BodyHash::of(body) != listed.body {
                 return Err(BatchError::BodyHash { author, seq, index });
             }
-            let change = automerge::Change::from_bytes(body.clone()).map_err(|e| {
-                BatchError::BodyDecode { author, seq, index, reason: e.to_string() }
-            })?;
+            // Peer bytes: a decoder panic must become a rejection, never a crash.
+            let decoded = std::panic::catch_unwind(|| automerge::Change::from_bytes(body.clone()));
+            let change = match decoded {
+                Ok(Ok(change)) => change,
+                Ok(Err(e)) => {
+                    let reason = e.to_string();
+                    return Err(BatchError::BodyDecode { author, seq, index, reason });
+                }
+                Err(_) => {
+                    let reason = "the decoder panicked".to_string();
+                    return Err(BatchError::BodyDecode { author, seq, index, reason });
+                }
+            };
             if change.actor_id().to_bytes() != actor {
                 let actor = change.actor_id().to_hex_string();
                 return Err(BatchError::Actor { author, seq, index, actor });

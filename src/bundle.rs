@@ -232,6 +232,14 @@ pub fn scan(path: &Path) -> Result<Scan, BundleError> {
         hasher: blake3::Hasher::new(),
     };
     let Read_::Done(prefix) = c.take(PREFIX_BYTES)? else {
+        // Shorter than the fixed prefix: a cut bundle if what is there starts like one.
+        let mut start = Vec::new();
+        File::open(path).and_then(|f| f.take(8).read_to_end(&mut start)).map_err(io_err(path))?;
+        if !start.is_empty() && BUNDLE_MAGIC.starts_with(&start) {
+            let what =
+                format!("the file ends after {file_len} bytes, inside the header (truncated)");
+            return Err(BundleError::Corrupt { path: path.into(), offset: file_len, what });
+        }
         return Err(BundleError::Magic(path.into()));
     };
     if prefix[..8] != BUNDLE_MAGIC {

@@ -123,6 +123,26 @@ pub enum TrustAction {
     List,
 }
 
+/// Writes one line to standard output. A closed pipe (`sitesync list | head -1`) ends the
+/// process quietly with success, as Unix tools do, where `println!` would panic.
+pub fn say_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("sitesync: writing to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` that survives a closed pipe (see [`say_line`]).
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => { $crate::cli::say_line(format_args!($($arg)*)) };
+}
+
 /// An error with the exit code it should produce.
 #[derive(Debug)]
 pub struct Failure {
@@ -173,9 +193,9 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
     match &cli.command {
         Command::Init { name } => {
             let node = Node::init(node_dir(&cli)?, name)?;
-            println!("{}", node.id());
+            say!("{}", node.id());
         }
-        Command::Id => println!("{}", open(&cli)?.id()),
+        Command::Id => say!("{}", open(&cli)?.id()),
         Command::Put { ty, file } => put(&cli, ty, file)?,
         Command::Get { ty, uuid, conflicts } => {
             let node = open(&cli)?;
@@ -186,7 +206,7 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
             })?;
             let out =
                 if *conflicts { json!({"record": record, "conflicts": found}) } else { record };
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            say!("{}", serde_json::to_string_pretty(&out)?);
         }
         Command::List { ty } => {
             let ty = ty
@@ -195,7 +215,7 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
                 .transpose()
                 .map_err(|e| input(e.to_string()))?;
             for id in open(&cli)?.store.list(ty)? {
-                println!("{id}");
+                say!("{id}");
             }
         }
         Command::Trust { action } => trust(&cli, action)?,
@@ -213,18 +233,18 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
                 Some(path) => {
                     std::fs::write(path, text).map_err(|e| anyhow!("{}: {e}", path.display()))?
                 }
-                None => print!("{text}"),
+                None => say!("{}", text.trim_end()),
             }
         }
         Command::Events { limit } => {
             for (n, e) in open(&cli)?.store.events(*limit)? {
-                println!("{n:>6}  {}  {}", e.time, e.kind);
+                say!("{n:>6}  {}  {}", e.time, e.kind);
             }
         }
         Command::Reincarnate => {
             let inc =
                 open(&cli)?.reincarnate("requested by the operator (sitesync reincarnate)")?;
-            println!("new incarnation {inc}");
+            say!("new incarnation {inc}");
         }
         Command::Demo => crate::demo::run()?,
     }
@@ -249,7 +269,7 @@ fn put(cli: &Cli, ty: &str, file: &Path) -> Result<(), Failure> {
     let node = open(cli)?;
     for outcome in node.put(ty, &value)? {
         let note = if outcome.changed { "" } else { " (unchanged)" };
-        println!("{}{note}", outcome.id);
+        say!("{}{note}", outcome.id);
     }
     Ok(())
 }
@@ -263,16 +283,16 @@ fn trust(cli: &Cli, action: &TrustAction) -> Result<(), Failure> {
                 return Err(input("that is this node's own id; a node always trusts itself"));
             }
             let added = node.trust_add(id, name.clone())?;
-            println!("{} {id}", if added { "trusted" } else { "updated" });
+            say!("{} {id}", if added { "trusted" } else { "updated" });
         }
         TrustAction::Remove { node_id } => {
             let id = parse_node_id(node_id)?;
             let removed = node.trust_remove(id)?;
-            println!("{} {id}", if removed { "removed" } else { "was not trusted:" });
+            say!("{} {id}", if removed { "removed" } else { "was not trusted:" });
         }
         TrustAction::List => {
             for t in &node.config.trust {
-                println!("{}  {}", t.node_id, t.name.as_deref().unwrap_or(""));
+                say!("{}  {}", t.node_id, t.name.as_deref().unwrap_or(""));
             }
         }
     }
@@ -295,7 +315,7 @@ fn export(cli: &Cli, out: &Path, peer: Option<&str>, since: Option<&Path>) -> Re
         bar.set_position(done);
     })?;
     bar.finish_and_clear();
-    println!(
+    say!(
         "exported {} batches ({} changes, {} bytes) to {}",
         report.batches,
         report.changes,
@@ -332,36 +352,45 @@ fn import(cli: &Cli, file: &Path) -> Result<i32, Failure> {
 fn print_import(r: &ImportReport) {
     let a = &r.applied;
     let from = r.exporter.map_or("?".to_string(), |n| n.to_string());
-    println!("bundle from {from}: {} batches read", r.frames);
-    println!("applied: {} batches ({} changes)", a.applied_batches, a.applied_changes);
-    println!("already present: {} batches", a.present);
-    if a.waiting > 0 {
-        println!("waiting for earlier batches: {}", a.waiting);
+    say!("bundle from {from}: {} batches read", r.frames);
+    if a.released > 0 {
+        say!(
+            "applied: {} batches ({} changes), {} of them received earlier and waiting until now",
+            a.applied_batches,
+            a.applied_changes,
+            a.released
+        );
+    } else {
+        say!("applied: {} batches ({} changes)", a.applied_batches, a.applied_changes);
     }
-    println!("rejected: {} batches", a.rejected.len() + r.frame_errors.len());
+    say!("already present: {} batches", a.present);
+    if a.waiting > 0 {
+        say!("waiting for earlier batches: {}", a.waiting);
+    }
+    say!("rejected: {} batches", a.rejected.len() + r.frame_errors.len());
     for rej in &a.rejected {
-        println!("  rejected {} #{}: {}", rej.author, rej.seq, rej.reason);
+        say!("  rejected {} #{}: {}", rej.author, rej.seq, rej.reason);
     }
     for e in &r.frame_errors {
-        println!("  rejected {e}");
+        say!("  rejected {e}");
     }
     for (entity, reason) in &a.unmergeable {
-        println!("  could not merge into {entity}: {reason}");
+        say!("  could not merge into {entity}: {reason}");
     }
     if let Some((have, declared)) = r.truncated {
-        println!(
+        say!(
             "bundle is truncated ({have} of {declared} bytes): applied the whole batches before the cut; \
              {} batches are missing, export again to get them",
             r.missing_frames
         );
     }
     if let Some(author) = a.reincarnated {
-        println!(
+        say!(
             "note: this node's own log was ahead of its store (restored backup?); now writing as {author}"
         );
     }
     if a.applied_batches == 0 && a.rejected.is_empty() && a.present > 0 {
-        println!("nothing new: every batch was already present");
+        say!("nothing new: every batch was already present");
     }
 }
 
@@ -381,20 +410,20 @@ fn status(cli: &Cli, as_json: bool) -> Result<(), Failure> {
             "pending_batches": s.pending,
             "digest": s.digest.to_hex().to_string(),
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        say!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!("node     {} ({})", node.id(), node.config.name);
-    println!("author   {}", node.store.author());
-    println!("digest   {}", s.digest.to_hex());
-    println!("batches  {} held, {} waiting for earlier ones", s.batches, s.pending);
-    println!("records  {}", s.entities.values().sum::<u64>());
+    say!("node     {} ({})", node.id(), node.config.name);
+    say!("author   {}", node.store.author());
+    say!("digest   {}", s.digest.to_hex());
+    say!("batches  {} held, {} waiting for earlier ones", s.batches, s.pending);
+    say!("records  {}", s.entities.values().sum::<u64>());
     for (t, n) in &s.entities {
-        println!("  {t:<13}{n}");
+        say!("  {t:<13}{n}");
     }
-    println!("vector");
+    say!("vector");
     for (author, seq) in &s.vector.0 {
-        println!("  {author}  {seq}");
+        say!("  {author}  {seq}");
     }
     Ok(())
 }

@@ -36,7 +36,7 @@ fn short(id: &impl std::fmt::Display) -> String {
 }
 
 fn step(title: &str) {
-    println!("\n== {title}");
+    crate::say!("\n== {title}");
 }
 
 fn carry(from: &Node, to: &Node, dir: &Path, name: &str) -> Result<()> {
@@ -44,7 +44,7 @@ fn carry(from: &Node, to: &Node, dir: &Path, name: &str) -> Result<()> {
     let since = to.store.vector()?;
     let out = from.export(&path, &since, Some(to.id()), |_, _| {})?;
     let r = to.import(&path, |_, _| {})?;
-    println!(
+    crate::say!(
         "   {} -> {}: bundle {name} with {} batches ({} changes, {} bytes); applied {} batches, \
          {} already present, {} rejected",
         from.config.name,
@@ -67,22 +67,22 @@ pub fn run() -> Result<()> {
     let started = Instant::now();
     let tmp = tempfile::tempdir().context("creating a temporary folder")?;
     let dir = tmp.path();
-    println!("sitesync demo: two clinics, no network, a USB stick between them");
-    println!("workspace {}", dir.display());
+    crate::say!("sitesync demo: two clinics, no network, a USB stick between them");
+    crate::say!("workspace {}", dir.display());
 
     step("1. Two nodes, each with its own ed25519 key, trusting each other");
     let mut north = Node::init(&dir.join("north"), "clinic-north")?;
     let mut south = Node::init(&dir.join("south"), "clinic-south")?;
     north.trust_add(south.id(), Some("clinic-south".into()))?;
     south.trust_add(north.id(), Some("clinic-north".into()))?;
-    println!("   clinic-north  {}", north.id());
-    println!("   clinic-south  {}", south.id());
+    crate::say!("   clinic-north  {}", north.id());
+    crate::say!("   clinic-south  {}", south.id());
 
     step(&format!("2. clinic-north registers {PATIENTS} patients and carries them south"));
     let list: Vec<Value> = (0..PATIENTS).map(|n| patient(n, "N")).collect();
     north.put(EntityType::Patient, &Value::Array(list))?;
     carry(&north, &south, dir, "north-1.ssb")?;
-    println!("   digests equal: {}", digest(&north)? == digest(&south)?);
+    crate::say!("   digests equal: {}", digest(&north)? == digest(&south)?);
 
     step("3. A week apart: both clinics keep working offline");
     let shared = uuid(0xa, 7);
@@ -91,7 +91,7 @@ pub fn run() -> Result<()> {
     rec["addresses"] = json!([{"uuid": uuid(0xd, 7), "cityVillage": "Gulu", "country": "Uganda"}]);
     rec["birthdate"] = json!("1967-03-02");
     north.put(EntityType::Patient, &rec)?;
-    println!(
+    crate::say!(
         "   clinic-north: patient {} gets an address and birthdate 1967-03-02",
         short(&shared)
     );
@@ -99,19 +99,19 @@ pub fn run() -> Result<()> {
     rec["attributes"] = json!([{"uuid": uuid(0xe, 7), "attributeType": "14d4f066-15f5-102d-96e4-000c29c2a5d7", "value": "+256 700 000 007"}]);
     rec["birthdate"] = json!("1967-03-20");
     south.put(EntityType::Patient, &rec)?;
-    println!("   clinic-south: same patient gets a phone attribute and birthdate 1967-03-20");
+    crate::say!("   clinic-south: same patient gets a phone attribute and birthdate 1967-03-20");
     let more: Vec<Value> = (0..40).map(|n| patient(1000 + n, "S")).collect();
     south.put(EntityType::Patient, &Value::Array(more))?;
-    println!("   clinic-south registers 40 new patients");
-    println!("   digests differ: {}", digest(&north)? != digest(&south)?);
+    crate::say!("   clinic-south registers 40 new patients");
+    crate::say!("   digests differ: {}", digest(&north)? != digest(&south)?);
 
     step("4. The USB stick goes both ways (each bundle holds only what the other lacks)");
     carry(&south, &north, dir, "south-1.ssb")?;
     carry(&north, &south, dir, "north-2.ssb")?;
     let (dn, ds) = (digest(&north)?, digest(&south)?);
-    println!("   clinic-north digest {}", &dn[..16]);
-    println!("   clinic-south digest {}", &ds[..16]);
-    println!("   converged: {}", dn == ds);
+    crate::say!("   clinic-north digest {}", &dn[..16]);
+    crate::say!("   clinic-south digest {}", &ds[..16]);
+    crate::say!("   converged: {}", dn == ds);
 
     step(
         "5. The shared patient on both nodes: different fields merged, the same field kept as a conflict",
@@ -119,11 +119,11 @@ pub fn run() -> Result<()> {
     let id = format!("patient/{shared}").parse()?;
     let (on_north, conflicts) = north.store.get(&id)?.context("patient on north")?;
     let (on_south, _) = south.store.get(&id)?.context("patient on south")?;
-    println!("   identical on both nodes: {}", on_north == on_south);
-    println!("   address kept: {}", on_north["addresses"][0]["cityVillage"]);
-    println!("   phone kept:   {}", on_north["attributes"][0]["value"]);
+    crate::say!("   identical on both nodes: {}", on_north == on_south);
+    crate::say!("   address kept: {}", on_north["addresses"][0]["cityVillage"]);
+    crate::say!("   phone kept:   {}", on_north["attributes"][0]["value"]);
     for c in &conflicts {
-        println!("   conflict on {}:", c.path);
+        crate::say!("   conflict on {}:", c.path);
         for (i, v) in c.values.iter().enumerate() {
             let who = v.author.as_deref().map_or("?".into(), |a| {
                 let node = a.split(':').next().unwrap_or(a);
@@ -132,14 +132,14 @@ pub fn run() -> Result<()> {
             });
             let mark =
                 if i == c.winner { "  <- shown until an administrator resolves it" } else { "" };
-            println!("     {} from {who}{mark}", v.value);
+            crate::say!("     {} from {who}{mark}", v.value);
         }
     }
 
     step("6. Importing the same bundle again changes nothing");
     let before = digest(&north)?;
     let r = north.import(&dir.join("south-1.ssb"), |_, _| {})?;
-    println!(
+    crate::say!(
         "   applied {} batches, {} already present; digest unchanged: {}",
         r.applied.applied_batches,
         r.applied.present,
@@ -147,7 +147,7 @@ pub fn run() -> Result<()> {
     );
     let s = north.summary()?;
     let records: u64 = s.entities.values().sum();
-    println!(
+    crate::say!(
         "\ndone in {:.1} s: {records} records on each node, {} batches from {} authors",
         started.elapsed().as_secs_f64(),
         s.batches,

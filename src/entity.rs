@@ -73,7 +73,8 @@ fn check_object(
     has_uuid: bool,
 ) -> Result<Map<String, Value>, Failure> {
     for key in obj.keys() {
-        if !(has_uuid && key == "uuid") && !fields.iter().any(|f| f.name == key) {
+        let known = (has_uuid && key == "uuid") || fields.iter().any(|f| f.name == key);
+        if !known {
             let known: Vec<&str> = fields.iter().map(|f| f.name).collect();
             let msg = format!("unknown field (known: uuid, {})", known.join(", "));
             return Err((join(at, key), msg));
@@ -85,6 +86,12 @@ fn check_object(
         match obj.get(field.name) {
             None | Some(Value::Null) if field.required => {
                 return Err((path, "is required".into()));
+            }
+            // A keyed collection always exists in the document, empty if need be: two sites
+            // that each add a first item then add to the same map, and both items survive.
+            // (Two maps created concurrently at one key would conflict, and one would hide.)
+            None | Some(Value::Null) if matches!(field.kind, Kind::Keyed(_)) => {
+                out.insert(field.name.to_string(), Value::Object(Map::new()));
             }
             None | Some(Value::Null) => {}
             Some(value) => {
@@ -284,6 +291,7 @@ fn object_out(body: &Map<String, Value>, fields: &[Field]) -> Map<String, Value>
     for field in fields {
         let Some(value) = body.get(field.name) else { continue };
         let value = match (field.kind, value) {
+            (Kind::Keyed(_), Value::Object(items)) if items.is_empty() => continue,
             (Kind::Keyed(inner), Value::Object(items)) => {
                 let list = items.iter().map(|(uuid, item)| {
                     let mut obj = Map::new();
@@ -302,7 +310,7 @@ fn object_out(body: &Map<String, Value>, fields: &[Field]) -> Map<String, Value>
     }
     // Fields this version does not know (written by a newer node) are kept, after the rest.
     for (k, v) in body {
-        if !out.contains_key(k) {
+        if !out.contains_key(k) && !fields.iter().any(|f| f.name == k) {
             out.insert(k.clone(), v.clone());
         }
     }

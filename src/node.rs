@@ -22,6 +22,17 @@ pub const STORE_FILE: &str = "store.redb";
 /// Changes applied per write transaction during an import (bounds memory and the work a crash
 /// can lose; each chunk is durable on its own).
 pub const IMPORT_CHUNK_CHANGES: usize = 50_000;
+/// Environment variable that overrides `IMPORT_CHUNK_CHANGES` (smaller: less memory and less
+/// work redone after a crash; larger: fewer reloads of documents touched in several chunks).
+pub const IMPORT_CHUNK_ENV: &str = "SITESYNC_IMPORT_CHUNK_CHANGES";
+
+fn import_chunk_changes() -> usize {
+    std::env::var(IMPORT_CHUNK_ENV)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(IMPORT_CHUNK_CHANGES)
+}
 
 /// Why a node operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -250,6 +261,7 @@ impl Node {
         let mut chunk: Vec<VerifiedBatch> = Vec::new();
         let mut refused: Vec<Rejection> = Vec::new();
         let mut chunk_changes = 0;
+        let chunk_limit = import_chunk_changes();
         let mut frames = bundle::frames(path, &scan)?.peekable();
         while let Some(item) = frames.next() {
             report.frames += 1;
@@ -269,7 +281,7 @@ impl Node {
                 }
             }
             let last = frames.peek().is_none();
-            if last || chunk_changes + BATCH_CHANGES_MAX > IMPORT_CHUNK_CHANGES {
+            if last || chunk_changes + BATCH_CHANGES_MAX > chunk_limit {
                 let ctx = ApplyContext {
                     trust: &trust,
                     from: Some(scan.header.exporter),
@@ -311,6 +323,7 @@ fn merge_report(total: &mut ApplyReport, r: ApplyReport) {
     total.applied_changes += r.applied_changes;
     total.present += r.present;
     total.waiting += r.waiting;
+    total.released += r.released;
     total.rejected.extend(r.rejected);
     total.unmergeable.extend(r.unmergeable);
     total.reincarnated = r.reincarnated.or(total.reincarnated);

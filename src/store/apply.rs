@@ -41,6 +41,9 @@ pub struct ApplyReport {
     pub present: u64,
     /// Batches of this apply stored to wait for an earlier seq.
     pub waiting: u64,
+    /// Batches that had been waiting (received earlier) and were taken out of waiting now
+    /// that the gap filled; counted in `applied_batches` too when they apply.
+    pub released: u64,
     pub rejected: Vec<Rejection>,
     /// Entities whose accepted changes Automerge refused to merge.
     pub unmergeable: Vec<(EntityId, String)>,
@@ -158,7 +161,10 @@ impl Store {
                     let bodies =
                         rec.bodies.into_iter().map(serde_bytes::ByteBuf::into_vec).collect();
                     match rec.signed.verify(bodies, ctx.trust) {
-                        Ok(vb) => queue.push_front(vb),
+                        Ok(vb) => {
+                            report.released += 1;
+                            queue.push_front(vb);
+                        }
                         Err(e) => report.rejected.push(Rejection {
                             author: a,
                             seq: s,
