@@ -105,8 +105,56 @@ pub enum Command {
     },
     /// Move the store to a new incarnation. Run this after restoring the node from a backup.
     Reincarnate,
+    /// Run the node: accept connections from configured peers, sync with parents and peers on
+    /// schedule (retrying with backoff), until Ctrl-C or SIGTERM.
+    Serve,
+    /// Sync now, through the running node: with every dialled peer, or one. Prints what moved.
+    Sync {
+        /// Only this peer.
+        #[arg(long, value_name = "NODE_ID")]
+        peer: Option<String>,
+        /// The record to sync now. Batches travel in order, so this runs a full round with the
+        /// peers and then says whether the record's latest change is here.
+        #[arg(long, value_name = "TYPE/UUID")]
+        entity: Option<String>,
+    },
+    /// Manage the network peers (parent, children, peers) in sitesync.toml.
+    Peer {
+        #[command(subcommand)]
+        action: PeerAction,
+    },
+    /// Set where this node listens and how often it syncs (sitesync.toml [network]).
+    Network {
+        /// Address to accept connections on (IP:PORT); a parent must listen.
+        #[arg(long, value_name = "IP:PORT")]
+        listen: Option<String>,
+        /// Seconds between sync rounds with each dialled peer.
+        #[arg(long, value_name = "SECONDS")]
+        interval: Option<u64>,
+    },
     /// Run the end-to-end demo in a temporary folder.
     Demo,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PeerAction {
+    /// Add (or update) a peer. Its changes are trusted; it may connect to this node.
+    Add {
+        node_id: String,
+        /// The other node's role toward this one: parent (this node dials it), child (it dials
+        /// this node), or peer (either dials).
+        #[arg(long)]
+        role: String,
+        /// Where this node dials it (IP:PORT); required for a parent.
+        #[arg(long, value_name = "IP:PORT")]
+        addr: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Remove a peer (its changes already applied stay).
+    Remove { node_id: String },
+    /// List peers.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -170,7 +218,18 @@ fn node_dir(cli: &Cli) -> Result<&Path, Failure> {
 }
 
 fn open(cli: &Cli) -> Result<Node, Failure> {
-    Ok(Node::open(node_dir(cli)?)?)
+    let dir = node_dir(cli)?;
+    match Node::open(dir) {
+        Err(NodeError::Store(crate::store::StoreError::Busy)) => Err(Failure {
+            code: 1,
+            error: anyhow!(
+                "the node in {} is running (sitesync serve) and holds its store; stop it for this \
+                 command, or use `sitesync status` and `sitesync sync`, which talk to it",
+                dir.display()
+            ),
+        }),
+        other => Ok(other?),
+    }
 }
 
 fn parse_node_id(s: &str) -> Result<NodeId, Failure> {
@@ -245,6 +304,32 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
             let inc =
                 open(&cli)?.reincarnate("requested by the operator (sitesync reincarnate)")?;
             say!("new incarnation {inc}");
+        }
+        Command::Serve => {
+            let node = open(&cli)?;
+            crate::node::serve::serve(node)?;
+        }
+        Command::Sync { peer, entity } => sync(&cli, peer.as_deref(), entity.as_deref())?,
+        Command::Peer { action } => peer(&cli, action)?,
+        Command::Network { listen, interval } => {
+            let mut node = open(&cli)?;
+            if let Some(l) = listen {
+                node.config.listen = Some(
+                    crate::config::parse_addr(l).map_err(|m| input(format!("--listen: {m}")))?,
+                );
+            }
+            if let Some(i) = interval {
+                if *i < crate::config::SYNC_INTERVAL_SECS_MIN {
+                    return Err(input(format!("--interval: {i} is below the minimum of 1 second")));
+                }
+                node.config.sync_interval_secs = *i;
+            }
+            node.save_config()?;
+            say!(
+                "listen {}, sync every {} s",
+                node.config.listen.map_or("(none)".into(), |a| a.to_string()),
+                node.config.sync_interval_secs
+            );
         }
         Command::Demo => crate::demo::run()?,
     }
@@ -395,35 +480,165 @@ fn print_import(r: &ImportReport) {
 }
 
 fn status(cli: &Cli, as_json: bool) -> Result<(), Failure> {
-    let node = open(cli)?;
-    let s = node.summary()?;
-    let entities: serde_json::Map<String, Value> =
-        s.entities.iter().map(|(t, n)| (t.to_string(), Value::from(*n))).collect();
+    let dir = node_dir(cli)?;
+    let running =
+        crate::node::serve::control_request(dir, &crate::node::serve::ControlRequest::Status)?;
+    let out = match running {
+        Some(reply) => reply["status"].clone(),
+        None => crate::node::status_json(&open(cli)?)?,
+    };
     if as_json {
-        let out = json!({
-            "node_id": node.id().to_string(),
-            "name": node.config.name,
-            "author": node.store.author().to_string(),
-            "vector": s.vector.to_json(),
-            "entities": entities,
-            "batches": s.batches,
-            "pending_batches": s.pending,
-            "digest": s.digest.to_hex().to_string(),
-        });
         say!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    say!("node     {} ({})", node.id(), node.config.name);
-    say!("author   {}", node.store.author());
-    say!("digest   {}", s.digest.to_hex());
-    say!("batches  {} held, {} waiting for earlier ones", s.batches, s.pending);
-    say!("records  {}", s.entities.values().sum::<u64>());
-    for (t, n) in &s.entities {
+    print_status(&out);
+    Ok(())
+}
+
+fn print_status(s: &Value) {
+    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    let when = |v: &Value| match v.as_i64() {
+        Some(t) => {
+            let ago = crate::node::now_secs() - t;
+            if ago >= 0 { format!("{ago} s ago") } else { format!("in {} s", -ago) }
+        }
+        None => "never".to_string(),
+    };
+    say!("node     {} ({})", text(&s["node_id"]), text(&s["name"]));
+    say!("author   {}", text(&s["author"]));
+    say!("digest   {}", text(&s["digest"]));
+    say!("batches  {} held, {} waiting for earlier ones", s["batches"], s["pending_batches"]);
+    let entities = s["entities"].as_object().cloned().unwrap_or_default();
+    say!("records  {}", entities.values().filter_map(Value::as_u64).sum::<u64>());
+    for (t, n) in &entities {
         say!("  {t:<13}{n}");
     }
     say!("vector");
-    for (author, seq) in &s.vector.0 {
+    for (author, seq) in s["vector"].as_object().cloned().unwrap_or_default() {
         say!("  {author}  {seq}");
+    }
+    let peers = s["peers"].as_array().cloned().unwrap_or_default();
+    if !peers.is_empty() {
+        say!("peers");
+    }
+    for p in peers {
+        let name = p["name"].as_str().map(|n| format!(" ({n})")).unwrap_or_default();
+        say!(
+            "  {} {}{name}  {}",
+            text(&p["role"]),
+            text(&p["node_id"]),
+            p["addr"].as_str().unwrap_or("dials in")
+        );
+        say!(
+            "    last contact {}, last success {}, next retry {}",
+            when(&p["last_contact"]),
+            when(&p["last_success"]),
+            when(&p["next_retry"])
+        );
+        say!(
+            "    lag: {} batches to send, {} to receive",
+            p["batches_to_send"],
+            p["batches_to_receive"]
+        );
+        if let Some(e) = p["last_error"].as_str() {
+            say!("    last error: {e}");
+        }
+    }
+}
+
+fn sync(cli: &Cli, peer: Option<&str>, entity: Option<&str>) -> Result<(), Failure> {
+    use crate::node::serve::{ControlRequest, control_request};
+    let dir = node_dir(cli)?;
+    let peer = peer.map(parse_node_id).transpose()?;
+    let entity = entity
+        .map(|e| e.parse::<crate::id::EntityId>().map_err(|err| input(format!("--entity: {err}"))))
+        .transpose()?;
+    let reply = control_request(dir, &ControlRequest::Sync { peer })?.ok_or_else(|| Failure {
+        code: 1,
+        error: anyhow!(
+            "no node is running in {}; start it with `sitesync --dir {} serve`",
+            dir.display(),
+            dir.display()
+        ),
+    })?;
+    let sessions = reply["sessions"].as_array().cloned().unwrap_or_default();
+    if sessions.is_empty() {
+        say!("no peer to dial (children dial in to this node on their own schedule)");
+    }
+    let mut failed = false;
+    for s in &sessions {
+        failed |= s["complete"] != Value::Bool(true);
+        say!(
+            "{}: {}; sent {} batches ({} bytes), received {} batches ({} bytes) in {} ms",
+            s["peer"].as_str().unwrap_or("?"),
+            s["outcome"].as_str().unwrap_or("?"),
+            s["batches_sent"],
+            s["bytes_sent"],
+            s["batches_received"],
+            s["bytes_received"],
+            s["millis"]
+        );
+    }
+    if let Some(id) = entity {
+        say!(
+            "{id}: carried by the round above (batches travel in order, so a round carries every pending change)"
+        );
+    }
+    if failed {
+        return Err(Failure {
+            code: 1,
+            error: anyhow!("a sync session did not complete (see above)"),
+        });
+    }
+    Ok(())
+}
+
+fn peer(cli: &Cli, action: &PeerAction) -> Result<(), Failure> {
+    let mut node = open(cli)?;
+    match action {
+        PeerAction::Add { node_id, role, addr, name } => {
+            let node_id = parse_node_id(node_id)?;
+            if node_id == node.id() {
+                return Err(input("that is this node's own id"));
+            }
+            let role =
+                crate::config::parse_role(role).map_err(|m| input(format!("--role: {m}")))?;
+            let addr = addr
+                .as_deref()
+                .map(crate::config::parse_addr)
+                .transpose()
+                .map_err(|m| input(format!("--addr: {m}")))?;
+            if let Some(n) = name {
+                crate::config::check_name(n).map_err(|m| input(format!("--name: {m}")))?;
+            }
+            let peer = crate::config::Peer { node_id, role, addr, name: name.clone() };
+            crate::config::check_peer(&peer).map_err(|m| input(format!("--addr: {m}")))?;
+            node.config.peers.retain(|p| p.node_id != node_id);
+            node.config.peers.push(peer);
+            node.save_config()?;
+            say!("peer {node_id} added as {}", crate::config::role_name(role));
+        }
+        PeerAction::Remove { node_id } => {
+            let id = parse_node_id(node_id)?;
+            let before = node.config.peers.len();
+            node.config.peers.retain(|p| p.node_id != id);
+            node.save_config()?;
+            say!(
+                "{} {id}",
+                if node.config.peers.len() != before { "removed" } else { "was not a peer:" }
+            );
+        }
+        PeerAction::List => {
+            for p in &node.config.peers {
+                say!(
+                    "{}  {:<7} {}  {}",
+                    p.node_id,
+                    crate::config::role_name(p.role),
+                    p.addr.map_or("-".into(), |a| a.to_string()),
+                    p.name.as_deref().unwrap_or("")
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -33,8 +33,32 @@ pub enum ConfigError {
 struct RawConfig {
     version: u32,
     node: RawNode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    network: Option<RawNetwork>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     trust: Vec<RawTrust>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    peers: Vec<RawPeer>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    listen: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sync_interval_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    node_id: String,
+    role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    addr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -58,11 +82,84 @@ pub struct TrustedNode {
     pub name: Option<String>,
 }
 
+/// Default seconds between sync rounds with each dialled peer.
+pub const SYNC_INTERVAL_SECS_DEFAULT: u64 = 60;
+/// Shortest allowed sync interval.
+pub const SYNC_INTERVAL_SECS_MIN: u64 = 1;
+
+/// Another node this node syncs with over the network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub node_id: NodeId,
+    /// The other node's role toward this one: a `Parent` entry is this node's parent.
+    pub role: crate::protocol::message::Role,
+    /// Where this node dials it; `None` for children (they dial in).
+    pub addr: Option<std::net::SocketAddr>,
+    pub name: Option<String>,
+}
+
+impl Peer {
+    /// This node's role toward the peer.
+    pub fn local_role(&self) -> crate::protocol::message::Role {
+        use crate::protocol::message::Role;
+        match self.role {
+            Role::Parent => Role::Child,
+            Role::Child => Role::Parent,
+            Role::Peer => Role::Peer,
+        }
+    }
+
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(n) => format!("{n} ({})", &self.node_id.to_string()[..12]),
+            None => self.node_id.to_string()[..12].to_string(),
+        }
+    }
+}
+
 /// A validated node configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub name: String,
+    /// Where `serve` accepts connections (a parent, or a peer others dial).
+    pub listen: Option<std::net::SocketAddr>,
+    pub sync_interval_secs: u64,
     pub trust: Vec<TrustedNode>,
+    pub peers: Vec<Peer>,
+}
+
+/// Parses a role name.
+pub fn parse_role(s: &str) -> Result<crate::protocol::message::Role, String> {
+    use crate::protocol::message::Role;
+    match s {
+        "parent" => Ok(Role::Parent),
+        "child" => Ok(Role::Child),
+        "peer" => Ok(Role::Peer),
+        other => Err(format!("{other:?} is not a role (parent, child or peer)")),
+    }
+}
+
+pub fn role_name(role: crate::protocol::message::Role) -> &'static str {
+    use crate::protocol::message::Role;
+    match role {
+        Role::Parent => "parent",
+        Role::Child => "child",
+        Role::Peer => "peer",
+    }
+}
+
+/// Parses `host:port` with a literal IP address.
+pub fn parse_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse().map_err(|_| format!("{s:?} is not an address (IP:PORT, e.g. 127.0.0.1:7700)"))
+}
+
+/// Checks a peer entry: dialled roles need an address.
+pub fn check_peer(peer: &Peer) -> Result<(), String> {
+    use crate::protocol::message::Role;
+    if matches!(peer.role, Role::Parent) && peer.addr.is_none() {
+        return Err("a parent needs addr (this node dials its parent)".into());
+    }
+    Ok(())
 }
 
 /// The trust set of a running node: its own key plus the configured nodes.
@@ -91,7 +188,17 @@ pub fn check_name(name: &str) -> Result<(), String> {
 impl Config {
     pub fn new(name: &str) -> Result<Config, String> {
         check_name(name)?;
-        Ok(Config { name: name.to_string(), trust: Vec::new() })
+        Ok(Config {
+            name: name.to_string(),
+            listen: None,
+            sync_interval_secs: SYNC_INTERVAL_SECS_DEFAULT,
+            trust: Vec::new(),
+            peers: Vec::new(),
+        })
+    }
+
+    pub fn peer(&self, node: &NodeId) -> Option<&Peer> {
+        self.peers.iter().find(|p| p.node_id == *node)
     }
 
     pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
@@ -118,7 +225,44 @@ impl Config {
             }
             trust.push(TrustedNode { node_id, name: t.name });
         }
-        Ok(Config { name: raw.node.name, trust })
+        let mut peers = Vec::new();
+        for (i, p) in raw.peers.into_iter().enumerate() {
+            let at = |f: &str| format!("peers[{i}].{f}");
+            let node_id = p
+                .node_id
+                .parse()
+                .map_err(|e: crate::id::IdError| invalid(at("node_id"), e.to_string()))?;
+            let role = parse_role(&p.role).map_err(|m| invalid(at("role"), m))?;
+            let addr = p
+                .addr
+                .as_deref()
+                .map(parse_addr)
+                .transpose()
+                .map_err(|m| invalid(at("addr"), m))?;
+            if let Some(name) = &p.name {
+                check_name(name).map_err(|m| invalid(at("name"), m))?;
+            }
+            let peer = Peer { node_id, role, addr, name: p.name };
+            check_peer(&peer).map_err(|m| invalid(at("addr"), m))?;
+            if peers.iter().any(|q: &Peer| q.node_id == node_id) {
+                return Err(invalid(at("node_id"), format!("{node_id} is listed twice")));
+            }
+            peers.push(peer);
+        }
+        let network = raw.network.unwrap_or(RawNetwork { listen: None, sync_interval_secs: None });
+        let listen = network
+            .listen
+            .as_deref()
+            .map(parse_addr)
+            .transpose()
+            .map_err(|m| invalid("network.listen".into(), m))?;
+        let sync_interval_secs = network.sync_interval_secs.unwrap_or(SYNC_INTERVAL_SECS_DEFAULT);
+        if sync_interval_secs < SYNC_INTERVAL_SECS_MIN {
+            let m =
+                format!("{sync_interval_secs} is below the minimum of {SYNC_INTERVAL_SECS_MIN}");
+            return Err(invalid("network.sync_interval_secs".into(), m));
+        }
+        Ok(Config { name: raw.node.name, listen, sync_interval_secs, trust, peers })
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -129,9 +273,26 @@ impl Config {
     }
 
     pub fn to_toml(&self) -> String {
+        let network = (self.listen.is_some()
+            || self.sync_interval_secs != SYNC_INTERVAL_SECS_DEFAULT)
+            .then(|| RawNetwork {
+                listen: self.listen.map(|a| a.to_string()),
+                sync_interval_secs: Some(self.sync_interval_secs),
+            });
         let raw = RawConfig {
             version: CONFIG_VERSION,
             node: RawNode { name: self.name.clone() },
+            network,
+            peers: self
+                .peers
+                .iter()
+                .map(|p| RawPeer {
+                    node_id: p.node_id.to_string(),
+                    role: role_name(p.role).to_string(),
+                    addr: p.addr.map(|a| a.to_string()),
+                    name: p.name.clone(),
+                })
+                .collect(),
             trust: self
                 .trust
                 .iter()
@@ -154,8 +315,10 @@ impl Config {
         Ok(())
     }
 
+    /// Nodes whose batches this node accepts: itself, `[[trust]]` and `[[peers]]`.
     pub fn trust_set(&self, own: NodeId) -> TrustSet {
-        TrustSet { own, others: self.trust.iter().map(|t| t.node_id).collect() }
+        let trusted = self.trust.iter().map(|t| t.node_id);
+        TrustSet { own, others: trusted.chain(self.peers.iter().map(|p| p.node_id)).collect() }
     }
 }
 
@@ -168,6 +331,20 @@ mod tests {
         let mut c = Config::new("clinic-a").expect("name");
         c.trust.push(TrustedNode { node_id: NodeId([1; 32]), name: Some("district".into()) });
         assert_eq!(Config::parse(&c.to_toml(), "x").expect("parses"), c);
+        c.listen = Some("127.0.0.1:7700".parse().expect("addr"));
+        c.peers.push(Peer {
+            node_id: NodeId([2; 32]),
+            role: crate::protocol::message::Role::Parent,
+            addr: Some("10.0.0.1:7700".parse().expect("addr")),
+            name: None,
+        });
+        assert_eq!(Config::parse(&c.to_toml(), "x").expect("parses"), c);
+        let e = Config::parse(
+            &format!("version = 1\n[node]\nname = \"a\"\n[[peers]]\nnode_id = \"{}\"\nrole = \"parent\"\n", NodeId([3; 32])),
+            "f.toml",
+        )
+        .expect_err("a parent without addr");
+        assert!(e.to_string().contains("peers[0].addr"), "{e}");
         let e = Config::parse(
             "version = 1\n[node]\nname = \"a\"\n[[trust]]\nnode_id = \"zz\"\n",
             "f.toml",

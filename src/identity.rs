@@ -41,6 +41,17 @@ impl Keypair {
         self.signing.sign(digest).to_bytes()
     }
 
+    /// The secret key as PKCS#8 v1 DER (RFC 8410), for the TLS stack.
+    pub fn to_pkcs8_der(&self) -> Vec<u8> {
+        // SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 }, OCTET STRING { OCTET STRING (32) } }
+        let mut der = vec![
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        der.extend_from_slice(&self.signing.to_bytes());
+        der
+    }
+
     /// The key file text: a header line and the hex secret.
     pub fn to_file_text(&self) -> String {
         format!("{KEY_FILE_HEADER}\n{}\n", hex::encode(self.signing.to_bytes()))
@@ -56,6 +67,23 @@ impl Keypair {
         let secret: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Secret)?;
         Ok(Keypair::from_secret(secret))
     }
+}
+
+/// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410); the 32-byte key follows.
+pub const ED25519_SPKI_PREFIX: [u8; 12] =
+    [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+
+/// The SubjectPublicKeyInfo DER of a node id (its raw public key for TLS, RFC 7250).
+pub fn spki_der(node: &NodeId) -> Vec<u8> {
+    let mut out = ED25519_SPKI_PREFIX.to_vec();
+    out.extend_from_slice(&node.0);
+    out
+}
+
+/// The node id in an Ed25519 SubjectPublicKeyInfo, if that is what the DER holds.
+pub fn node_from_spki(der: &[u8]) -> Option<NodeId> {
+    let key = der.strip_prefix(&ED25519_SPKI_PREFIX[..])?;
+    Some(NodeId(key.try_into().ok()?))
 }
 
 /// Verifies `signature` over `digest` by `node` (strict: rejects malleable signatures and weak

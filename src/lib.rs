@@ -29,4 +29,6 @@ pub mod event;
 pub mod id;
 pub mod identity;
 pub mod node;
+pub mod protocol;
 pub mod store;
+pub mod transport;

@@ -13,7 +13,12 @@ fn main() {
         eprintln!("sitesync: ignoring bad log filter {filter:?}: {e}");
         tracing_subscriber::EnvFilter::new("warn")
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
     let code = match sitesync::cli::run(cli) {
         Ok(code) => code,
         Err(failure) => {

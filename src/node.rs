@@ -13,8 +13,11 @@ use crate::entity::{self, EntityError};
 use crate::event::{Event, EventKind};
 use crate::id::{EntityId, EntityType, Incarnation, NodeId, Vector};
 use crate::identity::{KeyError, Keypair};
+use crate::protocol::message::{self, WireBatch};
 use crate::store::apply::{ApplyContext, ApplyReport, Rejection};
 use crate::store::{PutOutcome, Store, StoreError, Summary};
+
+pub mod serve;
 
 pub const CONFIG_FILE: &str = "sitesync.toml";
 pub const KEY_FILE: &str = "node.key";
@@ -97,7 +100,7 @@ pub fn now_secs() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
-fn random_bytes<const N: usize>() -> Result<[u8; N], NodeError> {
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], NodeError> {
     let mut out = [0u8; N];
     getrandom::fill(&mut out).map_err(|e| NodeError::Io {
         path: "/dev/urandom".into(),
@@ -189,6 +192,11 @@ impl Node {
         Ok(added)
     }
 
+    /// Writes the current config back to `sitesync.toml`.
+    pub fn save_config(&self) -> Result<(), NodeError> {
+        Ok(self.config.save(&self.dir.join(CONFIG_FILE))?)
+    }
+
     pub fn trust_remove(&mut self, node_id: NodeId) -> Result<bool, NodeError> {
         let before = self.config.trust.len();
         self.config.trust.retain(|t| t.node_id != node_id);
@@ -222,7 +230,7 @@ impl Node {
             writer.push(signed, bodies)?;
             report.batches += 1;
             progress(report.batches, total);
-            Ok(())
+            Ok(true)
         })?;
         report.bytes = writer.finish(self.id(), now_secs(), vector)?;
         let kind = EventKind::Exported {
@@ -312,10 +320,96 @@ impl Node {
         Ok(report)
     }
 
+    /// The next batches `after` lacks, in wire form, within one message's limits.
+    pub fn fetch_wire(&self, after: &Vector) -> Result<Vec<WireBatch>, NodeError> {
+        let batches = self.store.fetch_after(
+            after,
+            message::BATCHES_PER_MESSAGE_MAX,
+            message::MESSAGE_BODY_BYTES_TARGET,
+        )?;
+        Ok(batches.into_iter().map(|(b, bodies)| WireBatch::new(b, bodies)).collect())
+    }
+
+    /// Verifies and applies batches received from `from` in one transaction; returns the
+    /// vector held afterwards and the report.
+    pub fn apply_wire(
+        &self,
+        from: NodeId,
+        batches: Vec<WireBatch>,
+    ) -> Result<(Vector, ApplyReport), NodeError> {
+        let trust = self.config.trust_set(self.id());
+        let mut verified = Vec::with_capacity(batches.len());
+        let mut refused = Vec::new();
+        for wire in batches {
+            let (signed, bodies) = wire.into_parts();
+            let (author, seq) = (signed.author(), signed.seq());
+            match signed.verify(bodies, &trust) {
+                Ok(vb) => verified.push(vb),
+                Err(e) => refused.push(Rejection { author, seq, reason: e.to_string() }),
+            }
+        }
+        let ctx = ApplyContext {
+            trust: &trust,
+            from: Some(from),
+            refused,
+            fresh_incarnation: fresh_incarnation()?,
+            time: now_secs(),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()).min(8),
+        };
+        let report = self.store.apply(verified, ctx)?;
+        Ok((self.store.vector()?, report))
+    }
+
     /// Signing key access for tools that build bundles by hand (tests, benches, the demo).
     pub fn keypair(&self) -> &Keypair {
         &self.key
     }
+}
+
+/// The node's status as `status --json` prints it: identity, vector, counts, digest, and per
+/// configured peer its role, address, contacts, lag both ways, next retry and last error.
+pub fn status_json(node: &Node) -> Result<serde_json::Value, NodeError> {
+    use serde_json::json;
+    let s = node.summary()?;
+    let entities: serde_json::Map<String, Value> =
+        s.entities.iter().map(|(t, n)| (t.to_string(), Value::from(*n))).collect();
+    let mut peers = Vec::new();
+    for p in &node.config.peers {
+        let st = node.store.peer_state(&p.node_id)?;
+        let known = node.store.peer_vector(&p.node_id)?.unwrap_or_default();
+        let mut theirs = st.vector.clone();
+        theirs.merge(&known);
+        let never = |t: i64| if t == 0 { Value::Null } else { Value::from(t) };
+        peers.push(json!({
+            "node_id": p.node_id.to_string(),
+            "name": p.name,
+            "role": crate::config::role_name(p.role),
+            "addr": p.addr.map(|a| a.to_string()),
+            "last_contact": never(st.last_contact),
+            "last_success": never(st.last_success),
+            "batches_to_send": s.vector.ahead_of(&theirs),
+            "batches_to_receive": theirs.ahead_of(&s.vector),
+            "next_retry": never(st.next_retry),
+            "failures": st.failures,
+            "last_error": st.last_error,
+            "sessions": st.sessions,
+            "batches_sent": st.batches_sent,
+            "batches_received": st.batches_received,
+            "bytes_sent": st.bytes_sent,
+            "bytes_received": st.bytes_received,
+        }));
+    }
+    Ok(json!({
+        "node_id": node.id().to_string(),
+        "name": node.config.name,
+        "author": node.store.author().to_string(),
+        "vector": s.vector.to_json(),
+        "entities": entities,
+        "batches": s.batches,
+        "pending_batches": s.pending,
+        "digest": s.digest.to_hex().to_string(),
+        "peers": peers,
+    }))
 }
 
 fn merge_report(total: &mut ApplyReport, r: ApplyReport) {

@@ -67,6 +67,9 @@ pub(crate) fn corrupt(what: impl Into<String>, reason: impl ToString) -> StoreEr
     StoreError::Corrupt { what: what.into(), reason: reason.to_string() }
 }
 
+/// A signed batch and its change bodies, in listed order.
+pub type BatchWithBodies = (SignedBatch, Vec<Vec<u8>>);
+
 /// What a `put` did to one record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PutOutcome {
@@ -115,6 +118,7 @@ impl Store {
             tx.open_table(DOCS)?;
             tx.open_table(PEERS)?;
             tx.open_table(EVENTS)?;
+            tx.open_table(PEER_STATE)?;
         }
         tx.commit()?;
         let author = AuthorId { node, incarnation };
@@ -380,11 +384,11 @@ impl Store {
     }
 
     /// Calls `sink` with every held batch (and its bodies) that `since` lacks, in author then
-    /// seq order. Returns the number of batches visited.
+    /// seq order, until `sink` returns `false`. Returns the number of batches visited.
     pub fn export_since<E: From<StoreError>>(
         &self,
         since: &Vector,
-        mut sink: impl FnMut(SignedBatch, Vec<Vec<u8>>) -> Result<(), E>,
+        mut sink: impl FnMut(SignedBatch, Vec<Vec<u8>>) -> Result<bool, E>,
     ) -> Result<u64, E> {
         let tx = self.db.begin_read().map_err(StoreError::from)?;
         let held = read_vector(&tx.open_table(VECTOR).map_err(StoreError::from)?)?;
@@ -407,11 +411,69 @@ impl Store {
                         body.ok_or_else(|| corrupt(format!("body {}", c.body), "missing"))?;
                     carried.push(body.value().to_vec());
                 }
-                sink(signed, carried)?;
                 count += 1;
+                if !sink(signed, carried)? {
+                    return Ok(count);
+                }
             }
         }
         Ok(count)
+    }
+
+    /// The next batches `after` lacks, in author then seq order: at most `max_batches`, and
+    /// no more once `max_body_bytes` of bodies are collected (one batch always fits).
+    pub fn fetch_after(
+        &self,
+        after: &Vector,
+        max_batches: usize,
+        max_body_bytes: usize,
+    ) -> Result<Vec<BatchWithBodies>, StoreError> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        self.export_since::<StoreError>(after, |signed, bodies| {
+            let size: usize = bodies.iter().map(Vec::len).sum();
+            if !out.is_empty() && bytes + size > max_body_bytes {
+                return Ok(false);
+            }
+            bytes += size;
+            out.push((signed, bodies));
+            Ok(out.len() < max_batches && bytes < max_body_bytes)
+        })?;
+        Ok(out)
+    }
+
+    /// The network state kept for `node` (contacts, errors, retry time, counters).
+    pub fn peer_state(&self, node: &NodeId) -> Result<PeerState, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = match tx.open_table(PEER_STATE) {
+            // Stores written before the table existed; the first update creates it.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(PeerState::default()),
+            other => other?,
+        };
+        match table.get(&node.0)? {
+            Some(v) => postcard::from_bytes(v.value()).map_err(|e| corrupt("peer state", e)),
+            None => Ok(PeerState::default()),
+        }
+    }
+
+    /// Read-modify-writes the network state of `node` in one transaction.
+    pub fn update_peer_state(
+        &self,
+        node: &NodeId,
+        f: impl FnOnce(&mut PeerState),
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(PEER_STATE)?;
+            let mut state: PeerState = match table.get(&node.0)? {
+                Some(v) => postcard::from_bytes(v.value()).map_err(|e| corrupt("peer state", e))?,
+                None => PeerState::default(),
+            };
+            f(&mut state);
+            table.insert(&node.0, encode(&state).as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Appends an event on its own (for work that changed nothing else, such as an export).

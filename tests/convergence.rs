@@ -75,7 +75,7 @@ fn history(dir: &Path) -> (Vec<NodeId>, Batches, String) {
     a.store
         .export_since::<sitesync::store::StoreError>(&Default::default(), |s, b| {
             batches.push((s, b));
-            Ok(())
+            Ok(true)
         })
         .expect("export");
     (ids, batches, reference)

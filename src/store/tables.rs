@@ -67,3 +67,28 @@ pub struct PeerRecord {
     /// Seconds since the Unix epoch when this was learnt.
     pub seen: i64,
 }
+
+/// `node id -> postcard(PeerState)`: the network state of each configured peer.
+pub const PEER_STATE: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("peer-state-1");
+
+/// What `status` shows per peer. Times are seconds since the Unix epoch (0 = never).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerState {
+    /// Last time a session with this peer got past the handshake.
+    pub last_contact: i64,
+    /// Last time a session completed.
+    pub last_success: i64,
+    /// Why the last session failed, if it did.
+    pub last_error: Option<String>,
+    /// Consecutive failed attempts (drives the backoff).
+    pub failures: u32,
+    /// When the next attempt is due.
+    pub next_retry: i64,
+    /// What the peer held at the end of the last session.
+    pub vector: Vector,
+    pub batches_sent: u64,
+    pub batches_received: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub sessions: u64,
+}

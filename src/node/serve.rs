@@ -1,0 +1,588 @@
+//! `sitesync serve`: the running node. Owns the tokio runtime and every task: the QUIC listener,
+//! one sync loop per dialled peer (interval, exponential backoff with jitter), the loopback
+//! control endpoint the CLI talks to, and shutdown on SIGINT/SIGTERM. Storage calls run on
+//! tokio's blocking pool; the store serializes its own write transactions.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{Node, NodeError, now_secs, random_bytes};
+use crate::config::Peer;
+use crate::id::{NodeId, Vector};
+use crate::protocol::message::{self, Role};
+use crate::protocol::session::{Effect, Outcome, Session, SessionStats};
+use crate::transport::{self, ReadError};
+
+/// File in the node directory with the control endpoint's address and token (mode 0600).
+pub const CONTROL_FILE: &str = "control.json";
+/// First retry delay after a failed session, in milliseconds; doubles per failure.
+pub const BACKOFF_BASE_MS: u64 = 1_000;
+/// Longest retry delay, in milliseconds.
+pub const BACKOFF_MAX_MS: u64 = 300_000;
+/// How long a dial may take before it counts as a failure.
+pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// Largest control request, in bytes.
+pub const CONTROL_REQUEST_BYTES_MAX: usize = 64 * 1024;
+/// How long shutdown waits for running sessions.
+pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
+
+/// What one session did, as `sync` and the logs report it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SessionReport {
+    /// The peer's node id (hex).
+    pub peer: String,
+    pub outcome: String,
+    pub complete: bool,
+    pub batches_sent: u64,
+    pub batches_received: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub millis: u64,
+}
+
+fn report(
+    peer: NodeId,
+    outcome: &Outcome,
+    stats: &SessionStats,
+    sent: u64,
+    received: u64,
+    started: Instant,
+) -> SessionReport {
+    SessionReport {
+        peer: peer.to_string(),
+        outcome: outcome.to_string(),
+        complete: *outcome == Outcome::Complete,
+        batches_sent: stats.batches_sent,
+        batches_received: stats.batches_received,
+        bytes_sent: sent,
+        bytes_received: received,
+        millis: started.elapsed().as_millis() as u64,
+    }
+}
+
+/// Runs one session over an open bidirectional stream until it ends, then records the peer
+/// state. Writes go through their own task so that both sides can send at once.
+pub async fn drive(
+    node: Arc<Node>,
+    peer: NodeId,
+    role: Role,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> SessionReport {
+    let started = Instant::now();
+    let now = move || transport::millis_since(started);
+    let vector = {
+        let n = node.clone();
+        tokio::task::spawn_blocking(move || n.store.vector()).await
+    };
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
+    let writer = tokio::spawn(async move {
+        let mut written = 0u64;
+        while let Some(bytes) = rx.recv().await {
+            if send.write_all(&bytes).await.is_err() {
+                break;
+            }
+            written += bytes.len() as u64;
+        }
+        let _ = send.finish();
+        // Wait until the peer has read everything (or a short grace), so closing the
+        // connection right after cannot cut our last message.
+        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+        written
+    });
+    let mut session = match vector {
+        Ok(Ok(v)) => Session::new(now(), node.id(), role, peer, v),
+        _ => {
+            let mut s = Session::new(now(), node.id(), role, peer, Vector::default());
+            s.handle_local_error("could not read this node's vector".into());
+            s
+        }
+    };
+    let mut received = 0u64;
+    let outcome = loop {
+        let mut closed = None;
+        while let Some(effect) = session.poll_effect() {
+            match effect {
+                Effect::Send(m) => {
+                    let _ = tx.send(message::encode(&m)).await;
+                }
+                Effect::Fetch { after } => {
+                    let n = node.clone();
+                    match tokio::task::spawn_blocking(move || n.fetch_wire(&after)).await {
+                        Ok(Ok(batches)) => session.handle_fetched(now(), batches),
+                        Ok(Err(e)) => session.handle_local_error(format!("reading batches: {e}")),
+                        Err(e) => session.handle_local_error(format!("reading batches: {e}")),
+                    }
+                }
+                Effect::Apply { batches } => {
+                    let n = node.clone();
+                    match tokio::task::spawn_blocking(move || n.apply_wire(peer, batches)).await {
+                        Ok(Ok((vector, r))) => {
+                            for rej in &r.rejected {
+                                tracing::warn!(%peer, author = %rej.author, seq = rej.seq, reason = %rej.reason, "rejected batch");
+                            }
+                            session.handle_applied(now(), vector)
+                        }
+                        Ok(Err(e)) => session.handle_local_error(format!("applying batches: {e}")),
+                        Err(e) => session.handle_local_error(format!("applying batches: {e}")),
+                    }
+                }
+                Effect::Closed(o) => closed = Some(o),
+            }
+        }
+        if let Some(o) = closed {
+            break o;
+        }
+        let deadline = session.poll_timeout().unwrap_or(u64::MAX);
+        let wait = Duration::from_millis(deadline.saturating_sub(now()));
+        tokio::select! {
+            r = transport::read_message(&mut recv) => match r {
+                Ok((m, n)) => {
+                    received += n as u64;
+                    session.handle_message(now(), m);
+                }
+                Err(ReadError::Codec(e)) => session.handle_malformed(e.to_string()),
+                Err(e) => session.handle_disconnect(e.to_string()),
+            },
+            _ = tokio::time::sleep(wait) => session.handle_timeout(now()),
+        }
+    };
+    drop(tx);
+    let sent = writer.await.unwrap_or(0);
+    let rep = report(peer, &outcome, session.stats(), sent, received, started);
+    let handshaken = session.handshaken();
+    let peer_vector = session.peer_vector().clone();
+    let n = node.clone();
+    let rep2 = rep.clone();
+    let recorded = tokio::task::spawn_blocking(move || {
+        n.store.update_peer_state(&peer, |s| {
+            let t = now_secs();
+            if handshaken {
+                s.last_contact = t;
+                s.vector.merge(&peer_vector);
+            }
+            s.sessions += 1;
+            s.batches_sent += rep2.batches_sent;
+            s.batches_received += rep2.batches_received;
+            s.bytes_sent += rep2.bytes_sent;
+            s.bytes_received += rep2.bytes_received;
+            if rep2.complete {
+                s.last_success = t;
+                s.last_error = None;
+                s.failures = 0;
+            } else {
+                s.last_error = Some(rep2.outcome.clone());
+            }
+        })
+    })
+    .await;
+    if let Ok(Err(e)) = recorded {
+        tracing::error!(%peer, "recording peer state: {e}");
+    }
+    tracing::info!(
+        %peer, outcome = %rep.outcome, sent = rep.batches_sent, received = rep.batches_received,
+        bytes_out = rep.bytes_sent, bytes_in = rep.bytes_received, ms = rep.millis, "session ended"
+    );
+    rep
+}
+
+/// Dials `peer` and runs one session.
+pub async fn sync_once(node: Arc<Node>, endpoint: &quinn::Endpoint, peer: &Peer) -> SessionReport {
+    let started = Instant::now();
+    let fail = |why: String| SessionReport {
+        peer: peer.node_id.to_string(),
+        outcome: why,
+        complete: false,
+        batches_sent: 0,
+        batches_received: 0,
+        bytes_sent: 0,
+        bytes_received: 0,
+        millis: started.elapsed().as_millis() as u64,
+    };
+    let Some(addr) = peer.addr else { return fail("no address to dial".into()) };
+    let config = match transport::client_config(node.keypair(), peer.node_id, transport::ALPN) {
+        Ok(c) => c,
+        Err(e) => return fail(e.to_string()),
+    };
+    let connecting = match endpoint.connect_with(config, addr, transport::SERVER_NAME) {
+        Ok(c) => c,
+        Err(e) => {
+            return record_failure(&node, peer.node_id, fail(format!("dialling {addr}: {e}"))).await;
+        }
+    };
+    let timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
+    let conn = match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            return record_failure(&node, peer.node_id, fail(format!("connecting to {addr}: {e}")))
+                .await;
+        }
+        Err(_) => {
+            return record_failure(
+                &node,
+                peer.node_id,
+                fail(format!("connecting to {addr}: timed out")),
+            )
+            .await;
+        }
+    };
+    let (send, recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => {
+            return record_failure(&node, peer.node_id, fail(format!("opening a stream: {e}")))
+                .await;
+        }
+    };
+    let rep = drive(node, peer.node_id, peer.local_role(), send, recv).await;
+    conn.close(0u32.into(), b"done");
+    rep
+}
+
+async fn record_failure(node: &Arc<Node>, peer: NodeId, rep: SessionReport) -> SessionReport {
+    let n = node.clone();
+    let why = rep.outcome.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        n.store.update_peer_state(&peer, |s| {
+            s.last_error = Some(why);
+        })
+    })
+    .await;
+    tracing::warn!(%peer, outcome = %rep.outcome, "sync failed");
+    rep
+}
+
+/// Delay before retry number `failures` (1-based): doubling from `BACKOFF_BASE_MS`, capped,
+/// with ±25 % jitter from `jitter` (a uniform random u32).
+pub fn backoff_ms(failures: u32, cap_ms: u64, jitter: u32) -> u64 {
+    let exp = BACKOFF_BASE_MS.saturating_mul(1u64 << failures.saturating_sub(1).min(20));
+    let base = exp.min(cap_ms).min(BACKOFF_MAX_MS);
+    let spread = base / 2;
+    base - base / 4 + (u64::from(jitter) % (spread + 1))
+}
+
+type SyncReply = oneshot::Sender<SessionReport>;
+
+/// One peer's sync loop: a round every interval, sooner when asked, backing off on failure.
+async fn peer_loop(
+    node: Arc<Node>,
+    endpoint: quinn::Endpoint,
+    peer: Peer,
+    mut now_rx: mpsc::Receiver<SyncReply>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let interval_ms = node.config.sync_interval_secs * 1000;
+    let mut failures = 0u32;
+    let mut wait = Duration::ZERO;
+    loop {
+        let mut waiters: Vec<SyncReply> = Vec::new();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            Some(w) = now_rx.recv() => waiters.push(w),
+            _ = shutdown.changed() => return,
+        }
+        while let Ok(w) = now_rx.try_recv() {
+            waiters.push(w);
+        }
+        let rep = sync_once(node.clone(), &endpoint, &peer).await;
+        let delay = if rep.complete {
+            failures = 0;
+            interval_ms
+        } else {
+            failures += 1;
+            let jitter = random_bytes::<4>().map(u32::from_le_bytes).unwrap_or(0);
+            backoff_ms(failures, interval_ms.max(BACKOFF_BASE_MS), jitter)
+        };
+        let next = now_secs() + (delay / 1000) as i64;
+        let n = node.clone();
+        let (id, f) = (peer.node_id, failures);
+        let _ = tokio::task::spawn_blocking(move || {
+            n.store.update_peer_state(&id, |s| {
+                s.next_retry = next;
+                s.failures = f;
+            })
+        })
+        .await;
+        for w in waiters {
+            let _ = w.send(rep.clone());
+        }
+        wait = Duration::from_millis(delay);
+    }
+}
+
+/// Accepts connections from configured peers and serves one session on each.
+async fn accept_loop(
+    node: Arc<Node>,
+    endpoint: quinn::Endpoint,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => i,
+            _ = shutdown.changed() => return,
+        };
+        let Some(incoming) = incoming else { return };
+        let node = node.clone();
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Unknown keys are refused here, inside the TLS handshake.
+                    tracing::warn!("refused a connection: {e}");
+                    return;
+                }
+            };
+            let Some(peer_id) = transport::peer_node(&conn) else { return };
+            let Some(peer) = node.config.peer(&peer_id).cloned() else {
+                conn.close(1u32.into(), b"not a configured peer");
+                return;
+            };
+            // A peer may reconnect and sync more than once on one connection's lifetime; one
+            // stream is one session.
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                drive(node.clone(), peer.node_id, peer.local_role(), send, recv).await;
+            }
+        });
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct ControlFile {
+    addr: SocketAddr,
+    token: String,
+    pid: u32,
+}
+
+/// A request to the running node's control endpoint.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum ControlRequest {
+    /// Sync now with one peer or every dialled peer.
+    Sync { peer: Option<NodeId> },
+    /// The node's status, as `sitesync status --json` prints it.
+    Status,
+}
+
+async fn control_loop(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    token: String,
+    triggers: Arc<HashMap<NodeId, mpsc::Sender<SyncReply>>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+            _ = shutdown.changed() => return,
+        };
+        let (node, token, triggers) = (node.clone(), token.clone(), triggers.clone());
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = BufReader::new(read).take(CONTROL_REQUEST_BYTES_MAX as u64);
+            if reader.read_line(&mut line).await.is_err() {
+                return;
+            }
+            let reply = handle_control(&node, &token, &triggers, &line).await;
+            let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
+        });
+    }
+}
+
+use tokio::io::AsyncReadExt as _;
+
+async fn handle_control(
+    node: &Arc<Node>,
+    token: &str,
+    triggers: &HashMap<NodeId, mpsc::Sender<SyncReply>>,
+    line: &str,
+) -> Value {
+    let Ok(req) = serde_json::from_str::<Value>(line) else {
+        return json!({"error": "the request is not JSON"});
+    };
+    if req.get("token").and_then(Value::as_str) != Some(token) {
+        return json!({"error": "wrong control token"});
+    }
+    let request: ControlRequest = match serde_json::from_value(req) {
+        Ok(r) => r,
+        Err(e) => return json!({"error": format!("bad request: {e}")}),
+    };
+    match request {
+        ControlRequest::Status => {
+            let n = node.clone();
+            match tokio::task::spawn_blocking(move || super::status_json(&n)).await {
+                Ok(Ok(v)) => json!({"status": v}),
+                Ok(Err(e)) => json!({"error": e.to_string()}),
+                Err(e) => json!({"error": e.to_string()}),
+            }
+        }
+        ControlRequest::Sync { peer } => {
+            let targets: Vec<NodeId> = match peer {
+                Some(p) if triggers.contains_key(&p) => vec![p],
+                Some(p) if node.config.peer(&p).is_some() => {
+                    return json!({"error": format!("{p} dials in to this node (a child); it syncs on its own schedule")});
+                }
+                Some(p) => return json!({"error": format!("{p} is not a configured peer")}),
+                None => triggers.keys().copied().collect(),
+            };
+            let mut reports = Vec::new();
+            for t in targets {
+                let (tx, rx) = oneshot::channel();
+                if let Some(trigger) = triggers.get(&t)
+                    && trigger.send(tx).await.is_ok()
+                    && let Ok(r) = rx.await
+                {
+                    reports.push(r);
+                }
+            }
+            json!({"sessions": reports})
+        }
+    }
+}
+
+/// Sends a request to the running node of `dir`. `Ok(None)` if no node is running there.
+pub fn control_request(dir: &Path, request: &ControlRequest) -> Result<Option<Value>, NodeError> {
+    use std::io::{BufRead, Write};
+    let path = dir.join(CONTROL_FILE);
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
+    let file: ControlFile = serde_json::from_str(&text)
+        .map_err(|e| NodeError::Input(format!("{}: {e}", path.display())))?;
+    let Ok(mut stream) = std::net::TcpStream::connect(file.addr) else { return Ok(None) };
+    let mut body = serde_json::to_value(request).unwrap_or_default();
+    body["token"] = Value::String(file.token);
+    let io = |e| NodeError::Io { path: path.clone(), source: e };
+    stream.write_all(format!("{body}\n").as_bytes()).map_err(io)?;
+    let mut line = String::new();
+    std::io::BufReader::new(stream).read_line(&mut line).map_err(io)?;
+    let reply: Value = serde_json::from_str(&line)
+        .map_err(|e| NodeError::Input(format!("the running node answered badly: {e}")))?;
+    if let Some(err) = reply.get("error").and_then(Value::as_str) {
+        return Err(NodeError::Input(err.to_string()));
+    }
+    Ok(Some(reply))
+}
+
+fn write_control_file(dir: &Path, addr: SocketAddr, token: &str) -> Result<PathBuf, NodeError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(CONTROL_FILE);
+    let _ = std::fs::remove_file(&path);
+    let body = serde_json::to_string(&ControlFile {
+        addr,
+        token: token.to_string(),
+        pid: std::process::id(),
+    })
+    .unwrap_or_default();
+    let io = |e| NodeError::Io { path: path.clone(), source: e };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
+    f.write_all(body.as_bytes()).map_err(io)?;
+    Ok(path)
+}
+
+/// Runs the node until SIGINT or SIGTERM.
+pub fn serve(node: Node) -> Result<(), NodeError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| NodeError::Io { path: node.dir.clone(), source: e })?;
+    rt.block_on(serve_async(Arc::new(node)))
+}
+
+async fn serve_async(node: Arc<Node>) -> Result<(), NodeError> {
+    let io = |e: std::io::Error| NodeError::Io { path: "network".into(), source: e };
+    let allowed: Vec<NodeId> = node.config.peers.iter().map(|p| p.node_id).collect();
+    let endpoint = match node.config.listen {
+        Some(addr) => {
+            let config = transport::server_config(node.keypair(), allowed)
+                .map_err(|e| NodeError::Input(e.to_string()))?;
+            quinn::Endpoint::server(config, addr)
+                .map_err(|e| NodeError::Io { path: addr.to_string().into(), source: e })?
+        }
+        None => quinn::Endpoint::client(
+            "0.0.0.0:0".parse().map_err(|_| NodeError::Input("bind".into()))?,
+        )
+        .map_err(io)?,
+    };
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut triggers = HashMap::new();
+    for peer in node.config.peers.iter().filter(|p| p.addr.is_some()) {
+        let (tx, rx) = mpsc::channel(16);
+        triggers.insert(peer.node_id, tx);
+        tasks.spawn(peer_loop(
+            node.clone(),
+            endpoint.clone(),
+            peer.clone(),
+            rx,
+            shutdown_rx.clone(),
+        ));
+    }
+    if node.config.listen.is_some() {
+        tasks.spawn(accept_loop(node.clone(), endpoint.clone(), shutdown_rx.clone()));
+    }
+    let control = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
+    let token = hex::encode(random_bytes::<16>()?);
+    let control_path = write_control_file(&node.dir, control.local_addr().map_err(io)?, &token)?;
+    tasks.spawn(control_loop(
+        node.clone(),
+        control,
+        token,
+        Arc::new(triggers),
+        shutdown_rx.clone(),
+    ));
+    let listen = endpoint.local_addr().map_err(io)?;
+    tracing::info!(node = %node.id(), %listen, peers = node.config.peers.len(), "serving");
+    crate::say!("serving node {} on {listen} (Ctrl-C to stop)", node.id());
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    endpoint.close(0u32.into(), b"shutting down");
+    let grace = Duration::from_millis(SHUTDOWN_GRACE_MS);
+    let _ = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    tasks.abort_all();
+    let _ = tokio::time::timeout(grace, endpoint.wait_idle()).await;
+    let _ = std::fs::remove_file(control_path);
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_is_capped_and_jittered() {
+        let at = |f, j| backoff_ms(f, 60_000, j);
+        assert!((750..=1_250).contains(&at(1, 0)) && (750..=1_250).contains(&at(1, u32::MAX)));
+        assert!((1_500..=2_500).contains(&at(2, 7)));
+        assert!((45_000..=75_000).contains(&at(30, 12345)));
+        assert_ne!(at(5, 1), at(5, 9_999));
+    }
+}

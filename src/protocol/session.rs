@@ -1,0 +1,538 @@
+//! One sync session between two nodes, as a sans-IO state machine.
+//!
+//! The driver (QUIC, the simulator, a test) feeds it decoded messages and the results of the
+//! effects it asked for, and polls it for effects: messages to send, batches to fetch from the
+//! store, batches to apply, and the end of the session. Time is an argument (milliseconds on any
+//! monotonic clock); the session owns no sockets, clocks, threads or storage.
+//!
+//! A session is one round both ways. Each side sends `Hello`, then pushes what the other lacks,
+//! one `Batches` message at a time, waiting for the `Ack` (the receiver's vector after a durable
+//! apply) before the next; then `Done`. The round ends when both sides are done and nothing is
+//! in flight. A transfer cut at any point resumes from the receiver's durable vector in the next
+//! session's `Hello`, so at most the one message in flight is sent again.
+
+use std::collections::VecDeque;
+
+use super::message::{ErrorCode, Message, PROTOCOL_VERSION, Role, WireBatch};
+use crate::id::{NodeId, Vector};
+
+/// A session ends if nothing arrives for this long (milliseconds).
+pub const SESSION_IDLE_MS: u64 = 120_000;
+
+/// How a session ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Both sides are done.
+    Complete,
+    /// We refused or broke off (the message was sent to the peer too).
+    Refused { code: ErrorCode, reason: String },
+    /// The peer refused or broke off.
+    Remote { code: ErrorCode, reason: String },
+    /// Nothing arrived for `SESSION_IDLE_MS`.
+    TimedOut,
+    /// The connection broke before the round completed.
+    Lost { reason: String },
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Complete => f.write_str("complete"),
+            Outcome::Refused { code, reason } => write!(f, "refused ({code:?}): {reason}"),
+            Outcome::Remote { code, reason } => write!(f, "the peer refused ({code:?}): {reason}"),
+            Outcome::TimedOut => f.write_str("timed out"),
+            Outcome::Lost { reason } => write!(f, "connection lost: {reason}"),
+        }
+    }
+}
+
+/// What the driver must do next.
+#[derive(Debug)]
+pub enum Effect {
+    /// Send this message to the peer.
+    Send(Message),
+    /// Load the next batches the peer lacks (seq above `after` for each author held, in author
+    /// then seq order, within the message limits) and call [`Session::handle_fetched`].
+    Fetch { after: Vector },
+    /// Verify and durably apply these batches, then call [`Session::handle_applied`].
+    Apply { batches: Vec<WireBatch> },
+    /// The session is over; the driver closes the connection.
+    Closed(Outcome),
+}
+
+/// Counters a driver reports when a session ends.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    pub batches_sent: u64,
+    pub batches_received: u64,
+    pub messages_sent: u64,
+    pub messages_received: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    AwaitHello,
+    Running,
+    Closed,
+}
+
+/// One sync session (see the module docs).
+pub struct Session {
+    local: NodeId,
+    role: Role,
+    peer: NodeId,
+    phase: Phase,
+    /// What the peer holds, from its `Hello` and `Ack`s.
+    peer_vector: Vector,
+    /// What we have sent or the peer holds: the next fetch starts above it, so a batch the peer
+    /// refuses is not sent again in this session.
+    sent_up_to: Vector,
+    fetching: bool,
+    awaiting_ack: bool,
+    applying: bool,
+    local_done: bool,
+    remote_done: bool,
+    last_activity: u64,
+    handshaken: bool,
+    effects: VecDeque<Effect>,
+    stats: SessionStats,
+}
+
+fn complementary(ours: Role, theirs: Role) -> bool {
+    matches!(
+        (ours, theirs),
+        (Role::Parent, Role::Child) | (Role::Child, Role::Parent) | (Role::Peer, Role::Peer)
+    )
+}
+
+impl Session {
+    /// Starts a session of `local` (in `role` toward `peer`) holding `vector`: sends `Hello`.
+    pub fn new(now: u64, local: NodeId, role: Role, peer: NodeId, vector: Vector) -> Session {
+        let mut s = Session {
+            local,
+            role,
+            peer,
+            phase: Phase::AwaitHello,
+            peer_vector: Vector::default(),
+            sent_up_to: Vector::default(),
+            fetching: false,
+            awaiting_ack: false,
+            applying: false,
+            local_done: false,
+            remote_done: false,
+            last_activity: now,
+            handshaken: false,
+            effects: VecDeque::new(),
+            stats: SessionStats::default(),
+        };
+        s.send(Message::Hello { version: PROTOCOL_VERSION, node: local, role, vector });
+        s
+    }
+
+    pub fn local(&self) -> NodeId {
+        self.local
+    }
+
+    pub fn peer(&self) -> NodeId {
+        self.peer
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// What the peer is known to hold.
+    pub fn peer_vector(&self) -> &Vector {
+        &self.peer_vector
+    }
+
+    pub fn stats(&self) -> &SessionStats {
+        &self.stats
+    }
+
+    /// The next thing the driver must do, if any.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    /// When the driver must call [`Session::handle_timeout`] at the latest.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        (self.phase != Phase::Closed).then_some(self.last_activity + SESSION_IDLE_MS)
+    }
+
+    fn send(&mut self, message: Message) {
+        self.stats.messages_sent += 1;
+        self.effects.push_back(Effect::Send(message));
+    }
+
+    fn close(&mut self, outcome: Outcome) {
+        if self.phase != Phase::Closed {
+            self.phase = Phase::Closed;
+            self.effects.push_back(Effect::Closed(outcome));
+        }
+    }
+
+    fn refuse(&mut self, code: ErrorCode, reason: String) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let mut message = reason.clone();
+        message.truncate(super::message::ERROR_TEXT_MAX);
+        self.send(Message::Error { code, message });
+        self.close(Outcome::Refused { code, reason });
+    }
+
+    fn fetch(&mut self) {
+        if !self.fetching && !self.awaiting_ack && !self.local_done {
+            self.fetching = true;
+            self.effects.push_back(Effect::Fetch { after: self.sent_up_to.clone() });
+        }
+    }
+
+    fn check_complete(&mut self) {
+        let idle = !self.fetching && !self.awaiting_ack && !self.applying;
+        if self.phase == Phase::Running && self.local_done && self.remote_done && idle {
+            self.close(Outcome::Complete);
+        }
+    }
+
+    /// A message arrived from the peer.
+    pub fn handle_message(&mut self, now: u64, message: Message) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.last_activity = now;
+        self.stats.messages_received += 1;
+        match (self.phase, message) {
+            (_, Message::Error { code, message }) => {
+                self.close(Outcome::Remote { code, reason: message });
+            }
+            (Phase::AwaitHello, Message::Hello { version, node, role, vector }) => {
+                self.handle_hello(version, node, role, vector);
+            }
+            (Phase::Running, Message::Batches { batches }) if !self.applying => {
+                self.stats.batches_received += batches.len() as u64;
+                self.applying = true;
+                self.effects.push_back(Effect::Apply { batches });
+            }
+            (Phase::Running, Message::Ack { vector }) if self.awaiting_ack => {
+                self.awaiting_ack = false;
+                self.peer_vector.merge(&vector);
+                self.sent_up_to.merge(&vector);
+                self.fetch();
+            }
+            (Phase::Running, Message::Done) if !self.remote_done => {
+                self.remote_done = true;
+                self.check_complete();
+            }
+            (phase, other) => {
+                let reason = format!("unexpected {} message ({phase:?})", other.kind());
+                self.refuse(ErrorCode::Protocol, reason);
+            }
+        }
+    }
+
+    fn handle_hello(&mut self, version: u16, node: NodeId, role: Role, vector: Vector) {
+        if version != PROTOCOL_VERSION {
+            let reason = format!(
+                "protocol version {version} is not supported (this node speaks version \
+                 {PROTOCOL_VERSION}); upgrade the older node, its changes stay queued"
+            );
+            return self.refuse(ErrorCode::Version, reason);
+        }
+        if node != self.peer {
+            let reason =
+                format!("hello from node {node}, but the connection is from {}", self.peer);
+            return self.refuse(ErrorCode::Forbidden, reason);
+        }
+        if !complementary(self.role, role) {
+            let reason = format!(
+                "role mismatch: this node is {:?} toward {node}, which says it is {role:?}",
+                self.role
+            );
+            return self.refuse(ErrorCode::Forbidden, reason);
+        }
+        self.phase = Phase::Running;
+        self.handshaken = true;
+        self.peer_vector = vector.clone();
+        self.sent_up_to = vector;
+        self.fetch();
+    }
+
+    /// The batches the last `Fetch` asked for (empty: nothing more to send this round).
+    pub fn handle_fetched(&mut self, now: u64, batches: Vec<WireBatch>) {
+        if self.phase != Phase::Running || !self.fetching {
+            return;
+        }
+        self.last_activity = self.last_activity.max(now);
+        self.fetching = false;
+        if batches.is_empty() {
+            self.local_done = true;
+            self.send(Message::Done);
+            self.check_complete();
+            return;
+        }
+        for b in &batches {
+            let (author, seq) = (b.batch.author(), b.batch.seq());
+            let up = self.sent_up_to.0.entry(author).or_insert(0);
+            *up = (*up).max(seq);
+        }
+        self.stats.batches_sent += batches.len() as u64;
+        self.awaiting_ack = true;
+        self.send(Message::Batches { batches });
+    }
+
+    /// The last `Apply` is durable; `vector` is what this node now holds.
+    pub fn handle_applied(&mut self, now: u64, vector: Vector) {
+        if self.phase != Phase::Running || !self.applying {
+            return;
+        }
+        self.last_activity = self.last_activity.max(now);
+        self.applying = false;
+        self.send(Message::Ack { vector });
+        self.check_complete();
+    }
+
+    /// The driver could not fetch or apply (storage failure): the session ends.
+    pub fn handle_local_error(&mut self, reason: String) {
+        self.refuse(ErrorCode::Internal, reason);
+    }
+
+    /// The peer sent bytes that are not a message: the session ends.
+    pub fn handle_malformed(&mut self, reason: String) {
+        self.refuse(ErrorCode::Protocol, reason);
+    }
+
+    /// The connection or stream broke.
+    pub fn handle_disconnect(&mut self, reason: String) {
+        self.close(Outcome::Lost { reason });
+    }
+
+    /// Whether the peer's `Hello` was accepted.
+    pub fn handshaken(&self) -> bool {
+        self.handshaken
+    }
+
+    /// Time passed; ends the session if the peer has been silent too long.
+    pub fn handle_timeout(&mut self, now: u64) {
+        if self.phase != Phase::Closed && now >= self.last_activity + SESSION_IDLE_MS {
+            self.close(Outcome::TimedOut);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{BATCH_VERSION, Batch, ChangeRef};
+    use crate::id::{AuthorId, BodyHash, EntityId, EntityType, Incarnation, Uid};
+    use crate::identity::Keypair;
+    use std::collections::BTreeMap;
+
+    /// A toy store: the batches held per author (contiguous), with their wire form.
+    #[derive(Default)]
+    struct Toy {
+        held: BTreeMap<AuthorId, Vec<WireBatch>>,
+    }
+
+    impl Toy {
+        fn vector(&self) -> Vector {
+            Vector(self.held.iter().map(|(a, v)| (*a, v.len() as u64)).collect())
+        }
+        fn fetch(&self, after: &Vector, max: usize) -> Vec<WireBatch> {
+            let mut out = Vec::new();
+            for (a, list) in &self.held {
+                for b in list.iter().skip(after.get(a) as usize) {
+                    if out.len() < max {
+                        out.push(b.clone());
+                    }
+                }
+            }
+            out
+        }
+        fn apply(&mut self, batches: Vec<WireBatch>) {
+            for b in batches {
+                let list = self.held.entry(b.batch.author()).or_default();
+                if b.batch.seq() == list.len() as u64 + 1 {
+                    list.push(b);
+                }
+            }
+        }
+    }
+
+    fn batches(key: &Keypair, n: u64) -> Vec<WireBatch> {
+        let author = AuthorId { node: key.node_id(), incarnation: Incarnation(1) };
+        let entity = EntityId::new(EntityType::Generic, Uid::from_random([1; 16]));
+        (1..=n)
+            .map(|seq| {
+                let body = vec![seq as u8];
+                let changes = vec![ChangeRef { entity, body: BodyHash::of(&body) }];
+                let prev = (seq > 1).then_some(crate::batch::BatchHash([0; 32]));
+                let batch = Batch { version: BATCH_VERSION, author, seq, prev, changes };
+                WireBatch::new(batch.sign(key), vec![body])
+            })
+            .collect()
+    }
+
+    /// Runs two sessions against each other until both close; `cut` drops every message after
+    /// that many have been delivered (a broken link).
+    fn run(
+        a: &mut (Session, Toy),
+        b: &mut (Session, Toy),
+        cut: Option<usize>,
+    ) -> (Outcome, Outcome, usize) {
+        let mut delivered = 0;
+        let mut outcomes = [None, None];
+        for _ in 0..10_000 {
+            let mut progressed = false;
+            for (side, slot) in outcomes.iter_mut().enumerate() {
+                let (me, other) = if side == 0 { (&mut *a, &mut *b) } else { (&mut *b, &mut *a) };
+                while let Some(effect) = me.0.poll_effect() {
+                    progressed = true;
+                    match effect {
+                        Effect::Send(m) => {
+                            if cut.is_none_or(|c| delivered < c) {
+                                delivered += 1;
+                                let bytes = super::super::message::encode(&m);
+                                let m = super::super::message::decode(&bytes[4..]).expect("decode");
+                                other.0.handle_message(0, m);
+                            }
+                        }
+                        Effect::Fetch { after } => {
+                            let got = me.1.fetch(&after, 2);
+                            me.0.handle_fetched(0, got);
+                        }
+                        Effect::Apply { batches } => {
+                            me.1.apply(batches);
+                            let v = me.1.vector();
+                            me.0.handle_applied(0, v);
+                        }
+                        Effect::Closed(o) => *slot = Some(o),
+                    }
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        let [x, y] = outcomes;
+        (x.unwrap_or(Outcome::TimedOut), y.unwrap_or(Outcome::TimedOut), delivered)
+    }
+
+    fn pair(ka: &Keypair, kb: &Keypair, ta: Toy, tb: Toy) -> ((Session, Toy), (Session, Toy)) {
+        let a = Session::new(0, ka.node_id(), Role::Child, kb.node_id(), ta.vector());
+        let b = Session::new(0, kb.node_id(), Role::Parent, ka.node_id(), tb.vector());
+        ((a, ta), (b, tb))
+    }
+
+    #[test]
+    fn both_sides_get_what_they_lack() {
+        let (ka, kb) = (Keypair::from_secret([1; 32]), Keypair::from_secret([2; 32]));
+        let mut ta = Toy::default();
+        ta.apply(batches(&ka, 5));
+        let mut tb = Toy::default();
+        tb.apply(batches(&kb, 3));
+        let (mut a, mut b) = pair(&ka, &kb, ta, tb);
+        let (oa, ob, _) = run(&mut a, &mut b, None);
+        assert_eq!((oa, ob), (Outcome::Complete, Outcome::Complete));
+        assert_eq!(a.1.vector(), b.1.vector());
+        assert_eq!(a.0.stats().batches_sent, 5);
+        assert_eq!(b.0.stats().batches_sent, 3);
+    }
+
+    #[test]
+    fn a_cut_transfer_resumes_sending_at_most_the_message_in_flight() {
+        let (ka, kb) = (Keypair::from_secret([1; 32]), Keypair::from_secret([2; 32]));
+        let mut ta = Toy::default();
+        ta.apply(batches(&ka, 9));
+        let (mut a, mut b) = pair(&ka, &kb, ta, Toy::default());
+        run(&mut a, &mut b, Some(5));
+        let held_after_cut = b.1.vector().get(&a.1.held.keys().next().copied().expect("author"));
+        assert!(held_after_cut > 0 && held_after_cut < 9, "{held_after_cut}");
+        let sent_before = a.0.stats().batches_sent;
+        // Reconnect: new sessions start from the durable vectors.
+        let (ta, tb) = (std::mem::take(&mut a.1), std::mem::take(&mut b.1));
+        let (mut a2, mut b2) = pair(&ka, &kb, ta, tb);
+        let (oa, ob, _) = run(&mut a2, &mut b2, None);
+        assert_eq!((oa, ob), (Outcome::Complete, Outcome::Complete));
+        let total = sent_before + a2.0.stats().batches_sent;
+        assert!(total - 9 <= 2, "resent {} batches (one message of at most 2)", total - 9);
+        assert_eq!(a2.1.vector(), b2.1.vector());
+    }
+
+    #[test]
+    fn version_role_and_identity_mismatches_are_refused_explicitly() {
+        let (ka, kb) = (Keypair::from_secret([1; 32]), Keypair::from_secret([2; 32]));
+        let mut s = Session::new(0, ka.node_id(), Role::Child, kb.node_id(), Vector::default());
+        s.poll_effect();
+        s.handle_message(
+            1,
+            Message::Hello {
+                version: 2,
+                node: kb.node_id(),
+                role: Role::Parent,
+                vector: Vector::default(),
+            },
+        );
+        let Some(Effect::Send(Message::Error { code: ErrorCode::Version, message })) =
+            s.poll_effect()
+        else {
+            panic!("no version error")
+        };
+        assert!(message.contains("version 2") && message.contains("version 1"), "{message}");
+        assert!(matches!(
+            s.poll_effect(),
+            Some(Effect::Closed(Outcome::Refused { code: ErrorCode::Version, .. }))
+        ));
+
+        let mut s = Session::new(0, ka.node_id(), Role::Child, kb.node_id(), Vector::default());
+        s.poll_effect();
+        s.handle_message(
+            1,
+            Message::Hello {
+                version: 1,
+                node: kb.node_id(),
+                role: Role::Child,
+                vector: Vector::default(),
+            },
+        );
+        assert!(matches!(
+            s.poll_effect(),
+            Some(Effect::Send(Message::Error { code: ErrorCode::Forbidden, .. }))
+        ));
+
+        let mut s = Session::new(0, ka.node_id(), Role::Peer, kb.node_id(), Vector::default());
+        s.poll_effect();
+        s.handle_message(
+            1,
+            Message::Hello {
+                version: 1,
+                node: ka.node_id(),
+                role: Role::Peer,
+                vector: Vector::default(),
+            },
+        );
+        assert!(matches!(
+            s.poll_effect(),
+            Some(Effect::Send(Message::Error { code: ErrorCode::Forbidden, .. }))
+        ));
+    }
+
+    #[test]
+    fn out_of_order_messages_and_silence_end_the_session() {
+        let (ka, kb) = (Keypair::from_secret([1; 32]), Keypair::from_secret([2; 32]));
+        let mut s = Session::new(0, ka.node_id(), Role::Peer, kb.node_id(), Vector::default());
+        s.poll_effect();
+        s.handle_message(1, Message::Ack { vector: Vector::default() });
+        assert!(matches!(
+            s.poll_effect(),
+            Some(Effect::Send(Message::Error { code: ErrorCode::Protocol, .. }))
+        ));
+
+        let mut s = Session::new(0, ka.node_id(), Role::Peer, kb.node_id(), Vector::default());
+        assert_eq!(s.poll_timeout(), Some(SESSION_IDLE_MS));
+        s.handle_timeout(SESSION_IDLE_MS);
+        s.poll_effect();
+        assert!(matches!(s.poll_effect(), Some(Effect::Closed(Outcome::TimedOut))));
+    }
+}
