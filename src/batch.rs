@@ -208,6 +208,13 @@ impl SignedBatch {
             if body.len() > CHANGE_BYTES_MAX || BodyHash::of(body) != listed.body {
                 return Err(BatchError::BodyHash { author, seq, index });
             }
+            // Automerge chunk header: magic (4), checksum (4), type (1). Only plain change
+            // chunks (type 1) are accepted: a compressed one (type 2) inflates without bound
+            // inside the decoder, and sitesync never writes one.
+            if body.get(8) != Some(&1) {
+                let reason = "not an uncompressed Automerge change chunk".to_string();
+                return Err(BatchError::BodyDecode { author, seq, index, reason });
+            }
             // Peer bytes: a decoder panic must become a rejection, never a crash.
             let decoded = std::panic::catch_unwind(|| automerge::Change::from_bytes(body.clone()));
             let change = match decoded {

@@ -24,7 +24,9 @@ pub const KEY_FILE: &str = "node.key";
 pub const STORE_FILE: &str = "store.redb";
 /// Changes applied per write transaction during an import (bounds memory and the work a crash
 /// can lose; each chunk is durable on its own).
-pub const IMPORT_CHUNK_CHANGES: usize = 50_000;
+pub const IMPORT_CHUNK_CHANGES: usize = 200_000;
+/// Body bytes applied per import transaction at most (bounds memory for large bodies).
+pub const IMPORT_CHUNK_BYTES: usize = 256 * 1024 * 1024;
 /// Environment variable that overrides `IMPORT_CHUNK_CHANGES` (smaller: less memory and less
 /// work redone after a crash; larger: fewer reloads of documents touched in several chunks).
 pub const IMPORT_CHUNK_ENV: &str = "SITESYNC_IMPORT_CHUNK_CHANGES";
@@ -269,6 +271,7 @@ impl Node {
         let mut chunk: Vec<VerifiedBatch> = Vec::new();
         let mut refused: Vec<Rejection> = Vec::new();
         let mut chunk_changes = 0;
+        let mut chunk_bytes = 0;
         let chunk_limit = import_chunk_changes();
         let mut frames = bundle::frames(path, &scan)?.peekable();
         while let Some(item) = frames.next() {
@@ -279,6 +282,7 @@ impl Node {
                     match signed.verify(bodies, &trust) {
                         Ok(vb) => {
                             chunk_changes += vb.changes.len();
+                            chunk_bytes += vb.bodies.iter().map(Vec::len).sum::<usize>();
                             chunk.push(vb);
                         }
                         Err(e) => refused.push(Rejection { author, seq, reason: e.to_string() }),
@@ -289,7 +293,10 @@ impl Node {
                 }
             }
             let last = frames.peek().is_none();
-            if last || chunk_changes + BATCH_CHANGES_MAX > chunk_limit {
+            if last
+                || chunk_changes + BATCH_CHANGES_MAX > chunk_limit
+                || chunk_bytes >= IMPORT_CHUNK_BYTES
+            {
                 let ctx = ApplyContext {
                     trust: &trust,
                     from: Some(scan.header.exporter),
@@ -301,6 +308,7 @@ impl Node {
                 let r = self.store.apply(std::mem::take(&mut chunk), ctx)?;
                 merge_report(&mut report.applied, r);
                 chunk_changes = 0;
+                chunk_bytes = 0;
             }
             progress(report.frames, scan.usable_frames);
         }
@@ -377,8 +385,8 @@ pub fn status_json(node: &Node) -> Result<serde_json::Value, NodeError> {
     for p in &node.config.peers {
         let st = node.store.peer_state(&p.node_id)?;
         let known = node.store.peer_vector(&p.node_id)?.unwrap_or_default();
-        let mut theirs = st.vector.clone();
-        theirs.merge(&known);
+        // The network figure when there was a session, else the last bundle's.
+        let theirs = if st.last_contact > 0 { st.vector.clone() } else { known };
         let never = |t: i64| if t == 0 { Value::Null } else { Value::from(t) };
         peers.push(json!({
             "node_id": p.node_id.to_string(),

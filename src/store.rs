@@ -356,7 +356,9 @@ impl Store {
         Ok(Some(rec.vector))
     }
 
-    /// Records that `node` holds at least `vector`.
+    /// Records that `node` holds `vector` (as of its latest bundle). The newest figure replaces
+    /// the old one: a node restored from a backup holds less than before, and must be sent
+    /// again what it lost.
     pub fn learn_peer_vector(
         &self,
         node: &NodeId,
@@ -375,7 +377,7 @@ impl Store {
                 }
                 None => PeerRecord::default(),
             };
-            rec.vector.merge(vector);
+            rec.vector = vector.clone();
             rec.seen = time;
             peers.insert(&node.0, encode(&rec).as_slice())?;
         }

@@ -167,7 +167,8 @@ pub async fn drive(
             let t = now_secs();
             if handshaken {
                 s.last_contact = t;
-                s.vector.merge(&peer_vector);
+                // Replace, never merge: a peer restored from a backup holds less than before.
+                s.vector = peer_vector;
             }
             s.sessions += 1;
             s.batches_sent += rep2.batches_sent;
@@ -215,7 +216,8 @@ pub async fn sync_once(node: Arc<Node>, endpoint: &quinn::Endpoint, peer: &Peer)
     let connecting = match endpoint.connect_with(config, addr, transport::SERVER_NAME) {
         Ok(c) => c,
         Err(e) => {
-            return record_failure(&node, peer.node_id, fail(format!("dialling {addr}: {e}"))).await;
+            return record_failure(&node, peer.node_id, fail(format!("dialling {addr}: {e}")))
+                .await;
         }
     };
     let timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);

@@ -7,7 +7,7 @@
 //! seq waits in `PENDING` until the gap fills. Documents are materialized on scoped worker
 //! threads (Automerge's apply is the hot path), then written back in the same transaction.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use automerge::Change;
 use redb::ReadableTable;
@@ -16,7 +16,7 @@ use super::tables::*;
 use super::{
     Store, StoreError, append_event, corrupt, decode_batch, decode_doc, encode, encode_batch,
 };
-use crate::batch::{Trust, VerifiedBatch};
+use crate::batch::{BatchHash, Trust, VerifiedBatch};
 use crate::entity::doc::EntityDoc;
 use crate::event::{Event, EventKind};
 use crate::id::{AuthorId, BodyHash, EntityId, Incarnation, NodeId};
@@ -73,109 +73,90 @@ struct Work {
     changes: Vec<(BodyHash, Change)>,
 }
 
+/// Where an accepted batch comes from: this call's input or the pending table.
+#[derive(Clone, Copy)]
+enum Src {
+    Incoming(usize),
+    Promoted(usize),
+}
+
+/// The read-only outcome of sequencing: what would be written.
+#[derive(Default)]
+struct Plan {
+    accepted: Vec<Src>,
+    promoted: Vec<VerifiedBatch>,
+    to_pending: Vec<(AuthorId, u64, Vec<u8>)>,
+    from_pending: Vec<(AuthorId, u64)>,
+    present: u64,
+    waiting: u64,
+    rejected: Vec<Rejection>,
+    own_log_diverged: bool,
+}
+
+impl Plan {
+    fn batch<'a>(&'a self, incoming: &'a [VerifiedBatch], src: Src) -> &'a VerifiedBatch {
+        match src {
+            Src::Incoming(i) => &incoming[i],
+            Src::Promoted(i) => &self.promoted[i],
+        }
+    }
+}
+
 impl Store {
     /// Applies verified batches in one write transaction (see the module docs for the rules).
+    ///
+    /// Sequencing and materializing are planned first without writing. If a document cannot be
+    /// merged (Automerge refuses a change, or the merged document does not load back), every
+    /// batch of this call that carries a change to it is rejected whole, and the plan is made
+    /// again without them; only then is anything written. So a batch is never half-applied and
+    /// the result does not depend on how batches were grouped into calls.
     pub fn apply(
         &self,
         incoming: Vec<VerifiedBatch>,
         ctx: ApplyContext<'_>,
     ) -> Result<ApplyReport, StoreError> {
         let own = self.author();
-        let mut report = ApplyReport { rejected: ctx.refused, ..ApplyReport::default() };
         let tx = self.db.begin_write()?;
-        let mut touched: BTreeMap<EntityId, Vec<(BodyHash, Change)>> = BTreeMap::new();
-        let mut own_log_diverged = false;
-        {
-            let mut vector = tx.open_table(VECTOR)?;
-            let mut batches = tx.open_table(BATCHES)?;
-            let mut bodies = tx.open_table(BODIES)?;
-            let mut pending = tx.open_table(PENDING)?;
-            let mut held: HashMap<AuthorId, u64> = HashMap::new();
-            let mut queue: VecDeque<VerifiedBatch> = incoming.into();
-            while let Some(vb) = queue.pop_front() {
-                let (author, seq) = (vb.signed.author(), vb.signed.seq());
-                let actor = author.actor_bytes();
-                let top = match held.get(&author) {
-                    Some(s) => *s,
-                    None => vector.get(&actor)?.map_or(0, |v| v.value()),
-                };
-                let reject = |reason: String| Rejection { author, seq, reason };
-                if seq <= top {
-                    let stored = batches
-                        .get((&actor, seq))?
-                        .ok_or_else(|| corrupt(format!("batch {author} #{seq}"), "missing"))?;
-                    if decode_batch(stored.value())?.0 == vb.hash {
-                        report.present += 1;
-                    } else {
-                        own_log_diverged |= author == own;
-                        report.rejected.push(reject(format!(
-                            "fork: differs from the batch #{seq} already held for this author \
-                             (its node's store was probably restored from a backup)"
-                        )));
-                    }
-                    continue;
-                }
-                if seq > top + 1 {
-                    if seq - top > PENDING_AHEAD_MAX {
-                        report
-                            .rejected
-                            .push(reject(format!("seq is {} ahead of the held #{top}", seq - top)));
-                    } else {
-                        let bodies =
-                            vb.bodies.into_iter().map(serde_bytes::ByteBuf::from).collect();
-                        let rec = PendingBatch { signed: vb.signed, bodies };
-                        pending.insert((&actor, seq), encode(&rec).as_slice())?;
-                        report.waiting += 1;
-                    }
-                    continue;
-                }
-                if seq > 1 {
-                    let stored = batches.get((&actor, seq - 1))?.ok_or_else(|| {
-                        corrupt(format!("batch {author} #{}", seq - 1), "missing")
-                    })?;
-                    if Some(decode_batch(stored.value())?.0) != vb.signed.batch.prev {
-                        report.rejected.push(reject(format!(
-                            "prev does not match the held batch #{}",
-                            seq - 1
-                        )));
-                        continue;
-                    }
-                }
-                own_log_diverged |= author == own;
-                batches.insert((&actor, seq), encode_batch(&vb.hash, &vb.signed).as_slice())?;
-                vector.insert(&actor, seq)?;
-                held.insert(author, seq);
-                report.applied_batches += 1;
-                report.applied_changes += vb.changes.len() as u64;
-                for ((r, body), change) in
-                    vb.signed.batch.changes.iter().zip(&vb.bodies).zip(vb.changes)
-                {
-                    bodies.insert(&r.body.0, body.as_slice())?;
-                    touched.entry(r.entity).or_default().push((r.body, change));
-                }
-                let next = pending.remove((&actor, seq + 1))?.map(|v| v.value().to_vec());
-                if let Some(bytes) = next {
-                    let rec: PendingBatch =
-                        postcard::from_bytes(&bytes).map_err(|e| corrupt("pending batch", e))?;
-                    let (a, s) = (rec.signed.author(), rec.signed.seq());
-                    let bodies =
-                        rec.bodies.into_iter().map(serde_bytes::ByteBuf::into_vec).collect();
-                    match rec.signed.verify(bodies, ctx.trust) {
-                        Ok(vb) => {
-                            report.released += 1;
-                            queue.push_front(vb);
-                        }
-                        Err(e) => report.rejected.push(Rejection {
-                            author: a,
-                            seq: s,
-                            reason: e.to_string(),
-                        }),
+        let mut excluded: HashSet<(AuthorId, u64)> = HashSet::new();
+        let mut merge_rejections = Vec::new();
+        let (plan, docs, unmergeable) = loop {
+            let plan = sequence(&tx, &incoming, &excluded, ctx.trust, own)?;
+            let (docs, failures) = materialize(&tx, &plan, &incoming, ctx.threads)?;
+            let mut newly = 0;
+            for (entity, reason) in &failures {
+                for &src in &plan.accepted {
+                    let b = plan.batch(&incoming, src);
+                    let key = (b.signed.author(), b.signed.seq());
+                    if b.signed.batch.changes.iter().any(|c| c.entity == *entity)
+                        && excluded.insert(key)
+                    {
+                        newly += 1;
+                        merge_rejections.push(Rejection {
+                            author: key.0,
+                            seq: key.1,
+                            reason: format!("its change to {entity} cannot be merged: {reason}"),
+                        });
                     }
                 }
             }
-        }
-        self.materialize(&tx, touched, ctx.threads, &mut report)?;
-        if own_log_diverged {
+            // Failures no batch of this call explains (changes queued earlier) are reported and
+            // leave their documents as they were.
+            if failures.is_empty() || newly == 0 {
+                break (plan, docs, failures);
+            }
+        };
+        let mut report = ApplyReport {
+            present: plan.present,
+            waiting: plan.waiting,
+            released: plan.promoted.len() as u64,
+            unmergeable,
+            ..ApplyReport::default()
+        };
+        report.rejected = ctx.refused;
+        report.rejected.extend(merge_rejections);
+        report.rejected.extend(plan.rejected.iter().cloned());
+        write_plan(&tx, &plan, &incoming, docs, &mut report)?;
+        if plan.own_log_diverged {
             let fresh = AuthorId { node: self.node, incarnation: ctx.fresh_incarnation };
             tx.open_table(META)?
                 .insert("incarnation", fresh.incarnation.0.to_be_bytes().as_slice())?;
@@ -193,47 +174,213 @@ impl Store {
         }
         Ok(report)
     }
+}
 
-    fn materialize(
-        &self,
-        tx: &redb::WriteTransaction,
-        touched: BTreeMap<EntityId, Vec<(BodyHash, Change)>>,
-        threads: usize,
-        report: &mut ApplyReport,
-    ) -> Result<(), StoreError> {
-        let mut docs = tx.open_table(DOCS)?;
-        let bodies = tx.open_table(BODIES)?;
-        let mut work = Vec::with_capacity(touched.len());
-        for (id, mut changes) in touched {
-            let key = id.key();
-            let record = match docs.get(key.as_str())? {
-                Some(v) => decode_doc(&key, v.value())?,
-                None => DocRecord::default(),
-            };
-            for hash in &record.queued {
-                let body = bodies
-                    .get(&hash.0)?
-                    .ok_or_else(|| corrupt(format!("queued body {hash}"), "missing"))?;
-                let change = Change::from_bytes(body.value().to_vec())
-                    .map_err(|e| corrupt(format!("body {hash}"), e))?;
-                changes.push((*hash, change));
-            }
-            work.push(Work { key, record, changes });
+/// Sequences the batches against the store without writing: which apply, wait, are present or
+/// are refused. `excluded` batches are treated as refused (already reported).
+fn sequence(
+    tx: &redb::WriteTransaction,
+    incoming: &[VerifiedBatch],
+    excluded: &HashSet<(AuthorId, u64)>,
+    trust: &dyn Trust,
+    own: AuthorId,
+) -> Result<Plan, StoreError> {
+    let vector = tx.open_table(VECTOR)?;
+    let batches = tx.open_table(BATCHES)?;
+    let pending = tx.open_table(PENDING)?;
+    let mut plan = Plan::default();
+    // Per author: the top seq and its hash as this plan would leave them.
+    let mut tops: HashMap<AuthorId, u64> = HashMap::new();
+    // Hashes of the batches this plan accepts, which are not in the table yet.
+    let mut planned: HashMap<(AuthorId, u64), BatchHash> = HashMap::new();
+    let mut queue: VecDeque<Src> = (0..incoming.len()).map(Src::Incoming).collect();
+    let mut pending_seen: HashSet<(AuthorId, u64)> = HashSet::new();
+    // Batches of this call that wait for an earlier seq: (author, seq) -> index in `incoming`.
+    let mut waiting: HashMap<(AuthorId, u64), usize> = HashMap::new();
+    let mut promoted: Vec<VerifiedBatch> = Vec::new();
+    while let Some(src) = queue.pop_front() {
+        let vb = match src {
+            Src::Incoming(i) => &incoming[i],
+            Src::Promoted(i) => &promoted[i],
+        };
+        let (author, seq, hash) = (vb.signed.author(), vb.signed.seq(), vb.hash);
+        let actor = author.actor_bytes();
+        let top = match tops.get(&author) {
+            Some(t) => *t,
+            None => vector.get(&actor)?.map_or(0, |v| v.value()),
+        };
+        let reject = |reason: String| Rejection { author, seq, reason };
+        if excluded.contains(&(author, seq)) {
+            continue;
         }
-        let results = run_parallel(work, threads.max(1))?;
-        for (key, result) in results {
-            match result {
-                Ok(record) => {
-                    docs.insert(key.as_str(), encode(&record).as_slice())?;
+        let stored_hash = |s: u64| -> Result<BatchHash, StoreError> {
+            if let Some(h) = planned.get(&(author, s)) {
+                return Ok(*h);
+            }
+            let stored = batches
+                .get((&actor, s))?
+                .ok_or_else(|| corrupt(format!("batch {author} #{s}"), "missing"))?;
+            Ok(decode_batch(stored.value())?.0)
+        };
+        if seq <= top {
+            if stored_hash(seq)? == hash {
+                plan.present += 1;
+            } else {
+                plan.own_log_diverged |= author == own;
+                plan.rejected.push(reject(format!(
+                    "fork: differs from the batch #{seq} already held for this author \
+                     (its node's store was probably restored from a backup)"
+                )));
+            }
+            continue;
+        }
+        if seq > top + 1 {
+            plan.own_log_diverged |= author == own;
+            if seq - top > PENDING_AHEAD_MAX {
+                plan.rejected
+                    .push(reject(format!("seq is {} ahead of the held #{top}", seq - top)));
+            } else if let Src::Incoming(i) = src {
+                waiting.insert((author, seq), i);
+            }
+            continue;
+        }
+        if seq > 1 && Some(stored_hash(seq - 1)?) != vb.signed.batch.prev {
+            plan.own_log_diverged |= author == own;
+            plan.rejected.push(reject(format!("prev does not match the held batch #{}", seq - 1)));
+            continue;
+        }
+        plan.own_log_diverged |= author == own;
+        tops.insert(author, seq);
+        planned.insert((author, seq), hash);
+        // A copy may wait in the table from an earlier receipt; it is applied now.
+        if !pending_seen.contains(&(author, seq)) && pending.get((&actor, seq))?.is_some() {
+            pending_seen.insert((author, seq));
+            plan.from_pending.push((author, seq));
+        }
+        plan.accepted.push(src);
+        // The next seq of this author may be waiting: earlier in this call, or from an
+        // earlier receipt.
+        let next = (author, seq + 1);
+        if let Some(i) = waiting.remove(&next) {
+            queue.push_front(Src::Incoming(i));
+        } else if pending_seen.insert(next)
+            && let Some(v) = pending.get((&actor, seq + 1))?
+        {
+            let rec: PendingBatch =
+                postcard::from_bytes(v.value()).map_err(|e| corrupt("pending batch", e))?;
+            plan.from_pending.push(next);
+            let bodies = rec.bodies.into_iter().map(serde_bytes::ByteBuf::into_vec).collect();
+            match rec.signed.verify(bodies, trust) {
+                Ok(vb) => {
+                    promoted.push(vb);
+                    queue.push_front(Src::Promoted(promoted.len() - 1));
                 }
-                Err(reason) => {
-                    let entity = key.parse().map_err(|e| corrupt(format!("doc key {key:?}"), e))?;
-                    report.unmergeable.push((entity, reason));
-                }
+                Err(e) => plan.rejected.push(Rejection {
+                    author: next.0,
+                    seq: next.1,
+                    reason: e.to_string(),
+                }),
             }
         }
-        Ok(())
     }
+    plan.promoted = promoted;
+    let mut left: Vec<_> = waiting.into_iter().collect();
+    left.sort();
+    for ((author, seq), i) in left {
+        let vb = &incoming[i];
+        let bodies = vb.bodies.iter().cloned().map(serde_bytes::ByteBuf::from).collect();
+        let rec = PendingBatch { signed: vb.signed.clone(), bodies };
+        plan.to_pending.push((author, seq, encode(&rec)));
+        plan.waiting += 1;
+    }
+    Ok(plan)
+}
+
+type Materialized = (Vec<(String, DocRecord)>, Vec<(EntityId, String)>);
+
+/// Merges the accepted changes into their documents (read-only): the records to write, and the
+/// documents that cannot be merged.
+fn materialize(
+    tx: &redb::WriteTransaction,
+    plan: &Plan,
+    incoming: &[VerifiedBatch],
+    threads: usize,
+) -> Result<Materialized, StoreError> {
+    let docs = tx.open_table(DOCS)?;
+    let bodies = tx.open_table(BODIES)?;
+    let mut touched: BTreeMap<EntityId, Vec<(BodyHash, Change)>> = BTreeMap::new();
+    for &src in &plan.accepted {
+        let b = plan.batch(incoming, src);
+        for (r, change) in b.signed.batch.changes.iter().zip(&b.changes) {
+            touched.entry(r.entity).or_default().push((r.body, change.clone()));
+        }
+    }
+    let mut work = Vec::with_capacity(touched.len());
+    for (id, mut changes) in touched {
+        let key = id.key();
+        let record = match docs.get(key.as_str())? {
+            Some(v) => decode_doc(&key, v.value())?,
+            None => DocRecord::default(),
+        };
+        for hash in &record.queued {
+            let body = bodies
+                .get(&hash.0)?
+                .ok_or_else(|| corrupt(format!("queued body {hash}"), "missing"))?;
+            let change = Change::from_bytes(body.value().to_vec())
+                .map_err(|e| corrupt(format!("body {hash}"), e))?;
+            changes.push((*hash, change));
+        }
+        work.push(Work { key, record, changes });
+    }
+    let mut out = Vec::with_capacity(work.len());
+    let mut failures = Vec::new();
+    for (key, result) in run_parallel(work, threads.max(1))? {
+        match result {
+            Ok(record) => out.push((key, record)),
+            Err(reason) => {
+                let entity = key.parse().map_err(|e| corrupt(format!("doc key {key:?}"), e))?;
+                failures.push((entity, reason));
+            }
+        }
+    }
+    Ok((out, failures))
+}
+
+/// Writes a plan: bodies, batches, vector, pending changes and documents.
+fn write_plan(
+    tx: &redb::WriteTransaction,
+    plan: &Plan,
+    incoming: &[VerifiedBatch],
+    docs_out: Vec<(String, DocRecord)>,
+    report: &mut ApplyReport,
+) -> Result<(), StoreError> {
+    let mut vector = tx.open_table(VECTOR)?;
+    let mut batches = tx.open_table(BATCHES)?;
+    let mut bodies = tx.open_table(BODIES)?;
+    let mut pending = tx.open_table(PENDING)?;
+    let mut docs = tx.open_table(DOCS)?;
+    for &src in &plan.accepted {
+        let b = plan.batch(incoming, src);
+        let (author, seq) = (b.signed.author(), b.signed.seq());
+        let actor = author.actor_bytes();
+        batches.insert((&actor, seq), encode_batch(&b.hash, &b.signed).as_slice())?;
+        vector.insert(&actor, seq)?;
+        for (r, body) in b.signed.batch.changes.iter().zip(&b.bodies) {
+            bodies.insert(&r.body.0, body.as_slice())?;
+        }
+        report.applied_batches += 1;
+        report.applied_changes += b.changes.len() as u64;
+    }
+    for (author, seq) in &plan.from_pending {
+        pending.remove((&author.actor_bytes(), *seq))?;
+    }
+    for (author, seq, bytes) in &plan.to_pending {
+        pending.insert((&author.actor_bytes(), *seq), bytes.as_slice())?;
+    }
+    for (key, record) in docs_out {
+        docs.insert(key.as_str(), encode(&record).as_slice())?;
+    }
+    Ok(())
 }
 
 type Outcome = (String, Result<DocRecord, String>);
@@ -287,6 +434,15 @@ fn materialize_one(work: Work) -> Outcome {
             hashes.iter().filter(|(_, h)| !doc.holds(h)).map(|(b, _)| *b).collect();
         let heads: Vec<[u8; 32]> = doc.heads().iter().map(|h| h.0).collect();
         let saved = if heads.is_empty() { Vec::new() } else { doc.save() };
+        // Automerge accepts some malformed ops (an op on an unknown object) and then saves a
+        // document that does not load; such a merge must be refused, not stored.
+        if !saved.is_empty() {
+            let back = EntityDoc::load(&saved)
+                .map_err(|e| format!("the merged document does not load: {e}"))?;
+            if back.heads() != doc.heads() {
+                return Err("the merged document does not load back to the same heads".into());
+            }
+        }
         Ok(DocRecord { heads, queued, doc: saved })
     }))
     .unwrap_or_else(|_| Err("automerge panicked while merging".to_string()));
