@@ -339,12 +339,13 @@ impl Node {
     }
 
     /// Verifies and applies batches received from `from` in one transaction; returns the
-    /// vector held afterwards and the report.
+    /// vector held afterwards, the report, and how many batches failed verification (bad
+    /// signature, untrusted author, wrong hashes or actors: a peer that sends those is cut off).
     pub fn apply_wire(
         &self,
         from: NodeId,
         batches: Vec<WireBatch>,
-    ) -> Result<(Vector, ApplyReport), NodeError> {
+    ) -> Result<(Vector, ApplyReport, usize), NodeError> {
         let trust = self.config.trust_set(self.id());
         let mut verified = Vec::with_capacity(batches.len());
         let mut refused = Vec::new();
@@ -356,6 +357,7 @@ impl Node {
                 Err(e) => refused.push(Rejection { author, seq, reason: e.to_string() }),
             }
         }
+        let failed_verification = refused.len();
         let ctx = ApplyContext {
             trust: &trust,
             from: Some(from),
@@ -365,7 +367,7 @@ impl Node {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()).min(8),
         };
         let report = self.store.apply(verified, ctx)?;
-        Ok((self.store.vector()?, report))
+        Ok((self.store.vector()?, report, failed_verification))
     }
 
     /// Signing key access for tools that build bundles by hand (tests, benches, the demo).

@@ -125,11 +125,21 @@ pub async fn drive(
                 Effect::Apply { batches } => {
                     let n = node.clone();
                     match tokio::task::spawn_blocking(move || n.apply_wire(peer, batches)).await {
-                        Ok(Ok((vector, r))) => {
+                        Ok(Ok((vector, r, failed))) => {
                             for rej in &r.rejected {
                                 tracing::warn!(%peer, author = %rej.author, seq = rej.seq, reason = %rej.reason, "rejected batch");
                             }
-                            session.handle_applied(now(), vector)
+                            if failed > 0 {
+                                // Forged or tampered batches: the peer is cut off (what verified
+                                // is applied and stays).
+                                let why =
+                                    r.rejected.first().map_or(String::new(), |x| x.reason.clone());
+                                session.handle_forbidden(format!(
+                                    "{failed} batches failed verification (first: {why})"
+                                ));
+                            } else {
+                                session.handle_applied(now(), vector)
+                            }
                         }
                         Ok(Err(e)) => session.handle_local_error(format!("applying batches: {e}")),
                         Err(e) => session.handle_local_error(format!("applying batches: {e}")),

@@ -298,6 +298,12 @@ impl Session {
         self.refuse(ErrorCode::Internal, reason);
     }
 
+    /// The peer sent batches that fail verification (forged, tampered, untrusted author): the
+    /// session ends.
+    pub fn handle_forbidden(&mut self, reason: String) {
+        self.refuse(ErrorCode::Forbidden, reason);
+    }
+
     /// The peer sent bytes that are not a message: the session ends.
     pub fn handle_malformed(&mut self, reason: String) {
         self.refuse(ErrorCode::Protocol, reason);
