@@ -140,6 +140,8 @@ pub enum BatchError {
     BodyHash { author: AuthorId, seq: u64, index: usize },
     #[error("batch {author} #{seq}: body {index} is not an Automerge change ({reason})")]
     BodyDecode { author: AuthorId, seq: u64, index: usize, reason: String },
+    #[error("batch {author} #{seq}: change {index} writes the roster of another node")]
+    RosterOwner { author: AuthorId, seq: u64, index: usize },
     #[error("batch {author} #{seq}: change {index} is by actor {actor}, not the batch author")]
     Actor { author: AuthorId, seq: u64, index: usize, actor: String },
 }
@@ -201,6 +203,13 @@ impl SignedBatch {
         if bodies.len() != b.changes.len() {
             let (listed, carried) = (b.changes.len(), bodies.len());
             return Err(BatchError::BodyCount { author, seq, listed, carried });
+        }
+        // A roster is written only by the node it belongs to.
+        let own_roster = crate::id::Uid::of_node(&author.node);
+        for (index, r) in b.changes.iter().enumerate() {
+            if r.entity.ty == crate::id::EntityType::Roster && r.entity.uuid != own_roster {
+                return Err(BatchError::RosterOwner { author, seq, index });
+            }
         }
         let actor = author.actor_bytes();
         let mut changes = Vec::with_capacity(bodies.len());

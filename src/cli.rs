@@ -616,6 +616,7 @@ fn peer(cli: &Cli, action: &PeerAction) -> Result<(), Failure> {
             node.config.peers.retain(|p| p.node_id != node_id);
             node.config.peers.push(peer);
             node.save_config()?;
+            node.publish_roster()?;
             say!("peer {node_id} added as {}", crate::config::role_name(role));
         }
         PeerAction::Remove { node_id } => {
@@ -623,6 +624,7 @@ fn peer(cli: &Cli, action: &PeerAction) -> Result<(), Failure> {
             let before = node.config.peers.len();
             node.config.peers.retain(|p| p.node_id != id);
             node.save_config()?;
+            node.publish_roster()?;
             say!(
                 "{} {id}",
                 if node.config.peers.len() != before { "removed" } else { "was not a peer:" }

@@ -166,6 +166,7 @@ entity_types! {
     Provider => "provider",
     Concept => "concept",
     Generic => "generic",
+    Roster => "roster",
 }
 
 impl EntityType {
@@ -196,6 +197,15 @@ impl Uid {
         let uuid = uuid::Builder::from_random_bytes(bytes).into_uuid();
         let mut out = [0u8; UID_BYTES];
         out.copy_from_slice(uuid.hyphenated().to_string().as_bytes());
+        Uid(out)
+    }
+
+    /// The id of a node's roster record: the first 16 bytes of the node id, as a uuid.
+    pub fn of_node(node: &NodeId) -> Uid {
+        let h = hex::encode(&node.0[..16]);
+        let text = format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]);
+        let mut out = [0u8; UID_BYTES];
+        out.copy_from_slice(text.as_bytes());
         Uid(out)
     }
 

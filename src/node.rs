@@ -6,9 +6,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+use crate::batch::Trust;
 use crate::batch::{BATCH_CHANGES_MAX, VerifiedBatch};
 use crate::bundle::{self, BundleError, BundleWriter};
-use crate::config::{Config, ConfigError, TrustedNode};
+use crate::config::{Config, ConfigError, TrustSet, TrustedNode};
 use crate::entity::{self, EntityError};
 use crate::event::{Event, EventKind};
 use crate::id::{EntityId, EntityType, Incarnation, NodeId, Vector};
@@ -158,6 +159,11 @@ impl Node {
     /// Validates and writes one record or a JSON list of records (one change per record that
     /// differs, all in one transaction). Nothing is written if any record is invalid.
     pub fn put(&self, ty: EntityType, input: &Value) -> Result<Vec<PutOutcome>, NodeError> {
+        if ty == EntityType::Roster {
+            return Err(NodeError::Input(
+                "roster records are written by sitesync from the [[peers]] of sitesync.toml".into(),
+            ));
+        }
         let items: Vec<&Value> = match input {
             Value::Array(items) => items.iter().collect(),
             one => vec![one],
@@ -266,7 +272,7 @@ impl Node {
             missing_frames: scan.header.frames - scan.usable_frames,
             ..ImportReport::default()
         };
-        let trust = self.config.trust_set(self.id());
+        let trust = self.trust_set()?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
         let mut chunk: Vec<VerifiedBatch> = Vec::new();
         let mut refused: Vec<Rejection> = Vec::new();
@@ -346,11 +352,30 @@ impl Node {
         from: NodeId,
         batches: Vec<WireBatch>,
     ) -> Result<(Vector, ApplyReport, usize), NodeError> {
-        let trust = self.config.trust_set(self.id());
+        let trust = self.trust_set()?;
         let mut verified = Vec::with_capacity(batches.len());
         let mut refused = Vec::new();
+        let mut untrusted = Vec::new();
         for wire in batches {
             let (signed, bodies) = wire.into_parts();
+            let (author, seq) = (signed.author(), signed.seq());
+            if !trust.trusts(&author.node) {
+                untrusted.push((signed, bodies));
+                continue;
+            }
+            match signed.verify(bodies, &trust) {
+                Ok(vb) => verified.push(vb),
+                Err(e) => refused.push(Rejection { author, seq, reason: e.to_string() }),
+            }
+        }
+        // A roster in this message may authorize the authors of later batches in it: apply what
+        // verified first, then look at the rest with the new trust set.
+        let mut report = ApplyReport::default();
+        if !untrusted.is_empty() && !verified.is_empty() {
+            report = self.apply_verified(from, std::mem::take(&mut verified), Vec::new())?;
+        }
+        let trust = if untrusted.is_empty() { trust } else { self.trust_set()? };
+        for (signed, bodies) in untrusted {
             let (author, seq) = (signed.author(), signed.seq());
             match signed.verify(bodies, &trust) {
                 Ok(vb) => verified.push(vb),
@@ -358,6 +383,18 @@ impl Node {
             }
         }
         let failed_verification = refused.len();
+        let second = self.apply_verified(from, verified, refused)?;
+        merge_report(&mut report, second);
+        Ok((self.store.vector()?, report, failed_verification))
+    }
+
+    fn apply_verified(
+        &self,
+        from: NodeId,
+        verified: Vec<VerifiedBatch>,
+        refused: Vec<Rejection>,
+    ) -> Result<ApplyReport, NodeError> {
+        let trust = self.trust_set()?;
         let ctx = ApplyContext {
             trust: &trust,
             from: Some(from),
@@ -366,8 +403,59 @@ impl Node {
             time: now_secs(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()).min(8),
         };
-        let report = self.store.apply(verified, ctx)?;
-        Ok((self.store.vector()?, report, failed_verification))
+        Ok(self.store.apply(verified, ctx)?)
+    }
+
+    /// The nodes whose batches this node accepts: itself, `[[trust]]`, `[[peers]]`, and, through
+    /// their rosters, every node they authorize (transitively). Rosters are signed data: each
+    /// node's roster record is written only by that node.
+    pub fn trust_set(&self) -> Result<TrustSet, NodeError> {
+        let base = self.config.trust_set(self.id());
+        let mut trusted: std::collections::BTreeSet<NodeId> = base.others.iter().copied().collect();
+        let mut frontier: Vec<NodeId> = trusted.iter().copied().collect();
+        frontier.push(self.id());
+        while let Some(n) = frontier.pop() {
+            for member in self.roster_members(&n)? {
+                if member != self.id() && trusted.insert(member) {
+                    frontier.push(member);
+                }
+            }
+        }
+        Ok(TrustSet { own: self.id(), others: trusted.into_iter().collect() })
+    }
+
+    /// The members of `owner`'s roster as held here (empty if none).
+    pub fn roster_members(&self, owner: &NodeId) -> Result<Vec<NodeId>, NodeError> {
+        let id = EntityId::new(EntityType::Roster, crate::id::Uid::of_node(owner));
+        let Some((doc, _)) = self.store.get(&id)? else { return Ok(Vec::new()) };
+        let members = doc.get("members").and_then(Value::as_object);
+        Ok(members.map_or_else(Vec::new, |m| m.keys().filter_map(|k| k.parse().ok()).collect()))
+    }
+
+    /// Writes this node's roster from its config: every configured peer with its role. Only a
+    /// change when the config changed.
+    pub fn publish_roster(&self) -> Result<bool, NodeError> {
+        let members: serde_json::Map<String, Value> = self
+            .config
+            .peers
+            .iter()
+            .map(|p| {
+                let mut m = serde_json::Map::new();
+                m.insert("role".into(), Value::from(crate::config::role_name(p.role)));
+                if let Some(n) = &p.name {
+                    m.insert("name".into(), Value::from(n.clone()));
+                }
+                (p.node_id.to_string(), Value::Object(m))
+            })
+            .collect();
+        let uid = crate::id::Uid::of_node(&self.id());
+        let mut body = serde_json::Map::new();
+        body.insert("uuid".into(), Value::from(uid.to_string()));
+        body.insert("owner".into(), Value::from(self.id().to_string()));
+        body.insert("members".into(), Value::Object(members));
+        let record = entity::Record { id: EntityId::new(EntityType::Roster, uid), body };
+        let out = self.store.put(&self.key, &[record], now_secs())?;
+        Ok(out.iter().any(|o| o.changed))
     }
 
     /// Signing key access for tools that build bundles by hand (tests, benches, the demo).

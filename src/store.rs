@@ -386,7 +386,8 @@ impl Store {
     }
 
     /// Calls `sink` with every held batch (and its bodies) that `since` lacks, in author then
-    /// seq order, until `sink` returns `false`. Returns the number of batches visited.
+    /// seq order (this node's own authors first: its roster travels before the batches it
+    /// authorizes), until `sink` returns `false`. Returns the number of batches visited.
     pub fn export_since<E: From<StoreError>>(
         &self,
         since: &Vector,
@@ -397,7 +398,9 @@ impl Store {
         let batches = tx.open_table(BATCHES).map_err(StoreError::from)?;
         let bodies = tx.open_table(BODIES).map_err(StoreError::from)?;
         let mut count = 0;
-        for (author, &top) in &held.0 {
+        let mut order: Vec<(&AuthorId, &u64)> = held.0.iter().collect();
+        order.sort_by_key(|(a, _)| a.node != self.node);
+        for (author, &top) in order {
             let from = since.get(author) + 1;
             if from > top {
                 continue;

@@ -322,6 +322,6 @@ pub fn fields(ty: EntityType) -> Option<&'static [Field]> {
         T::Relationship => RELATIONSHIP,
         T::Provider => PROVIDER,
         T::Concept => CONCEPT,
-        T::Generic => return None,
+        T::Generic | T::Roster => return None,
     })
 }

@@ -513,6 +513,13 @@ pub fn serve(node: Node) -> Result<(), NodeError> {
 }
 
 async fn serve_async(node: Arc<Node>) -> Result<(), NodeError> {
+    // The roster this node signs: the peers it authorizes (a change only if the config changed).
+    let n = node.clone();
+    match tokio::task::spawn_blocking(move || n.publish_roster()).await {
+        Ok(Ok(changed)) => tracing::info!(changed, "roster published"),
+        Ok(Err(e)) => return Err(e),
+        Err(e) => tracing::error!("publishing the roster: {e}"),
+    }
     let io = |e: std::io::Error| NodeError::Io { path: "network".into(), source: e };
     let allowed: Vec<NodeId> = node.config.peers.iter().map(|p| p.node_id).collect();
     let endpoint = match node.config.listen {
