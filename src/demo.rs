@@ -1,17 +1,24 @@
-//! `sitesync demo`: two clinics in a temporary folder, records written at both while offline,
-//! bundles carried both ways, convergence and a same-field conflict shown. Uses the same node
-//! operations as the CLI.
+//! `sitesync demo`: a district server and three clinics on loopback QUIC in a temporary folder.
+//! One clinic is cut off for a simulated week of clinic work while every site keeps writing;
+//! then the link heals and every node converges, with a same-field conflict kept and the bytes
+//! moved shown. Uses the same node operations, transport and sessions as `serve`.
 
-use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
+use crate::config::Peer;
 use crate::id::EntityType;
 use crate::node::Node;
+use crate::node::serve::{self, SessionReport};
+use crate::protocol::message::Role;
+use crate::say;
 
-const PATIENTS: usize = 300;
+const PATIENTS: usize = 200;
+const DAYS: usize = 7;
+const VISITS_PER_DAY: usize = 12;
 
 fn uuid(tag: u32, n: usize) -> String {
     format!("{tag:08x}-0000-4000-8000-{n:012x}")
@@ -31,127 +38,214 @@ fn patient(n: usize, site: &str) -> Value {
     })
 }
 
-fn short(id: &impl std::fmt::Display) -> String {
-    id.to_string().chars().take(12).collect()
+fn encounter(n: usize, patient: usize, day: usize, location: &str) -> Value {
+    json!({
+        "uuid": uuid(0xe, n),
+        "patient": uuid(0xa, patient),
+        "encounterType": "67a71486-1a54-468f-ac3e-7091a9a79584",
+        "encounterDatetime": format!("2026-03-{:02}T09:{:02}:00Z", 2 + day, n % 60),
+        "location": location,
+    })
+}
+
+struct Site {
+    name: &'static str,
+    node: Arc<Node>,
+    endpoint: quinn::Endpoint,
 }
 
 fn step(title: &str) {
-    crate::say!("\n== {title}");
+    say!("\n== {title}");
 }
 
-fn carry(from: &Node, to: &Node, dir: &Path, name: &str) -> Result<()> {
-    let path = dir.join(name);
-    let since = to.store.vector()?;
-    let out = from.export(&path, &since, Some(to.id()), |_, _| {})?;
-    let r = to.import(&path, |_, _| {})?;
-    crate::say!(
-        "   {} -> {}: bundle {name} with {} batches ({} changes, {} bytes); applied {} batches, \
-         {} already present, {} rejected",
-        from.config.name,
-        to.config.name,
-        out.batches,
-        out.changes,
-        out.bytes,
-        r.applied.applied_batches,
-        r.applied.present,
-        r.applied.rejected.len()
-    );
-    Ok(())
+fn short(hex: &str) -> &str {
+    &hex[..12.min(hex.len())]
 }
 
 fn digest(node: &Node) -> Result<String> {
     Ok(node.summary()?.digest.to_hex().to_string())
 }
 
+fn line(from: &str, r: &SessionReport) {
+    say!(
+        "   {from:<13} <-> district: sent {:>3} batches, received {:>3} ({:>7} B up, {:>7} B down) {}",
+        r.batches_sent,
+        r.batches_received,
+        r.bytes_sent,
+        r.bytes_received,
+        if r.complete { String::new() } else { format!("[{}]", r.outcome) }
+    );
+}
+
+/// One sync round: every connected clinic syncs with the district server.
+async fn round(parent: &Peer, clinics: &[&Site], moved: &mut (u64, u64)) {
+    for c in clinics {
+        let r = serve::sync_once(c.node.clone(), &c.endpoint, parent).await;
+        moved.0 += r.bytes_sent;
+        moved.1 += r.bytes_received;
+        line(c.name, &r);
+    }
+}
+
 pub fn run() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run_async())
+}
+
+async fn run_async() -> Result<()> {
     let started = Instant::now();
     let tmp = tempfile::tempdir().context("creating a temporary folder")?;
     let dir = tmp.path();
-    crate::say!("sitesync demo: two clinics, no network, a USB stick between them");
-    crate::say!("workspace {}", dir.display());
+    say!("sitesync demo: a district server and three clinics on loopback QUIC");
+    say!("workspace {}", dir.display());
 
-    step("1. Two nodes, each with its own ed25519 key, trusting each other");
-    let mut north = Node::init(&dir.join("north"), "clinic-north")?;
-    let mut south = Node::init(&dir.join("south"), "clinic-south")?;
-    north.trust_add(south.id(), Some("clinic-south".into()))?;
-    south.trust_add(north.id(), Some("clinic-north".into()))?;
-    crate::say!("   clinic-north  {}", north.id());
-    crate::say!("   clinic-south  {}", south.id());
+    step("1. Four nodes, each with its own ed25519 key; the clinics dial the district");
+    let mut district = Node::init(&dir.join("district"), "district")?;
+    let names = ["clinic-north", "clinic-south", "clinic-east"];
+    let mut clinics = Vec::new();
+    for name in names {
+        clinics.push(Node::init(&dir.join(name), name)?);
+    }
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let addr = socket.local_addr()?;
+    drop(socket);
+    district.config.listen = Some(addr);
+    for (c, name) in clinics.iter().zip(names) {
+        let role = Role::Child;
+        district.config.peers.push(Peer {
+            node_id: c.id(),
+            role,
+            addr: None,
+            name: Some(name.into()),
+        });
+    }
+    district.save_config()?;
+    district.publish_roster()?;
+    let parent = Peer {
+        node_id: district.id(),
+        role: Role::Parent,
+        addr: Some(addr),
+        name: Some("district".into()),
+    };
+    for c in &mut clinics {
+        c.config.peers.push(parent.clone());
+        c.save_config()?;
+        c.publish_roster()?;
+    }
+    say!("   district      {} listening on {addr}", short(&district.id().to_string()));
+    for (c, name) in clinics.iter().zip(names) {
+        say!(
+            "   {name:<13} {}  (trusts only the district; the district's signed roster vouches for the others)",
+            short(&c.id().to_string())
+        );
+    }
+    let district = Arc::new(district);
+    let allowed = district.config.peers.iter().map(|p| p.node_id).collect();
+    let server = crate::transport::server_config(district.keypair(), allowed)?;
+    let server_endpoint = quinn::Endpoint::server(server, addr)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let accept =
+        tokio::spawn(serve::accept_loop(district.clone(), server_endpoint.clone(), stop_rx));
+    let mut sites = Vec::new();
+    for (c, name) in clinics.into_iter().zip(names) {
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+        sites.push(Site { name, node: Arc::new(c), endpoint });
+    }
+    let mut moved = (0u64, 0u64);
 
-    step(&format!("2. clinic-north registers {PATIENTS} patients and carries them south"));
+    step(&format!(
+        "2. clinic-north registers {PATIENTS} patients; sync rounds share them everywhere"
+    ));
     let list: Vec<Value> = (0..PATIENTS).map(|n| patient(n, "N")).collect();
-    north.put(EntityType::Patient, &Value::Array(list))?;
-    carry(&north, &south, dir, "north-1.ssb")?;
-    crate::say!("   digests equal: {}", digest(&north)? == digest(&south)?);
+    sites[0].node.put(EntityType::Patient, &Value::Array(list))?;
+    let all: Vec<&Site> = sites.iter().collect();
+    round(&parent, &all, &mut moved).await;
+    round(&parent, &all, &mut moved).await;
 
-    step("3. A week apart: both clinics keep working offline");
+    step(&format!("3. clinic-east loses its link for {DAYS} days; every site keeps working"));
     let shared = uuid(0xa, 7);
-    let mut rec = north.store.get(&format!("patient/{shared}").parse()?)?.context("patient 7")?.0;
-    let base = rec.clone();
-    rec["addresses"] = json!([{"uuid": uuid(0xd, 7), "cityVillage": "Gulu", "country": "Uganda"}]);
-    rec["birthdate"] = json!("1967-03-02");
-    north.put(EntityType::Patient, &rec)?;
-    crate::say!(
-        "   clinic-north: patient {} gets an address and birthdate 1967-03-02",
-        short(&shared)
-    );
-    let mut rec = base;
-    rec["attributes"] = json!([{"uuid": uuid(0xe, 7), "attributeType": "14d4f066-15f5-102d-96e4-000c29c2a5d7", "value": "+256 700 000 007"}]);
-    rec["birthdate"] = json!("1967-03-20");
-    south.put(EntityType::Patient, &rec)?;
-    crate::say!("   clinic-south: same patient gets a phone attribute and birthdate 1967-03-20");
-    let more: Vec<Value> = (0..40).map(|n| patient(1000 + n, "S")).collect();
-    south.put(EntityType::Patient, &Value::Array(more))?;
-    crate::say!("   clinic-south registers 40 new patients");
-    crate::say!("   digests differ: {}", digest(&north)? != digest(&south)?);
+    let loc = |i: usize| uuid(0x10, i);
+    let connected: Vec<&Site> = sites[..2].iter().collect();
+    for day in 0..DAYS {
+        for (i, site) in sites.iter().enumerate() {
+            let visits: Vec<Value> = (0..VISITS_PER_DAY)
+                .map(|v| {
+                    let n = 100_000 * (i + 1) + day * 100 + v;
+                    encounter(n, (n * 7) % PATIENTS, day, &loc(i))
+                })
+                .collect();
+            site.node.put(EntityType::Encounter, &Value::Array(visits))?;
+        }
+        if day == 2 {
+            // The same patient's birthdate corrected differently at two sites.
+            for (site, date) in [(&sites[0], "1967-03-02"), (&sites[2], "1967-03-20")] {
+                let id = format!("patient/{shared}").parse()?;
+                let mut rec = site.node.store.get(&id)?.context("shared patient")?.0;
+                rec["birthdate"] = json!(date);
+                site.node.put(EntityType::Patient, &rec)?;
+            }
+        }
+        say!(
+            "   day {}: {} visits at each site; north and south sync, east is offline",
+            day + 1,
+            VISITS_PER_DAY
+        );
+        round(&parent, &connected, &mut moved).await;
+    }
+    let d_north = digest(&sites[0].node)?;
+    let d_east = digest(&sites[2].node)?;
+    say!("   north and east now differ: {}", d_north != d_east);
 
-    step("4. The USB stick goes both ways (each bundle holds only what the other lacks)");
-    carry(&south, &north, dir, "south-1.ssb")?;
-    carry(&north, &south, dir, "north-2.ssb")?;
-    let (dn, ds) = (digest(&north)?, digest(&south)?);
-    crate::say!("   clinic-north digest {}", &dn[..16]);
-    crate::say!("   clinic-south digest {}", &ds[..16]);
-    crate::say!("   converged: {}", dn == ds);
+    step("4. The link heals: two rounds and every node converges");
+    round(&parent, &all, &mut moved).await;
+    round(&parent, &all, &mut moved).await;
+    let dd = digest(&district)?;
+    say!("   district      digest {}", short(&dd));
+    let mut converged = true;
+    for s in &sites {
+        let d = digest(&s.node)?;
+        converged &= d == dd;
+        say!("   {:<13} digest {}", s.name, short(&d));
+    }
+    say!("   converged: {converged}");
 
-    step(
-        "5. The shared patient on both nodes: different fields merged, the same field kept as a conflict",
-    );
+    step("5. The conflict is kept, identically on every node");
     let id = format!("patient/{shared}").parse()?;
-    let (on_north, conflicts) = north.store.get(&id)?.context("patient on north")?;
-    let (on_south, _) = south.store.get(&id)?.context("patient on south")?;
-    crate::say!("   identical on both nodes: {}", on_north == on_south);
-    crate::say!("   address kept: {}", on_north["addresses"][0]["cityVillage"]);
-    crate::say!("   phone kept:   {}", on_north["attributes"][0]["value"]);
+    let (record, conflicts) = sites[1].node.store.get(&id)?.context("patient on south")?;
+    say!(
+        "   clinic-south shows birthdate {} until an administrator resolves it",
+        record["birthdate"]
+    );
     for c in &conflicts {
-        crate::say!("   conflict on {}:", c.path);
+        say!("   conflict on {}:", c.path);
         for (i, v) in c.values.iter().enumerate() {
-            let who = v.author.as_deref().map_or("?".into(), |a| {
-                let node = a.split(':').next().unwrap_or(a);
-                if node == north.id().to_string() { "clinic-north" } else { "clinic-south" }
-                    .to_string()
-            });
-            let mark =
-                if i == c.winner { "  <- shown until an administrator resolves it" } else { "" };
-            crate::say!("     {} from {who}{mark}", v.value);
+            let node = v.author.as_deref().and_then(|a| a.split(':').next()).unwrap_or("?");
+            let who =
+                sites.iter().find(|s| s.node.id().to_string() == node).map_or("?", |s| s.name);
+            say!(
+                "     {} from {who}{}",
+                v.value,
+                if i == c.winner { "  <- current winner" } else { "" }
+            );
         }
     }
 
-    step("6. Importing the same bundle again changes nothing");
-    let before = digest(&north)?;
-    let r = north.import(&dir.join("south-1.ssb"), |_, _| {})?;
-    crate::say!(
-        "   applied {} batches, {} already present; digest unchanged: {}",
-        r.applied.applied_batches,
-        r.applied.present,
-        before == digest(&north)?
-    );
-    let s = north.summary()?;
+    let s = district.summary()?;
     let records: u64 = s.entities.values().sum();
-    crate::say!(
-        "\ndone in {:.1} s: {records} records on each node, {} batches from {} authors",
+    say!(
+        "\ndone in {:.1} s: {records} records on every node; {} KB up and {} KB down over QUIC in all rounds",
         started.elapsed().as_secs_f64(),
-        s.batches,
-        s.vector.0.len()
+        moved.0 / 1024,
+        moved.1 / 1024
     );
+    let _ = stop_tx.send(true);
+    server_endpoint.close(0u32.into(), b"demo done");
+    for s in &sites {
+        s.endpoint.close(0u32.into(), b"demo done");
+    }
+    let _ = accept.await;
+    if !converged {
+        anyhow::bail!("the nodes did not converge");
+    }
     Ok(())
 }

@@ -330,7 +330,7 @@ async fn peer_loop(
 }
 
 /// Accepts connections from configured peers and serves one session on each.
-async fn accept_loop(
+pub async fn accept_loop(
     node: Arc<Node>,
     endpoint: quinn::Endpoint,
     mut shutdown: watch::Receiver<bool>,

@@ -91,6 +91,7 @@ pub fn uuid() -> String {
 pub fn patient(tag: &str, n: usize) -> Value {
     const GIVEN: [&str; 6] = ["Amina", "Joseph", "Grace", "Peter", "Wanjiru", "Samuel"];
     const FAMILY: [&str; 5] = ["Okello", "Mwangi", "Achieng", "Kamau", "Otieno"];
+    let gender = ["M", "F", "U", "O"][n % 4];
     json!({
         "uuid": uuid(),
         "identifiers": [
@@ -102,7 +103,7 @@ pub fn patient(tag: &str, n: usize) -> Value {
         ],
         "names": [{"uuid": uuid(), "givenName": GIVEN[n % 6], "middleName": "Njeri",
                    "familyName": FAMILY[n % 5], "preferred": true, "voided": false}],
-        "gender": ["M", "F", "U", "O"][n % 4],
+        "gender": gender,
         "birthdate": format!("{:04}-{:02}-{:02}", 1940 + n % 80, 1 + n % 12, 1 + n % 28),
         "birthdateEstimated": false,
         "dead": false,
@@ -302,9 +303,7 @@ pub fn peer_entry<'a>(status: &'a Value, id: &str) -> &'a Value {
 pub fn seq_of_node(status: &Value, id: &str) -> u64 {
     status["vector"]
         .as_object()
-        .map(|m| {
-            m.iter().filter(|(k, _)| k.starts_with(id)).filter_map(|(_, v)| v.as_u64()).sum()
-        })
+        .map(|m| m.iter().filter(|(k, _)| k.starts_with(id)).filter_map(|(_, v)| v.as_u64()).sum())
         .unwrap_or(0)
 }
 
@@ -384,7 +383,8 @@ pub async fn dial(
     alpn: &[u8],
     addr: std::net::SocketAddr,
 ) -> Result<quinn::Connection, String> {
-    let config = sitesync::transport::client_config(key, server, alpn).map_err(|e| e.to_string())?;
+    let config =
+        sitesync::transport::client_config(key, server, alpn).map_err(|e| e.to_string())?;
     let connecting = endpoint
         .connect_with(config, addr, sitesync::transport::SERVER_NAME)
         .map_err(|e| e.to_string())?;
