@@ -171,10 +171,30 @@ pub enum TrustAction {
     List,
 }
 
+thread_local! {
+    /// Set while a running node executes a forwarded command on this thread: its open node.
+    static ATTACHED: std::cell::RefCell<Option<std::sync::Arc<Node>>> =
+        const { std::cell::RefCell::new(None) };
+    /// Set while a forwarded command runs: its standard output, captured.
+    static CAPTURE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    /// Set while a forwarded command runs: the standard input the client sent.
+    static STDIN: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
 /// Writes one line to standard output. A closed pipe (`sitesync list | head -1`) ends the
 /// process quietly with success, as Unix tools do, where `println!` would panic.
 pub fn say_line(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
+    let captured = CAPTURE.with(|c| {
+        let mut c = c.borrow_mut();
+        let out = c.as_mut()?;
+        let _ = std::fmt::Write::write_fmt(out, args);
+        out.push('\n');
+        Some(())
+    });
+    if captured.is_some() {
+        return;
+    }
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
@@ -217,14 +237,51 @@ fn node_dir(cli: &Cli) -> Result<&Path, Failure> {
     cli.dir.as_deref().ok_or_else(|| input("no node directory: pass --dir DIR or set SITESYNC_DIR"))
 }
 
-fn open(cli: &Cli) -> Result<Node, Failure> {
+/// A node opened by this process, or the running node a forwarded command executes in.
+enum NodeRef {
+    Owned(Box<Node>),
+    Shared(std::sync::Arc<Node>),
+}
+
+impl std::ops::Deref for NodeRef {
+    type Target = Node;
+    fn deref(&self) -> &Node {
+        match self {
+            NodeRef::Owned(n) => n,
+            NodeRef::Shared(n) => n,
+        }
+    }
+}
+
+impl NodeRef {
+    /// For commands that edit the config: only with the node stopped (it reads its config at
+    /// start).
+    fn owned(self, dir: &Path) -> Result<Node, Failure> {
+        match self {
+            NodeRef::Owned(n) => Ok(*n),
+            NodeRef::Shared(_) => Err(Failure {
+                code: 1,
+                error: anyhow!(
+                    "the node in {} is running; stop it to change its configuration",
+                    dir.display()
+                ),
+            }),
+        }
+    }
+}
+
+fn open(cli: &Cli) -> Result<NodeRef, Failure> {
+    if let Some(node) = ATTACHED.with(|a| a.borrow().clone()) {
+        return Ok(NodeRef::Shared(node));
+    }
     let dir = node_dir(cli)?;
-    match Node::open(dir) {
+    match Node::open(dir).map(|n| NodeRef::Owned(Box::new(n))) {
         Err(NodeError::Store(crate::store::StoreError::Busy)) => Err(Failure {
             code: 1,
             error: anyhow!(
-                "the node in {} is running (sitesync serve) and holds its store; stop it for this \
-                 command, or use `sitesync status` and `sitesync sync`, which talk to it",
+                "the node in {} is running (sitesync serve) and holds its store: stop it for this \
+                 command (put, get, list, export, import, vector, events, status and sync work \
+                 while it runs)",
                 dir.display()
             ),
         }),
@@ -237,6 +294,9 @@ fn parse_node_id(s: &str) -> Result<NodeId, Failure> {
 }
 
 fn progress_bar(what: &str) -> indicatif::ProgressBar {
+    if CAPTURE.with(|c| c.borrow().is_some()) {
+        return indicatif::ProgressBar::hidden();
+    }
     let bar = indicatif::ProgressBar::new(0);
     let style = indicatif::ProgressStyle::with_template(&format!(
         "{what} {{bar:40}} {{pos}}/{{len}} batches ({{per_sec}}, {{eta}} left)"
@@ -247,8 +307,127 @@ fn progress_bar(what: &str) -> indicatif::ProgressBar {
     bar
 }
 
+/// Commands a running node executes on behalf of the CLI (the store is open in one process
+/// only, so while `serve` runs these go to it through the control endpoint).
+fn forwardable(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Id
+            | Command::Put { .. }
+            | Command::Get { .. }
+            | Command::List { .. }
+            | Command::Export { .. }
+            | Command::Import { .. }
+            | Command::Vector { .. }
+            | Command::Events { .. }
+    )
+}
+
+fn absolute(path: &Path) -> Result<String, Failure> {
+    let abs = std::path::absolute(path).map_err(|e| input(format!("{}: {e}", path.display())))?;
+    Ok(abs.to_string_lossy().into_owned())
+}
+
+/// The command's arguments with file paths made absolute (the node's working directory is not
+/// the caller's), and standard input read if the command takes it.
+fn forward_args(command: &Command) -> Result<(Vec<String>, Option<String>), Failure> {
+    let mut stdin = None;
+    let args = match command {
+        Command::Id => vec!["id".into()],
+        Command::Put { ty, file } => {
+            let file = if file == Path::new("-") {
+                let mut text = String::new();
+                let limit = crate::entity::INPUT_BYTES_MAX as u64;
+                std::io::stdin()
+                    .take(limit + 1)
+                    .read_to_string(&mut text)
+                    .map_err(|e| input(format!("standard input: {e}")))?;
+                stdin = Some(text);
+                "-".to_string()
+            } else {
+                absolute(file)?
+            };
+            vec!["put".into(), ty.clone(), file]
+        }
+        Command::Get { ty, uuid, conflicts } => {
+            let mut a = vec!["get".into(), ty.clone(), uuid.clone()];
+            if *conflicts {
+                a.push("--conflicts".into());
+            }
+            a
+        }
+        Command::List { ty } => std::iter::once("list".to_string()).chain(ty.clone()).collect(),
+        Command::Export { out, peer, since } => {
+            let mut a = vec!["export".into(), "--out".into(), absolute(out)?];
+            if let Some(p) = peer {
+                a.extend(["--peer".into(), p.clone()]);
+            }
+            if let Some(f) = since {
+                a.extend(["--since".into(), absolute(f)?]);
+            }
+            a
+        }
+        Command::Import { file } => vec!["import".into(), absolute(file)?],
+        Command::Vector { out } => match out {
+            Some(f) => vec!["vector".into(), "--out".into(), absolute(f)?],
+            None => vec!["vector".into()],
+        },
+        Command::Events { limit } => vec!["events".into(), "--limit".into(), limit.to_string()],
+        _ => Vec::new(),
+    };
+    Ok((args, stdin))
+}
+
+/// Executes a forwarded command inside the running node: returns (exit code, stdout, stderr).
+pub fn execute_forwarded(
+    node: std::sync::Arc<Node>,
+    args: Vec<String>,
+    stdin: Option<String>,
+) -> (i32, String, String) {
+    let argv = std::iter::once("sitesync".to_string()).chain(args);
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(c) if forwardable(&c.command) => c,
+        Ok(_) => return (2, String::new(), "this command cannot run through the node".into()),
+        Err(e) => return (2, String::new(), e.to_string()),
+    };
+    ATTACHED.with(|a| *a.borrow_mut() = Some(node));
+    CAPTURE.with(|c| *c.borrow_mut() = Some(String::new()));
+    STDIN.with(|s| *s.borrow_mut() = stdin);
+    let result = run(cli);
+    let out = CAPTURE.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    ATTACHED.with(|a| *a.borrow_mut() = None);
+    STDIN.with(|s| *s.borrow_mut() = None);
+    match result {
+        Ok(code) => (code, out, String::new()),
+        Err(f) => (f.code, out, f.error.to_string()),
+    }
+}
+
 /// Runs one command; returns the exit code for success paths that still report trouble.
 pub fn run(cli: Cli) -> Result<i32, Failure> {
+    let attached = ATTACHED.with(|a| a.borrow().is_some());
+    if !attached
+        && forwardable(&cli.command)
+        && let Some(dir) = cli.dir.as_deref()
+    {
+        let running = dir.join(crate::node::serve::CONTROL_FILE).exists();
+        let (args, stdin) = if running { forward_args(&cli.command)? } else { (Vec::new(), None) };
+        let request = crate::node::serve::ControlRequest::Exec { args, stdin: stdin.clone() };
+        let reply =
+            if running { crate::node::serve::control_request(dir, &request)? } else { None };
+        // A stale control file (the node was killed): run here, with the input already read.
+        STDIN.with(|s| *s.borrow_mut() = stdin);
+        if let Some(reply) = reply {
+            if let Some(out) = reply["stdout"].as_str() {
+                print!("{out}");
+            }
+            let code = reply["code"].as_i64().unwrap_or(1) as i32;
+            if let Some(err) = reply["stderr"].as_str().filter(|e| !e.is_empty()) {
+                return Err(Failure { code, error: anyhow!(err.to_string()) });
+            }
+            return Ok(code);
+        }
+    }
     match &cli.command {
         Command::Init { name } => {
             let node = Node::init(node_dir(&cli)?, name)?;
@@ -306,13 +485,13 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
             say!("new incarnation {inc}");
         }
         Command::Serve => {
-            let node = open(&cli)?;
+            let node = open(&cli)?.owned(node_dir(&cli)?)?;
             crate::node::serve::serve(node)?;
         }
         Command::Sync { peer, entity } => sync(&cli, peer.as_deref(), entity.as_deref())?,
         Command::Peer { action } => peer(&cli, action)?,
         Command::Network { listen, interval } => {
-            let mut node = open(&cli)?;
+            let mut node = open(&cli)?.owned(node_dir(&cli)?)?;
             if let Some(l) = listen {
                 node.config.listen = Some(
                     crate::config::parse_addr(l).map_err(|m| input(format!("--listen: {m}")))?,
@@ -340,7 +519,11 @@ fn put(cli: &Cli, ty: &str, file: &Path) -> Result<(), Failure> {
     let ty: EntityType = ty.parse().map_err(|e: crate::id::IdError| input(e.to_string()))?;
     let mut text = String::new();
     let limit = crate::entity::INPUT_BYTES_MAX as u64;
-    let read = if file == Path::new("-") {
+    let forwarded = STDIN.with(|s| s.borrow_mut().take());
+    let read = if let Some(sent) = forwarded.filter(|_| file == Path::new("-")) {
+        text = sent;
+        Ok(text.len())
+    } else if file == Path::new("-") {
         std::io::stdin().take(limit + 1).read_to_string(&mut text)
     } else {
         std::fs::File::open(file).and_then(|f| f.take(limit + 1).read_to_string(&mut text))
@@ -360,7 +543,7 @@ fn put(cli: &Cli, ty: &str, file: &Path) -> Result<(), Failure> {
 }
 
 fn trust(cli: &Cli, action: &TrustAction) -> Result<(), Failure> {
-    let mut node = open(cli)?;
+    let mut node = open(cli)?.owned(node_dir(cli)?)?;
     match action {
         TrustAction::Add { node_id, name } => {
             let id = parse_node_id(node_id)?;
@@ -485,7 +668,7 @@ fn status(cli: &Cli, as_json: bool) -> Result<(), Failure> {
         crate::node::serve::control_request(dir, &crate::node::serve::ControlRequest::Status)?;
     let out = match running {
         Some(reply) => reply["status"].clone(),
-        None => crate::node::status_json(&open(cli)?)?,
+        None => crate::node::status_json(&*open(cli)?)?,
     };
     if as_json {
         say!("{}", serde_json::to_string_pretty(&out)?);
@@ -594,7 +777,7 @@ fn sync(cli: &Cli, peer: Option<&str>, entity: Option<&str>) -> Result<(), Failu
 }
 
 fn peer(cli: &Cli, action: &PeerAction) -> Result<(), Failure> {
-    let mut node = open(cli)?;
+    let mut node = open(cli)?.owned(node_dir(cli)?)?;
     match action {
         PeerAction::Add { node_id, role, addr, name } => {
             let node_id = parse_node_id(node_id)?;

@@ -30,7 +30,7 @@ pub const BACKOFF_MAX_MS: u64 = 300_000;
 /// How long a dial may take before it counts as a failure.
 pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
 /// Largest control request, in bytes.
-pub const CONTROL_REQUEST_BYTES_MAX: usize = 64 * 1024;
+pub const CONTROL_REQUEST_BYTES_MAX: usize = crate::entity::INPUT_BYTES_MAX * 2 + 64 * 1024;
 /// How long shutdown waits for running sessions.
 pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
 
@@ -72,6 +72,7 @@ fn report(
 /// state. Writes go through their own task so that both sides can send at once.
 pub async fn drive(
     node: Arc<Node>,
+    conn: &quinn::Connection,
     peer: NodeId,
     role: Role,
     mut send: quinn::SendStream,
@@ -160,7 +161,10 @@ pub async fn drive(
                     session.handle_message(now(), m);
                 }
                 Err(ReadError::Codec(e)) => session.handle_malformed(e.to_string()),
-                Err(e) => session.handle_disconnect(e.to_string()),
+                Err(e) => {
+                    let why = conn.close_reason().map_or_else(|| e.to_string(), |r| describe_close(&r));
+                    session.handle_disconnect(why)
+                }
             },
             _ = tokio::time::sleep(wait) => session.handle_timeout(now()),
         }
@@ -205,6 +209,24 @@ pub async fn drive(
     rep
 }
 
+/// Says why a connection closed, in an operator's words where the cause is known.
+pub fn describe_close(reason: &quinn::ConnectionError) -> String {
+    let raw = reason.to_string();
+    if raw.contains("cryptographic handshake") || raw.contains("certificate") {
+        format!(
+            "the peer refused this node's key in the TLS handshake (is this node configured as \
+             its peer?): {raw}"
+        )
+    } else if raw.contains("application protocol") || raw.contains("no_application_protocol") {
+        format!(
+            "the peer speaks another protocol version (ALPN {}): {raw}",
+            String::from_utf8_lossy(transport::ALPN)
+        )
+    } else {
+        format!("connection closed: {raw}")
+    }
+}
+
 /// Dials `peer` and runs one session.
 pub async fn sync_once(node: Arc<Node>, endpoint: &quinn::Endpoint, peer: &Peer) -> SessionReport {
     let started = Instant::now();
@@ -234,8 +256,8 @@ pub async fn sync_once(node: Arc<Node>, endpoint: &quinn::Endpoint, peer: &Peer)
     let conn = match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
-            return record_failure(&node, peer.node_id, fail(format!("connecting to {addr}: {e}")))
-                .await;
+            let why = format!("connecting to {addr}: {}", describe_close(&e));
+            return record_failure(&node, peer.node_id, fail(why)).await;
         }
         Err(_) => {
             return record_failure(
@@ -253,7 +275,7 @@ pub async fn sync_once(node: Arc<Node>, endpoint: &quinn::Endpoint, peer: &Peer)
                 .await;
         }
     };
-    let rep = drive(node, peer.node_id, peer.local_role(), send, recv).await;
+    let rep = drive(node, &conn, peer.node_id, peer.local_role(), send, recv).await;
     conn.close(0u32.into(), b"done");
     rep
 }
@@ -359,7 +381,7 @@ pub async fn accept_loop(
             // A peer may reconnect and sync more than once on one connection's lifetime; one
             // stream is one session.
             while let Ok((send, recv)) = conn.accept_bi().await {
-                drive(node.clone(), peer.node_id, peer.local_role(), send, recv).await;
+                drive(node.clone(), &conn, peer.node_id, peer.local_role(), send, recv).await;
             }
         });
     }
@@ -380,6 +402,9 @@ pub enum ControlRequest {
     Sync { peer: Option<NodeId> },
     /// The node's status, as `sitesync status --json` prints it.
     Status,
+    /// Run a CLI command (put, get, list, export, import, vector, events, id) in the node:
+    /// arguments with absolute paths, and the standard input for `put -`.
+    Exec { args: Vec<String>, stdin: Option<String> },
 }
 
 async fn control_loop(
@@ -432,6 +457,17 @@ async fn handle_control(
             match tokio::task::spawn_blocking(move || super::status_json(&n)).await {
                 Ok(Ok(v)) => json!({"status": v}),
                 Ok(Err(e)) => json!({"error": e.to_string()}),
+                Err(e) => json!({"error": e.to_string()}),
+            }
+        }
+        ControlRequest::Exec { args, stdin } => {
+            let n = node.clone();
+            match tokio::task::spawn_blocking(move || crate::cli::execute_forwarded(n, args, stdin))
+                .await
+            {
+                Ok((code, stdout, stderr)) => {
+                    json!({"code": code, "stdout": stdout, "stderr": stderr})
+                }
                 Err(e) => json!({"error": e.to_string()}),
             }
         }
