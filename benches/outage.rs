@@ -1,0 +1,195 @@
+//! Long-outage benchmark: a child that was offline pushes its whole backlog to an empty parent
+//! over QUIC on loopback.
+//!
+//! ```sh
+//! node ../shared/tools/workload/gen-workload.js --scenario backlog --patients 10000 --revs 10 \
+//!     --seed 42 --out target/backlog-10000x10-s42.jsonl
+//! cargo bench --bench outage -- --workload target/backlog-10000x10-s42.jsonl
+//! ```
+//!
+//! The workload (`emr-sync-workload` v1) is loaded into the child as local writes (each create
+//! and edit becomes one change of a `generic` record; edits merge `set` into the document as
+//! the format says). Then a real `sitesync serve` runs for each side; the child dials the parent
+//! at start, and the benchmark reads the child's session log line (the session completes only
+//! once the parent has durably applied and materialized every batch). It prints one JSON line:
+//! wall seconds of the session, bytes on the wire each way (protocol frames), peak RSS of each
+//! process, and whether both digests are equal.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Map, Value, json};
+use sitesync::config::Peer;
+use sitesync::id::EntityType;
+use sitesync::node::Node;
+use sitesync::protocol::message::Role;
+
+/// Records per local write transaction while loading the workload.
+const LOAD_RECORDS_PER_PUT: usize = 5_000;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn uid(id: &str) -> Result<String> {
+    let n: u64 =
+        id.rsplit('-').next().context("workload id")?.parse().context("workload id number")?;
+    Ok(format!("00000000-0000-4000-8000-{n:012}"))
+}
+
+/// Loads the workload into `child` as local writes; returns (ops, changes written).
+fn load(child: &Node, path: &Path) -> Result<(u64, u64)> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut docs: HashMap<String, Map<String, Value>> = HashMap::new();
+    let mut pending: Vec<Value> = Vec::new();
+    let (mut ops, mut changes) = (0u64, 0u64);
+    let flush = |pending: &mut Vec<Value>| -> Result<u64> {
+        let out = child.put(EntityType::Generic, &Value::Array(std::mem::take(pending)))?;
+        Ok(out.iter().filter(|o| o.changed).count() as u64)
+    };
+    for line in BufReader::new(file).lines() {
+        let line = line?;
+        let op: Value = serde_json::from_str(&line).context("workload line")?;
+        let id = op["id"].as_str().unwrap_or_default().to_string();
+        let doc = match op["t"].as_str() {
+            Some("create") => {
+                let mut doc = op["doc"].as_object().cloned().context("create without doc")?;
+                doc.insert("uuid".into(), Value::from(uid(&id)?));
+                docs.insert(id.clone(), doc.clone());
+                doc
+            }
+            Some("edit") => {
+                let doc = docs.get_mut(&id).context("edit before create")?;
+                for (k, v) in op["set"].as_object().context("edit without set")? {
+                    doc.insert(k.clone(), v.clone());
+                }
+                doc.clone()
+            }
+            _ => continue,
+        };
+        ops += 1;
+        pending.push(Value::Object(doc));
+        if pending.len() >= LOAD_RECORDS_PER_PUT {
+            changes += flush(&mut pending)?;
+        }
+    }
+    if !pending.is_empty() {
+        changes += flush(&mut pending)?;
+    }
+    Ok((ops, changes))
+}
+
+fn serve(bin: &str, dir: &Path) -> Result<(Proc, PathBuf)> {
+    let log = dir.join("serve.log");
+    let err = std::fs::File::create(&log)?;
+    let child = Command::new(bin)
+        .args(["--log", "sitesync=info", "--dir"])
+        .arg(dir)
+        .arg("serve")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()?;
+    Ok((Proc(child), log))
+}
+
+fn peak_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn field(line: &str, name: &str) -> Option<u64> {
+    let at = line.find(&format!("{name}="))? + name.len() + 1;
+    line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+fn status(bin: &str, dir: &Path) -> Result<Value> {
+    let out = Command::new(bin).arg("--dir").arg(dir).args(["status", "--json"]).output()?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(workload) = args.iter().position(|a| a == "--workload").and_then(|i| args.get(i + 1))
+    else {
+        // `cargo bench` runs every bench; without a workload this one has nothing to do.
+        eprintln!("outage: pass --workload FILE (see the header of benches/outage.rs)");
+        return Ok(());
+    };
+    let bin = env!("CARGO_BIN_EXE_sitesync");
+    let tmp = tempfile::tempdir()?;
+    let (pdir, cdir) = (tmp.path().join("parent"), tmp.path().join("child"));
+    let mut parent = Node::init(&pdir, "parent")?;
+    let mut child = Node::init(&cdir, "child")?;
+    let addr = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+    parent.config.listen = Some(addr);
+    parent.config.peers.push(Peer {
+        node_id: child.id(),
+        role: Role::Child,
+        addr: None,
+        name: None,
+    });
+    parent.save_config()?;
+    child.config.peers.push(Peer {
+        node_id: parent.id(),
+        role: Role::Parent,
+        addr: Some(addr),
+        name: None,
+    });
+    child.config.sync_interval_secs = 3_600;
+    child.save_config()?;
+    let loading = Instant::now();
+    let (ops, changes) = load(&child, Path::new(workload))?;
+    let load_s = loading.elapsed().as_secs_f64();
+    let batches = child.summary()?.batches;
+    drop((parent, child));
+
+    let (p, _plog) = serve(bin, &pdir)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let (c, clog) = serve(bin, &cdir)?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let line = loop {
+        let text = std::fs::read_to_string(&clog).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.contains("session ended")) {
+            break l.to_string();
+        }
+        if Instant::now() > deadline {
+            bail!("no session ended within 600 s; child log:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if !line.contains("outcome=complete") {
+        bail!("the session did not complete: {line}");
+    }
+    let (ps, cs) = (status(bin, &pdir)?, status(bin, &cdir)?);
+    let out = json!({
+        "bench": "outage",
+        "workload": workload,
+        "ops": ops,
+        "changes": changes,
+        "batches": batches,
+        "load_seconds": (load_s * 100.0).round() / 100.0,
+        "wall_seconds": field(&line, "ms").map(|ms| ms as f64 / 1000.0),
+        "bytes_child_to_parent": field(&line, "bytes_out"),
+        "bytes_parent_to_child": field(&line, "bytes_in"),
+        "peak_rss_kb_child": peak_rss_kb(c.0.id()),
+        "peak_rss_kb_parent": peak_rss_kb(p.0.id()),
+        "digests_equal": ps["digest"] == cs["digest"],
+    });
+    println!("{out}");
+    Ok(())
+}
