@@ -149,7 +149,12 @@ impl Node {
         let key = read_key(&dir.join(KEY_FILE))?;
         let store =
             Store::open(&dir.join(STORE_FILE), key.node_id(), fresh_incarnation()?, now_secs())?;
-        Ok(Node { dir: dir.to_path_buf(), config, key, store })
+        let node = Node { dir: dir.to_path_buf(), config, key, store };
+        // Changes received before a crash but not yet merged are merged now.
+        if node.store.has_dirty()? {
+            node.materialize()?;
+        }
+        Ok(node)
     }
 
     pub fn id(&self) -> NodeId {
@@ -318,6 +323,10 @@ impl Node {
             }
             progress(report.frames, scan.usable_frames);
         }
+        let merged = self.materialize()?;
+        for (entity, hash, reason) in merged.skipped {
+            report.applied.unmergeable.push((entity, format!("change {hash}: {reason}")));
+        }
         if report.truncated.is_none() {
             self.store.learn_peer_vector(&scan.header.exporter, &scan.header.vector, now_secs())?;
         }
@@ -456,6 +465,21 @@ impl Node {
         let record = entity::Record { id: EntityId::new(EntityType::Roster, uid), body };
         let out = self.store.put(&self.key, &[record], now_secs())?;
         Ok(out.iter().any(|o| o.changed))
+    }
+
+    /// Merges every received but not yet merged change into its document (once per document).
+    pub fn materialize(&self) -> Result<crate::store::apply::MaterializeReport, NodeError> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        let r = self.store.materialize_dirty(threads, now_secs())?;
+        if r.documents > 0 {
+            tracing::info!(
+                documents = r.documents,
+                changes = r.changes,
+                skipped = r.skipped.len(),
+                "merged"
+            );
+        }
+        Ok(r)
     }
 
     /// Signing key access for tools that build bundles by hand (tests, benches, the demo).

@@ -119,6 +119,7 @@ impl Store {
             tx.open_table(PEERS)?;
             tx.open_table(EVENTS)?;
             tx.open_table(PEER_STATE)?;
+            tx.open_table(DIRTY)?;
         }
         tx.commit()?;
         let author = AuthorId { node, incarnation };
@@ -231,6 +232,13 @@ impl Store {
         let tx = self.db.begin_write()?;
         let mut outcomes = Vec::with_capacity(records.len());
         let mut refs = Vec::new();
+        // Received changes to these records are merged first, so the local write builds on them
+        // (and does not read as concurrent with what this node already holds).
+        let keys: Vec<String> = records.iter().map(|r| r.id.key()).collect();
+        let merged = apply::materialize_keys(&tx, &keys, 1, time)?;
+        if !merged.skipped.is_empty() {
+            tracing::warn!(skipped = merged.skipped.len(), "changes left out while merging");
+        }
         {
             let mut docs = tx.open_table(DOCS)?;
             let mut bodies = tx.open_table(BODIES)?;

@@ -26,7 +26,7 @@ use crate::protocol::message::{self, CodecError, Message};
 /// ALPN protocol id: names the wire protocol version.
 pub const ALPN: &[u8] = b"sitesync/1";
 /// A connection with no traffic for this long is closed.
-pub const IDLE_TIMEOUT_MS: u32 = 30_000;
+pub const IDLE_TIMEOUT_MS: u32 = 15_000;
 /// Keep-alive interval while a session is open.
 pub const KEEP_ALIVE_MS: u64 = 5_000;
 /// The server name sent in the TLS handshake (identity is the pinned key, not a name).

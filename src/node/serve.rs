@@ -171,6 +171,13 @@ pub async fn drive(
     };
     drop(tx);
     let sent = writer.await.unwrap_or(0);
+    // Merge what this session received, once per document (receipt was durable per message).
+    if session.stats().batches_received > 0 {
+        let n = node.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || n.materialize()).await {
+            tracing::error!(%peer, "merging received changes: {e}");
+        }
+    }
     let rep = report(peer, &outcome, session.stats(), sent, received, started);
     let handshaken = session.handshaken();
     let peer_vector = session.peer_vector().clone();
@@ -212,15 +219,16 @@ pub async fn drive(
 /// Says why a connection closed, in an operator's words where the cause is known.
 pub fn describe_close(reason: &quinn::ConnectionError) -> String {
     let raw = reason.to_string();
-    if raw.contains("cryptographic handshake") || raw.contains("certificate") {
+    // TLS alert 120 (no_application_protocol): the ALPN, i.e. the protocol version, differs.
+    if raw.contains("known protocol") || raw.contains("error 120") {
+        format!(
+            "the peer speaks another protocol version (this node offers ALPN {}): {raw}",
+            String::from_utf8_lossy(transport::ALPN)
+        )
+    } else if raw.contains("cryptographic handshake") || raw.contains("certificate") {
         format!(
             "the peer refused this node's key in the TLS handshake (is this node configured as \
              its peer?): {raw}"
-        )
-    } else if raw.contains("application protocol") || raw.contains("no_application_protocol") {
-        format!(
-            "the peer speaks another protocol version (ALPN {}): {raw}",
-            String::from_utf8_lossy(transport::ALPN)
         )
     } else {
         format!("connection closed: {raw}")

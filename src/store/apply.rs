@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use automerge::Change;
-use redb::ReadableTable;
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use super::tables::*;
 use super::{
@@ -103,13 +103,9 @@ impl Plan {
 }
 
 impl Store {
-    /// Applies verified batches in one write transaction (see the module docs for the rules).
-    ///
-    /// Sequencing and materializing are planned first without writing. If a document cannot be
-    /// merged (Automerge refuses a change, or the merged document does not load back), every
-    /// batch of this call that carries a change to it is rejected whole, and the plan is made
-    /// again without them; only then is anything written. So a batch is never half-applied and
-    /// the result does not depend on how batches were grouped into calls.
+    /// Durably receives verified batches in one write transaction: sequencing (see the module
+    /// docs), bodies, batches, vector, pending batches, and the touched entities marked dirty.
+    /// Documents are merged later, once per entity, by [`Store::materialize_dirty`].
     pub fn apply(
         &self,
         incoming: Vec<VerifiedBatch>,
@@ -117,45 +113,16 @@ impl Store {
     ) -> Result<ApplyReport, StoreError> {
         let own = self.author();
         let tx = self.db.begin_write()?;
-        let mut excluded: HashSet<(AuthorId, u64)> = HashSet::new();
-        let mut merge_rejections = Vec::new();
-        let (plan, docs, unmergeable) = loop {
-            let plan = sequence(&tx, &incoming, &excluded, ctx.trust, own)?;
-            let (docs, failures) = materialize(&tx, &plan, &incoming, ctx.threads)?;
-            let mut newly = 0;
-            for (entity, reason) in &failures {
-                for &src in &plan.accepted {
-                    let b = plan.batch(&incoming, src);
-                    let key = (b.signed.author(), b.signed.seq());
-                    if b.signed.batch.changes.iter().any(|c| c.entity == *entity)
-                        && excluded.insert(key)
-                    {
-                        newly += 1;
-                        merge_rejections.push(Rejection {
-                            author: key.0,
-                            seq: key.1,
-                            reason: format!("its change to {entity} cannot be merged: {reason}"),
-                        });
-                    }
-                }
-            }
-            // Failures no batch of this call explains (changes queued earlier) are reported and
-            // leave their documents as they were.
-            if failures.is_empty() || newly == 0 {
-                break (plan, docs, failures);
-            }
-        };
+        let plan = sequence(&tx, &incoming, ctx.trust, own)?;
         let mut report = ApplyReport {
             present: plan.present,
             waiting: plan.waiting,
             released: plan.promoted.len() as u64,
-            unmergeable,
             ..ApplyReport::default()
         };
         report.rejected = ctx.refused;
-        report.rejected.extend(merge_rejections);
         report.rejected.extend(plan.rejected.iter().cloned());
-        write_plan(&tx, &plan, &incoming, docs, &mut report)?;
+        write_plan(&tx, &plan, &incoming, &mut report)?;
         if plan.own_log_diverged {
             let fresh = AuthorId { node: self.node, incarnation: ctx.fresh_incarnation };
             tx.open_table(META)?
@@ -177,11 +144,10 @@ impl Store {
 }
 
 /// Sequences the batches against the store without writing: which apply, wait, are present or
-/// are refused. `excluded` batches are treated as refused (already reported).
+/// are refused.
 fn sequence(
     tx: &redb::WriteTransaction,
     incoming: &[VerifiedBatch],
-    excluded: &HashSet<(AuthorId, u64)>,
     trust: &dyn Trust,
     own: AuthorId,
 ) -> Result<Plan, StoreError> {
@@ -210,9 +176,6 @@ fn sequence(
             None => vector.get(&actor)?.map_or(0, |v| v.value()),
         };
         let reject = |reason: String| Rejection { author, seq, reason };
-        if excluded.contains(&(author, seq)) {
-            continue;
-        }
         let stored_hash = |s: u64| -> Result<BatchHash, StoreError> {
             if let Some(h) = planned.get(&(author, s)) {
                 return Ok(*h);
@@ -296,69 +259,176 @@ fn sequence(
     Ok(plan)
 }
 
-type Materialized = (Vec<(String, DocRecord)>, Vec<(EntityId, String)>);
+/// Most documents merged in one transaction by `materialize_dirty`.
+pub const MATERIALIZE_DOCS_MAX: usize = 20_000;
 
-/// Merges the accepted changes into their documents (read-only): the records to write, and the
-/// documents that cannot be merged.
-fn materialize(
-    tx: &redb::WriteTransaction,
-    plan: &Plan,
-    incoming: &[VerifiedBatch],
-    threads: usize,
-) -> Result<Materialized, StoreError> {
-    let docs = tx.open_table(DOCS)?;
-    let bodies = tx.open_table(BODIES)?;
-    let mut touched: BTreeMap<EntityId, Vec<(BodyHash, Change)>> = BTreeMap::new();
-    for &src in &plan.accepted {
-        let b = plan.batch(incoming, src);
-        for (r, change) in b.signed.batch.changes.iter().zip(&b.changes) {
-            touched.entry(r.entity).or_default().push((r.body, change.clone()));
-        }
-    }
-    let mut work = Vec::with_capacity(touched.len());
-    for (id, mut changes) in touched {
-        let key = id.key();
-        let record = match docs.get(key.as_str())? {
-            Some(v) => decode_doc(&key, v.value())?,
-            None => DocRecord::default(),
-        };
-        for hash in &record.queued {
-            let body = bodies
-                .get(&hash.0)?
-                .ok_or_else(|| corrupt(format!("queued body {hash}"), "missing"))?;
-            let change = Change::from_bytes(body.value().to_vec())
-                .map_err(|e| corrupt(format!("body {hash}"), e))?;
-            changes.push((*hash, change));
-        }
-        work.push(Work { key, record, changes });
-    }
-    let mut out = Vec::with_capacity(work.len());
-    let mut failures = Vec::new();
-    for (key, result) in run_parallel(work, threads.max(1))? {
-        match result {
-            Ok(record) => out.push((key, record)),
-            Err(reason) => {
-                let entity = key.parse().map_err(|e| corrupt(format!("doc key {key:?}"), e))?;
-                failures.push((entity, reason));
-            }
-        }
-    }
-    Ok((out, failures))
+/// What merging dirty documents did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MaterializeReport {
+    pub documents: u64,
+    pub changes: u64,
+    /// Changes that could not be merged and were left out of their document (kept, reported).
+    pub skipped: Vec<(EntityId, BodyHash, String)>,
 }
 
-/// Writes a plan: bodies, batches, vector, pending changes and documents.
+impl Store {
+    /// Merges every dirty entity's received changes into its document: each document is loaded,
+    /// merged and saved once however many messages brought its changes.
+    pub fn materialize_dirty(
+        &self,
+        threads: usize,
+        time: i64,
+    ) -> Result<MaterializeReport, StoreError> {
+        let mut total = MaterializeReport::default();
+        loop {
+            let tx = self.db.begin_write()?;
+            let keys: Vec<String> = {
+                let dirty = tx.open_table(DIRTY)?;
+                let mut keys = Vec::new();
+                for item in dirty.iter()?.take(MATERIALIZE_DOCS_MAX) {
+                    keys.push(item?.0.value().to_string());
+                }
+                keys
+            };
+            if keys.is_empty() {
+                return Ok(total);
+            }
+            let r = materialize_keys(&tx, &keys, threads, time)?;
+            tx.commit()?;
+            total.documents += r.documents;
+            total.changes += r.changes;
+            total.skipped.extend(r.skipped);
+        }
+    }
+
+    /// Whether any received change waits to be merged.
+    pub fn has_dirty(&self) -> Result<bool, StoreError> {
+        let tx = self.db.begin_read()?;
+        match tx.open_table(DIRTY) {
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+            Ok(t) => Ok(!t.is_empty()?),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Merges the dirty changes of `keys` (those that have any) into their documents, inside `tx`.
+pub(crate) fn materialize_keys(
+    tx: &redb::WriteTransaction,
+    keys: &[String],
+    threads: usize,
+    time: i64,
+) -> Result<MaterializeReport, StoreError> {
+    let mut report = MaterializeReport::default();
+    let mut work = Vec::with_capacity(keys.len());
+    {
+        let mut dirty = tx.open_table(DIRTY)?;
+        let docs = tx.open_table(DOCS)?;
+        let bodies = tx.open_table(BODIES)?;
+        for key in keys {
+            let Some(list) = dirty.remove(key.as_str())?.map(|v| v.value().to_vec()) else {
+                continue;
+            };
+            let fresh: Vec<BodyHash> =
+                postcard::from_bytes(&list).map_err(|e| corrupt(format!("dirty list {key}"), e))?;
+            let record = match docs.get(key.as_str())? {
+                Some(v) => decode_doc(key, v.value())?,
+                None => DocRecord::default(),
+            };
+            let mut changes = Vec::with_capacity(record.queued.len() + fresh.len());
+            for hash in record.queued.iter().chain(&fresh) {
+                let body = bodies
+                    .get(&hash.0)?
+                    .ok_or_else(|| corrupt(format!("body {hash}"), "missing"))?;
+                let change = Change::from_bytes(body.value().to_vec())
+                    .map_err(|e| corrupt(format!("body {hash}"), e))?;
+                changes.push((*hash, change));
+            }
+            report.changes += fresh.len() as u64;
+            work.push(Work { key: key.clone(), record, changes });
+        }
+    }
+    let mut docs = tx.open_table(DOCS)?;
+    let mut failed = Vec::new();
+    let mut originals: HashMap<String, Work> = HashMap::new();
+    let cloned: Vec<Work> = work
+        .iter()
+        .map(|w| Work { key: w.key.clone(), record: w.record.clone(), changes: w.changes.clone() })
+        .collect();
+    for w in work {
+        originals.insert(w.key.clone(), w);
+    }
+    for (key, result) in run_parallel(cloned, threads.max(1))? {
+        match result {
+            Ok(record) => {
+                docs.insert(key.as_str(), encode(&record).as_slice())?;
+                report.documents += 1;
+            }
+            Err(_) => failed.push(key),
+        }
+    }
+    for key in failed {
+        // Rare: merge one change at a time, leaving out each change that cannot be merged.
+        let Some(w) = originals.remove(&key) else { continue };
+        let entity: EntityId = key.parse().map_err(|e| corrupt(format!("doc key {key:?}"), e))?;
+        let (record, skipped) = materialize_carefully(w);
+        docs.insert(key.as_str(), encode(&record).as_slice())?;
+        report.documents += 1;
+        for (hash, reason) in skipped {
+            let kind =
+                EventKind::Unmergeable { entity, reason: format!("change {hash}: {reason}") };
+            append_event(tx, Event { time, kind })?;
+            report.skipped.push((entity, hash, reason));
+        }
+    }
+    Ok(report)
+}
+
+/// Applies a document's changes one at a time from its last good state, leaving out each change
+/// that Automerge refuses or that leaves a document which does not load back.
+fn materialize_carefully(work: Work) -> (DocRecord, Vec<(BodyHash, String)>) {
+    let Work { key, record, changes } = work;
+    let mut good = record.clone();
+    good.queued.clear();
+    let mut skipped = Vec::new();
+    let mut queued_all = Vec::new();
+    for (hash, change) in changes {
+        let trial = Work {
+            key: key.clone(),
+            record: good.clone(),
+            changes: {
+                let mut c: Vec<(BodyHash, Change)> = queued_all.clone();
+                c.push((hash, change.clone()));
+                c
+            },
+        };
+        match materialize_one(trial).1 {
+            Ok(next) => {
+                queued_all.retain(|(h, _): &(BodyHash, Change)| next.queued.contains(h));
+                if next.queued.contains(&hash) {
+                    queued_all.push((hash, change));
+                }
+                good = DocRecord { queued: Vec::new(), ..next };
+            }
+            Err(reason) => skipped.push((hash, reason)),
+        }
+    }
+    good.queued = queued_all.iter().map(|(h, _)| *h).collect();
+    (good, skipped)
+}
+
+/// Writes a plan: bodies, batches, vector, pending batches, and the dirty lists.
 fn write_plan(
     tx: &redb::WriteTransaction,
     plan: &Plan,
     incoming: &[VerifiedBatch],
-    docs_out: Vec<(String, DocRecord)>,
     report: &mut ApplyReport,
 ) -> Result<(), StoreError> {
+    let mut touched: BTreeMap<String, Vec<BodyHash>> = BTreeMap::new();
     let mut vector = tx.open_table(VECTOR)?;
     let mut batches = tx.open_table(BATCHES)?;
     let mut bodies = tx.open_table(BODIES)?;
     let mut pending = tx.open_table(PENDING)?;
-    let mut docs = tx.open_table(DOCS)?;
     for &src in &plan.accepted {
         let b = plan.batch(incoming, src);
         let (author, seq) = (b.signed.author(), b.signed.seq());
@@ -367,6 +437,7 @@ fn write_plan(
         vector.insert(&actor, seq)?;
         for (r, body) in b.signed.batch.changes.iter().zip(&b.bodies) {
             bodies.insert(&r.body.0, body.as_slice())?;
+            touched.entry(r.entity.key()).or_default().push(r.body);
         }
         report.applied_batches += 1;
         report.applied_changes += b.changes.len() as u64;
@@ -377,8 +448,15 @@ fn write_plan(
     for (author, seq, bytes) in &plan.to_pending {
         pending.insert((&author.actor_bytes(), *seq), bytes.as_slice())?;
     }
-    for (key, record) in docs_out {
-        docs.insert(key.as_str(), encode(&record).as_slice())?;
+    let mut dirty = tx.open_table(DIRTY)?;
+    for (key, mut hashes) in touched {
+        if let Some(v) = dirty.get(key.as_str())? {
+            let mut old: Vec<BodyHash> = postcard::from_bytes(v.value())
+                .map_err(|e| corrupt(format!("dirty list {key}"), e))?;
+            old.append(&mut hashes);
+            hashes = old;
+        }
+        dirty.insert(key.as_str(), encode(&hashes).as_slice())?;
     }
     Ok(())
 }
