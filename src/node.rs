@@ -238,7 +238,9 @@ impl Node {
         let total = vector.ahead_of(since);
         let mut writer = BundleWriter::create(out)?;
         let mut report = ExportReport::default();
-        self.store.export_since::<NodeError>(since, |signed, bodies| {
+        // Trusted authors only, rosters before the authors they vouch for (as over the network).
+        let order = self.trust_order()?;
+        self.store.export_in_order::<NodeError>(&order, since, |signed, bodies| {
             report.changes += signed.batch.changes.len() as u64;
             writer.push(signed, bodies)?;
             report.batches += 1;
@@ -277,9 +279,12 @@ impl Node {
             missing_frames: scan.header.frames - scan.usable_frames,
             ..ImportReport::default()
         };
-        let trust = self.trust_set()?;
+        let mut trust = self.trust_set()?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
         let mut chunk: Vec<VerifiedBatch> = Vec::new();
+        // Batches of authors not trusted yet: a roster earlier in the bundle may vouch for them
+        // once applied, so they are checked again after each chunk.
+        let mut deferred: Vec<crate::store::BatchWithBodies> = Vec::new();
         let mut refused: Vec<Rejection> = Vec::new();
         let mut chunk_changes = 0;
         let mut chunk_bytes = 0;
@@ -288,6 +293,9 @@ impl Node {
         while let Some(item) = frames.next() {
             report.frames += 1;
             match item {
+                Ok((signed, bodies)) if !trust.trusts(&signed.author().node) => {
+                    deferred.push((signed, bodies));
+                }
                 Ok((signed, bodies)) => {
                     let (author, seq) = (signed.author(), signed.seq());
                     match signed.verify(bodies, &trust) {
@@ -320,6 +328,37 @@ impl Node {
                 merge_report(&mut report.applied, r);
                 chunk_changes = 0;
                 chunk_bytes = 0;
+                if !deferred.is_empty() {
+                    trust = self.trust_set()?;
+                    let mut verified = Vec::new();
+                    let mut still = Vec::new();
+                    for (signed, bodies) in std::mem::take(&mut deferred) {
+                        if !trust.trusts(&signed.author().node) && !last {
+                            still.push((signed, bodies));
+                            continue;
+                        }
+                        let (author, seq) = (signed.author(), signed.seq());
+                        match signed.verify(bodies, &trust) {
+                            Ok(vb) => verified.push(vb),
+                            Err(e) => {
+                                refused.push(Rejection { author, seq, reason: e.to_string() })
+                            }
+                        }
+                    }
+                    deferred = still;
+                    if !verified.is_empty() || !refused.is_empty() {
+                        let ctx = ApplyContext {
+                            trust: &trust,
+                            from: Some(scan.header.exporter),
+                            refused: std::mem::take(&mut refused),
+                            fresh_incarnation: fresh_incarnation()?,
+                            time: now_secs(),
+                            threads,
+                        };
+                        let r = self.store.apply(verified, ctx)?;
+                        merge_report(&mut report.applied, r);
+                    }
+                }
             }
             progress(report.frames, scan.usable_frames);
         }
@@ -345,7 +384,11 @@ impl Node {
 
     /// The next batches `after` lacks, in wire form, within one message's limits.
     pub fn fetch_wire(&self, after: &Vector) -> Result<Vec<WireBatch>, NodeError> {
+        // Only authors this node trusts are relayed (a node removed from every roster stops
+        // travelling), rosters first.
+        let order = self.trust_order()?;
         let batches = self.store.fetch_after(
+            &order,
             after,
             message::BATCHES_PER_MESSAGE_MAX,
             message::MESSAGE_BODY_BYTES_TARGET,
@@ -419,18 +462,40 @@ impl Node {
     /// their rosters, every node they authorize (transitively). Rosters are signed data: each
     /// node's roster record is written only by that node.
     pub fn trust_set(&self) -> Result<TrustSet, NodeError> {
+        let order = self.trust_order()?;
+        Ok(TrustSet { own: self.id(), others: order.into_iter().skip(1).collect() })
+    }
+
+    /// The trusted nodes in breadth-first order from this node (itself first, then its
+    /// configured peers and trusted nodes, then the members of their rosters, and so on): every
+    /// roster comes before the nodes it authorizes. Batches are sent in this order, so a
+    /// receiver gets the roster that vouches for an author before that author's batches.
+    pub fn trust_order(&self) -> Result<Vec<NodeId>, NodeError> {
         let base = self.config.trust_set(self.id());
-        let mut trusted: std::collections::BTreeSet<NodeId> = base.others.iter().copied().collect();
-        let mut frontier: Vec<NodeId> = trusted.iter().copied().collect();
-        frontier.push(self.id());
-        while let Some(n) = frontier.pop() {
-            for member in self.roster_members(&n)? {
-                if member != self.id() && trusted.insert(member) {
-                    frontier.push(member);
+        let mut seen: std::collections::HashSet<NodeId> = std::collections::HashSet::new();
+        let mut order = vec![self.id()];
+        seen.insert(self.id());
+        let mut queue: std::collections::VecDeque<NodeId> = std::collections::VecDeque::new();
+        queue.push_back(self.id());
+        let mut direct = base.others.clone();
+        direct.sort();
+        for n in direct {
+            if seen.insert(n) {
+                order.push(n);
+                queue.push_back(n);
+            }
+        }
+        while let Some(n) = queue.pop_front() {
+            let mut members = self.roster_members(&n)?;
+            members.sort();
+            for m in members {
+                if seen.insert(m) {
+                    order.push(m);
+                    queue.push_back(m);
                 }
             }
         }
-        Ok(TrustSet { own: self.id(), others: trusted.into_iter().collect() })
+        Ok(order)
     }
 
     /// The members of `owner`'s roster as held here (empty if none).
@@ -456,6 +521,14 @@ impl Node {
                 }
                 (p.node_id.to_string(), Value::Object(m))
             })
+            .chain(self.config.trust.iter().map(|t| {
+                let mut m = serde_json::Map::new();
+                m.insert("role".into(), Value::from("trusted"));
+                if let Some(n) = &t.name {
+                    m.insert("name".into(), Value::from(n.clone()));
+                }
+                (t.node_id.to_string(), Value::Object(m))
+            }))
             .collect();
         let uid = crate::id::Uid::of_node(&self.id());
         let mut body = serde_json::Map::new();
@@ -496,11 +569,14 @@ pub fn status_json(node: &Node) -> Result<serde_json::Value, NodeError> {
     let entities: serde_json::Map<String, Value> =
         s.entities.iter().map(|(t, n)| (t.to_string(), Value::from(*n))).collect();
     let mut peers = Vec::new();
+    let trust = node.trust_set()?;
     for p in &node.config.peers {
         let st = node.store.peer_state(&p.node_id)?;
         let known = node.store.peer_vector(&p.node_id)?.unwrap_or_default();
-        // The network figure when there was a session, else the last bundle's.
-        let theirs = if st.last_contact > 0 { st.vector.clone() } else { known };
+        // The network figure when there was a session, else the last bundle's; only authors
+        // this node trusts count (others are never exchanged).
+        let mut theirs = if st.last_contact > 0 { st.vector.clone() } else { known };
+        theirs.0.retain(|a, _| trust.trusts(&a.node));
         let never = |t: i64| if t == 0 { Value::Null } else { Value::from(t) };
         peers.push(json!({
             "node_id": p.node_id.to_string(),

@@ -399,6 +399,23 @@ impl Store {
     pub fn export_since<E: From<StoreError>>(
         &self,
         since: &Vector,
+        sink: impl FnMut(SignedBatch, Vec<Vec<u8>>) -> Result<bool, E>,
+    ) -> Result<u64, E> {
+        let held = self.vector()?;
+        let mut nodes: Vec<NodeId> = vec![self.node];
+        for a in held.0.keys() {
+            if !nodes.contains(&a.node) {
+                nodes.push(a.node);
+            }
+        }
+        self.export_in_order(&nodes, since, sink)
+    }
+
+    /// As [`Store::export_since`], for the authors of `nodes` only, in that order.
+    pub fn export_in_order<E: From<StoreError>>(
+        &self,
+        nodes: &[NodeId],
+        since: &Vector,
         mut sink: impl FnMut(SignedBatch, Vec<Vec<u8>>) -> Result<bool, E>,
     ) -> Result<u64, E> {
         let tx = self.db.begin_read().map_err(StoreError::from)?;
@@ -406,8 +423,11 @@ impl Store {
         let batches = tx.open_table(BATCHES).map_err(StoreError::from)?;
         let bodies = tx.open_table(BODIES).map_err(StoreError::from)?;
         let mut count = 0;
-        let mut order: Vec<(&AuthorId, &u64)> = held.0.iter().collect();
-        order.sort_by_key(|(a, _)| a.node != self.node);
+        let rank: std::collections::HashMap<NodeId, usize> =
+            nodes.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+        let mut order: Vec<(&AuthorId, &u64)> =
+            held.0.iter().filter(|(a, _)| rank.contains_key(&a.node)).collect();
+        order.sort_by_key(|(a, _)| (rank.get(&a.node).copied().unwrap_or(usize::MAX), **a));
         for (author, &top) in order {
             let from = since.get(author) + 1;
             if from > top {
@@ -433,17 +453,19 @@ impl Store {
         Ok(count)
     }
 
-    /// The next batches `after` lacks, in author then seq order: at most `max_batches`, and
-    /// no more once `max_body_bytes` of bodies are collected (one batch always fits).
+    /// The next batches `after` lacks, of the authors of `nodes` in that order (then seq
+    /// order): at most `max_batches`, and no more once `max_body_bytes` of bodies are collected
+    /// (one batch always fits).
     pub fn fetch_after(
         &self,
+        nodes: &[NodeId],
         after: &Vector,
         max_batches: usize,
         max_body_bytes: usize,
     ) -> Result<Vec<BatchWithBodies>, StoreError> {
         let mut out = Vec::new();
         let mut bytes = 0;
-        self.export_since::<StoreError>(after, |signed, bodies| {
+        self.export_in_order::<StoreError>(nodes, after, |signed, bodies| {
             let size: usize = bodies.iter().map(Vec::len).sum();
             if !out.is_empty() && bytes + size > max_body_bytes {
                 return Ok(false);

@@ -77,6 +77,7 @@ pub async fn drive(
     role: Role,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
+    progress: Option<indicatif::ProgressBar>,
 ) -> SessionReport {
     let started = Instant::now();
     let now = move || transport::millis_since(started);
@@ -84,6 +85,11 @@ pub async fn drive(
         let n = node.clone();
         tokio::task::spawn_blocking(move || n.store.vector()).await
     };
+    let local_at_start = match &vector {
+        Ok(Ok(v)) => v.clone(),
+        _ => Vector::default(),
+    };
+    let mut sized = false;
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
     let writer = tokio::spawn(async move {
         let mut written = 0u64;
@@ -124,6 +130,9 @@ pub async fn drive(
                     }
                 }
                 Effect::Apply { batches } => {
+                    if let Some(bar) = &progress {
+                        bar.inc(batches.len() as u64);
+                    }
                     let n = node.clone();
                     match tokio::task::spawn_blocking(move || n.apply_wire(peer, batches)).await {
                         Ok(Ok((vector, r, failed))) => {
@@ -159,6 +168,10 @@ pub async fn drive(
                 Ok((m, n)) => {
                     received += n as u64;
                     session.handle_message(now(), m);
+                    if let Some(bar) = progress.as_ref().filter(|_| !sized && session.handshaken()) {
+                        bar.set_length(session.peer_vector().ahead_of(&local_at_start));
+                        sized = true;
+                    }
                 }
                 Err(ReadError::Codec(e)) => session.handle_malformed(e.to_string()),
                 Err(e) => {
@@ -171,6 +184,9 @@ pub async fn drive(
     };
     drop(tx);
     let sent = writer.await.unwrap_or(0);
+    if let Some(bar) = &progress {
+        bar.finish_and_clear();
+    }
     // Merge what this session received, once per document (receipt was durable per message).
     if session.stats().batches_received > 0 {
         let n = node.clone();
@@ -235,8 +251,38 @@ pub fn describe_close(reason: &quinn::ConnectionError) -> String {
     }
 }
 
-/// Dials `peer` and runs one session.
+/// A progress bar for a node's initial sync: shown on a terminal when the store holds nothing
+/// but its own batches.
+fn initial_sync_bar(node: &Node) -> Option<indicatif::ProgressBar> {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return None;
+    }
+    let vector = node.store.vector().ok()?;
+    if vector.0.keys().any(|a| a.node != node.id()) {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "initial sync {bar:40} {pos}/{len} batches ({per_sec}, {eta} left)",
+    ) {
+        bar.set_style(style);
+    }
+    Some(bar)
+}
+
+/// Dials `peer` and runs one session (with a progress bar if `initial` and this is the node's
+/// initial sync on a terminal).
 pub async fn sync_once(node: Arc<Node>, endpoint: &quinn::Endpoint, peer: &Peer) -> SessionReport {
+    sync_once_with(node, endpoint, peer, false).await
+}
+
+async fn sync_once_with(
+    node: Arc<Node>,
+    endpoint: &quinn::Endpoint,
+    peer: &Peer,
+    initial: bool,
+) -> SessionReport {
+    let progress = if initial { initial_sync_bar(&node) } else { None };
     let started = Instant::now();
     let fail = |why: String| SessionReport {
         peer: peer.node_id.to_string(),
@@ -283,7 +329,7 @@ pub async fn sync_once(node: Arc<Node>, endpoint: &quinn::Endpoint, peer: &Peer)
                 .await;
         }
     };
-    let rep = drive(node, &conn, peer.node_id, peer.local_role(), send, recv).await;
+    let rep = drive(node, &conn, peer.node_id, peer.local_role(), send, recv, progress).await;
     conn.close(0u32.into(), b"done");
     rep
 }
@@ -323,6 +369,7 @@ async fn peer_loop(
     let interval_ms = node.config.sync_interval_secs * 1000;
     let mut failures = 0u32;
     let mut wait = Duration::ZERO;
+    let mut first = peer.role == Role::Parent;
     loop {
         let mut waiters: Vec<SyncReply> = Vec::new();
         tokio::select! {
@@ -333,7 +380,9 @@ async fn peer_loop(
         while let Ok(w) = now_rx.try_recv() {
             waiters.push(w);
         }
-        let rep = sync_once(node.clone(), &endpoint, &peer).await;
+        let initial = first;
+        first = false;
+        let rep = sync_once_with(node.clone(), &endpoint, &peer, initial).await;
         let delay = if rep.complete {
             failures = 0;
             interval_ms
@@ -389,7 +438,7 @@ pub async fn accept_loop(
             // A peer may reconnect and sync more than once on one connection's lifetime; one
             // stream is one session.
             while let Ok((send, recv)) = conn.accept_bi().await {
-                drive(node.clone(), &conn, peer.node_id, peer.local_role(), send, recv).await;
+                drive(node.clone(), &conn, peer.node_id, peer.local_role(), send, recv, None).await;
             }
         });
     }

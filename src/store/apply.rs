@@ -123,6 +123,23 @@ impl Store {
         report.rejected = ctx.refused;
         report.rejected.extend(plan.rejected.iter().cloned());
         write_plan(&tx, &plan, &incoming, &mut report)?;
+        // Rosters decide trust for what comes next: merge them at once (they are tiny).
+        let mut rosters: Vec<String> = Vec::new();
+        for &src in &plan.accepted {
+            for c in &plan.batch(&incoming, src).signed.batch.changes {
+                if c.entity.ty == crate::id::EntityType::Roster
+                    && !rosters.contains(&c.entity.key())
+                {
+                    rosters.push(c.entity.key());
+                }
+            }
+        }
+        if !rosters.is_empty() {
+            let merged = materialize_keys(&tx, &rosters, 1, ctx.time)?;
+            for (entity, hash, reason) in merged.skipped {
+                report.unmergeable.push((entity, format!("change {hash}: {reason}")));
+            }
+        }
         if plan.own_log_diverged {
             let fresh = AuthorId { node: self.node, incarnation: ctx.fresh_incarnation };
             tx.open_table(META)?
