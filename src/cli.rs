@@ -123,7 +123,7 @@ pub enum Command {
         #[command(subcommand)]
         action: PeerAction,
     },
-    /// Set where this node listens and how often it syncs (sitesync.toml [network]).
+    /// Set where this node listens and how often it syncs (the network section of sitesync.toml).
     Network {
         /// Address to accept connections on (IP:PORT); a parent must listen.
         #[arg(long, value_name = "IP:PORT")]
