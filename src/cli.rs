@@ -551,11 +551,13 @@ fn trust(cli: &Cli, action: &TrustAction) -> Result<(), Failure> {
                 return Err(input("that is this node's own id; a node always trusts itself"));
             }
             let added = node.trust_add(id, name.clone())?;
+            node.publish_roster()?;
             say!("{} {id}", if added { "trusted" } else { "updated" });
         }
         TrustAction::Remove { node_id } => {
             let id = parse_node_id(node_id)?;
             let removed = node.trust_remove(id)?;
+            node.publish_roster()?;
             say!("{} {id}", if removed { "removed" } else { "was not trusted:" });
         }
         TrustAction::List => {

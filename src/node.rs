@@ -328,12 +328,14 @@ impl Node {
                 merge_report(&mut report.applied, r);
                 chunk_changes = 0;
                 chunk_bytes = 0;
-                if !deferred.is_empty() {
+                // Retry deferred authors until a pass accepts none (rosters vouch level by
+                // level); at the end of the bundle, what is still untrusted is refused.
+                while !deferred.is_empty() {
                     trust = self.trust_set()?;
                     let mut verified = Vec::new();
                     let mut still = Vec::new();
                     for (signed, bodies) in std::mem::take(&mut deferred) {
-                        if !trust.trusts(&signed.author().node) && !last {
+                        if !trust.trusts(&signed.author().node) {
                             still.push((signed, bodies));
                             continue;
                         }
@@ -342,6 +344,15 @@ impl Node {
                             Ok(vb) => verified.push(vb),
                             Err(e) => {
                                 refused.push(Rejection { author, seq, reason: e.to_string() })
+                            }
+                        }
+                    }
+                    let progress = !verified.is_empty();
+                    if !progress && last {
+                        for (signed, bodies) in std::mem::take(&mut still) {
+                            let (author, seq) = (signed.author(), signed.seq());
+                            if let Err(e) = signed.verify(bodies, &trust) {
+                                refused.push(Rejection { author, seq, reason: e.to_string() });
                             }
                         }
                     }
@@ -357,6 +368,9 @@ impl Node {
                         };
                         let r = self.store.apply(verified, ctx)?;
                         merge_report(&mut report.applied, r);
+                    }
+                    if !progress {
+                        break;
                     }
                 }
             }
@@ -420,13 +434,29 @@ impl Node {
                 Err(e) => refused.push(Rejection { author, seq, reason: e.to_string() }),
             }
         }
-        // A roster in this message may authorize the authors of later batches in it: apply what
-        // verified first, then look at the rest with the new trust set.
+        // Rosters in this message may authorize the authors of later batches in it, level by
+        // level: apply what verifies, recompute trust, and retry the rest until nothing more
+        // is accepted.
         let mut report = ApplyReport::default();
-        if !untrusted.is_empty() && !verified.is_empty() {
-            report = self.apply_verified(from, std::mem::take(&mut verified), Vec::new())?;
+        while !untrusted.is_empty() && !verified.is_empty() {
+            let r = self.apply_verified(from, std::mem::take(&mut verified), Vec::new())?;
+            merge_report(&mut report, r);
+            let trust = self.trust_set()?;
+            let mut still = Vec::new();
+            for (signed, bodies) in untrusted {
+                if !trust.trusts(&signed.author().node) {
+                    still.push((signed, bodies));
+                    continue;
+                }
+                let (author, seq) = (signed.author(), signed.seq());
+                match signed.verify(bodies, &trust) {
+                    Ok(vb) => verified.push(vb),
+                    Err(e) => refused.push(Rejection { author, seq, reason: e.to_string() }),
+                }
+            }
+            untrusted = still;
         }
-        let trust = if untrusted.is_empty() { trust } else { self.trust_set()? };
+        let trust = self.trust_set()?;
         for (signed, bodies) in untrusted {
             let (author, seq) = (signed.author(), signed.seq());
             match signed.verify(bodies, &trust) {
@@ -435,8 +465,8 @@ impl Node {
             }
         }
         let failed_verification = refused.len();
-        let second = self.apply_verified(from, verified, refused)?;
-        merge_report(&mut report, second);
+        let last = self.apply_verified(from, verified, refused)?;
+        merge_report(&mut report, last);
         Ok((self.store.vector()?, report, failed_verification))
     }
 
@@ -486,6 +516,11 @@ impl Node {
             }
         }
         while let Some(n) = queue.pop_front() {
+            // This node's own level comes from its config, which may be newer than the roster
+            // it last published.
+            if n == self.id() {
+                continue;
+            }
             let mut members = self.roster_members(&n)?;
             members.sort();
             for m in members {
@@ -506,9 +541,16 @@ impl Node {
         Ok(members.map_or_else(Vec::new, |m| m.keys().filter_map(|k| k.parse().ok()).collect()))
     }
 
-    /// Writes this node's roster from its config: every configured peer with its role. Only a
-    /// change when the config changed.
+    /// Writes this node's roster from its config: every configured peer with its role, and the
+    /// nodes of `[[trust]]`. Only a change when the config changed.
     pub fn publish_roster(&self) -> Result<bool, NodeError> {
+        // A node that never had network peers (bundles only) publishes no roster: its trust
+        // list stays local, and it writes no record of its own.
+        let uid = crate::id::Uid::of_node(&self.id());
+        let id = EntityId::new(EntityType::Roster, uid);
+        if self.config.peers.is_empty() && self.store.get(&id)?.is_none() {
+            return Ok(false);
+        }
         let members: serde_json::Map<String, Value> = self
             .config
             .peers

@@ -104,3 +104,49 @@ fn the_district_roster_vouches_for_its_clinics_until_one_is_removed() {
     assert!(!authors.contains(&b.id()), "a removed node's batches are not relayed");
     drop(fresh);
 }
+
+/// Makes `child` a child of `parent` (both configs and rosters).
+fn link(parent: &mut Node, child: &mut Node) {
+    parent.config.peers.push(Peer {
+        node_id: child.id(),
+        role: Role::Child,
+        addr: None,
+        name: None,
+    });
+    parent.save_config().expect("save");
+    parent.publish_roster().expect("roster");
+    child.config.peers.push(child_of(parent));
+    child.save_config().expect("save");
+    child.publish_roster().expect("roster");
+}
+
+#[test]
+fn data_crosses_three_tiers_in_one_carry_per_hop() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let mk = |n: &str| Node::init(&dir.join(n), n).expect("init");
+    let (mut national, mut d1, mut d2, mut c1, mut c2) =
+        (mk("n"), mk("d1"), mk("d2"), mk("c1"), mk("c2"));
+    link(&mut national, &mut d1);
+    link(&mut national, &mut d2);
+    link(&mut d1, &mut c1);
+    link(&mut d2, &mut c2);
+    c2.put(EntityType::Patient, &patient(7)).expect("put");
+    // Upward: each parent already knows its children; rosters of the districts are carried up
+    // with the data.
+    for (from, to, name) in [(&c2, &d2, "1"), (&d2, &national, "2")] {
+        let (_, rejected) = carry(from, to, dir, name);
+        assert_eq!(rejected, 0, "hop {name}");
+    }
+    // Downward: national -> d1 -> c1, one carry each, no rejection on the way.
+    for (from, to, name) in [(&national, &d1, "3"), (&d1, &c1, "4")] {
+        let (_, rejected) = carry(from, to, dir, name);
+        assert_eq!(rejected, 0, "hop {name}: rosters vouch level by level in one pass");
+    }
+    assert!(
+        c1.store
+            .get(&"patient/00000000-0000-4000-8000-000000000007".parse().expect("id"))
+            .expect("get")
+            .is_some()
+    );
+}

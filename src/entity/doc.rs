@@ -100,7 +100,7 @@ impl EntityDoc {
 
     /// The document's current content with each field's winning value.
     pub fn to_json(&self) -> Map<String, Json> {
-        match object_json(&self.doc, &ROOT, ObjType::Map) {
+        match object_json(&self.doc, &ROOT, ObjType::Map, 0) {
             Json::Object(map) => map,
             _ => Map::new(),
         }
@@ -109,7 +109,7 @@ impl EntityDoc {
     /// Every field that holds more than one concurrent value, in path order.
     pub fn conflicts(&self) -> Vec<FieldConflict> {
         let mut out = Vec::new();
-        collect_conflicts(&self.doc, &ROOT, "", &mut out);
+        collect_conflicts(&self.doc, &ROOT, "", 0, &mut out);
         out
     }
 }
@@ -162,7 +162,7 @@ fn reconcile_map<T: Transactable + ReadDoc>(
             Json::Array(items) => {
                 let same = match &existing {
                     Some((Value::Object(ObjType::List), id)) => {
-                        object_json(tx, id, ObjType::List) == *value
+                        object_json(tx, id, ObjType::List, 0) == *value
                     }
                     _ => false,
                 };
@@ -212,27 +212,35 @@ fn fill_list<T: Transactable + ReadDoc>(
     Ok(())
 }
 
-fn value_json<D: ReadDoc>(doc: &D, value: &Value<'_>, id: &ObjId) -> Json {
+/// Deepest nesting read back from a document. Received documents are not schema-checked, and
+/// a peer could nest objects arbitrarily deep: reads stop here instead of recursing until the
+/// stack overflows (deeper objects read as `null`).
+pub const READ_DEPTH_MAX: usize = 64;
+
+fn value_json<D: ReadDoc>(doc: &D, value: &Value<'_>, id: &ObjId, depth: usize) -> Json {
     match value {
         Value::Scalar(s) => scalar_json(s),
-        Value::Object(ty) => object_json(doc, id, *ty),
+        Value::Object(ty) => object_json(doc, id, *ty, depth + 1),
     }
 }
 
-fn object_json<D: ReadDoc>(doc: &D, obj: &ObjId, ty: ObjType) -> Json {
+fn object_json<D: ReadDoc>(doc: &D, obj: &ObjId, ty: ObjType, depth: usize) -> Json {
+    if depth > READ_DEPTH_MAX {
+        return Json::Null;
+    }
     match ty {
         ObjType::Map | ObjType::Table => {
             let mut out = Map::new();
             for key in doc.keys(obj) {
                 if let Ok(Some((value, id))) = doc.get(obj, key.as_str()) {
-                    out.insert(key, value_json(doc, &value, &id));
+                    out.insert(key, value_json(doc, &value, &id, depth));
                 }
             }
             Json::Object(out)
         }
         ObjType::List => {
             let items = (0..doc.length(obj)).filter_map(|i| match doc.get(obj, i) {
-                Ok(Some((value, id))) => Some(value_json(doc, &value, &id)),
+                Ok(Some((value, id))) => Some(value_json(doc, &value, &id, depth)),
                 _ => None,
             });
             Json::Array(items.collect())
@@ -241,7 +249,16 @@ fn object_json<D: ReadDoc>(doc: &D, obj: &ObjId, ty: ObjType) -> Json {
     }
 }
 
-fn collect_conflicts(doc: &Automerge, obj: &ObjId, at: &str, out: &mut Vec<FieldConflict>) {
+fn collect_conflicts(
+    doc: &Automerge,
+    obj: &ObjId,
+    at: &str,
+    depth: usize,
+    out: &mut Vec<FieldConflict>,
+) {
+    if depth > READ_DEPTH_MAX {
+        return;
+    }
     let keys: Vec<String> = doc.keys(obj).collect();
     for key in keys {
         let path = if at.is_empty() { key.clone() } else { format!("{at}.{key}") };
@@ -253,7 +270,7 @@ fn collect_conflicts(doc: &Automerge, obj: &ObjId, at: &str, out: &mut Vec<Field
             out.push(FieldConflict { path: path.clone(), winner, values });
         }
         if let Ok(Some((Value::Object(ObjType::Map), id))) = doc.get(obj, key.as_str()) {
-            collect_conflicts(doc, &id, &path, out);
+            collect_conflicts(doc, &id, &path, depth + 1, out);
         }
     }
 }
@@ -269,7 +286,7 @@ fn conflict_value(doc: &Automerge, value: &Value<'_>, id: &ObjId) -> ConflictVal
         .unwrap_or(0);
     let value = match value {
         Value::Scalar(Cow::Borrowed(s)) => scalar_json(s),
-        other => value_json(doc, other, id),
+        other => value_json(doc, other, id, 0),
     };
     ConflictValue { value, author: author.map(|a| a.to_string()), time }
 }
@@ -344,6 +361,26 @@ mod tests {
         assert_eq!(conflicts[0].path, "gender");
         assert_eq!(conflicts[0].values.len(), 2);
         assert_eq!(a.to_json()["city"], json!("Y"));
+    }
+
+    #[test]
+    fn a_document_nested_deeper_than_the_read_limit_reads_without_overflowing() {
+        let mut doc = EntityDoc::new();
+        doc.doc.set_actor(ActorId::from(author(1).actor_bytes()));
+        let mut tx = doc.doc.transaction();
+        let mut obj = ROOT;
+        for _ in 0..20_000 {
+            obj = tx.put_object(&obj, "m", ObjType::Map).expect("nest");
+        }
+        tx.commit();
+        // Runs on a thread with a small stack, as a tokio worker would.
+        let json = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || (doc.to_json(), doc.conflicts().len()))
+            .expect("spawn")
+            .join()
+            .expect("no stack overflow");
+        assert!(json.0.contains_key("m"));
     }
 
     #[test]
