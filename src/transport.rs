@@ -17,7 +17,6 @@ use rustls::pki_types::{
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use tokio::io::AsyncReadExt;
 
 use crate::id::NodeId;
 use crate::identity::{self, Keypair};
@@ -247,21 +246,36 @@ pub enum ReadError {
 
 /// Reads one frame and decodes it. Returns the message and the bytes read.
 pub async fn read_message(recv: &mut quinn::RecvStream) -> Result<(Message, usize), ReadError> {
+    read_message_with(recv, &mut || {}).await
+}
+
+/// As [`read_message`], calling `progress` after every piece of the frame that arrives.
+pub async fn read_message_with(
+    recv: &mut quinn::RecvStream,
+    progress: &mut (dyn FnMut() + Send),
+) -> Result<(Message, usize), ReadError> {
     let mut prefix = [0u8; 4];
     match recv.read_exact(&mut prefix).await {
         Ok(_) => {}
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Err(ReadError::Finished),
         Err(e) => return Err(ReadError::Stream(e.to_string())),
     }
+    progress();
     let len = message::frame_len(prefix)?;
     let mut frame = Vec::with_capacity(len.min(1 << 20));
-    let got = (&mut *recv)
-        .take(len as u64)
-        .read_to_end(&mut frame)
-        .await
-        .map_err(|e| ReadError::Stream(e.to_string()))?;
-    if got < len {
-        return Err(ReadError::Stream(format!("stream ended inside a {len}-byte frame")));
+    let mut piece = vec![0u8; 64 * 1024];
+    while frame.len() < len {
+        let want = (len - frame.len()).min(piece.len());
+        match recv.read(&mut piece[..want]).await {
+            Ok(Some(n)) => {
+                frame.extend_from_slice(&piece[..n]);
+                progress();
+            }
+            Ok(None) => {
+                return Err(ReadError::Stream(format!("stream ended inside a {len}-byte frame")));
+            }
+            Err(e) => return Err(ReadError::Stream(e.to_string())),
+        }
     }
     Ok((message::decode(&frame)?, len + 4))
 }

@@ -14,10 +14,12 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
 use super::{Node, NodeError, now_secs, random_bytes};
 use crate::config::Peer;
 use crate::id::{NodeId, Vector};
-use crate::protocol::message::{self, Role};
+use crate::protocol::message::{self, Message, Role};
 use crate::protocol::session::{Effect, Outcome, Session, SessionStats};
 use crate::transport::{self, ReadError};
 
@@ -31,6 +33,12 @@ pub const BACKOFF_MAX_MS: u64 = 300_000;
 pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
 /// Largest control request, in bytes.
 pub const CONTROL_REQUEST_BYTES_MAX: usize = crate::entity::INPUT_BYTES_MAX * 2 + 64 * 1024;
+/// Socket reads and writes are done in pieces of this size, each counting as activity.
+pub const IO_CHUNK_BYTES: usize = 64 * 1024;
+/// Messages queued for sending beyond which the peer is taken as not reading.
+pub const WRITE_BACKLOG_MAX: usize = 64;
+/// How long a finished session waits for its last messages to be written.
+pub const WRITER_DRAIN_MS: u64 = 10_000;
 /// How long shutdown waits for running sessions.
 pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
 
@@ -90,20 +98,46 @@ pub async fn drive(
         _ => Vector::default(),
     };
     let mut sized = false;
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
+    // Bytes moving either way count as activity, so a slow link that is still carrying a large
+    // message does not time the session out (milliseconds since `started`).
+    let activity = Arc::new(AtomicU64::new(0));
+    // Messages queued for the writer; the protocol keeps this small, so a long queue means the
+    // peer stopped reading.
+    let backlog = Arc::new(AtomicUsize::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (w_activity, w_backlog) = (activity.clone(), backlog.clone());
     let writer = tokio::spawn(async move {
         let mut written = 0u64;
-        while let Some(bytes) = rx.recv().await {
-            if send.write_all(&bytes).await.is_err() {
-                break;
+        'messages: while let Some(bytes) = rx.recv().await {
+            for chunk in bytes.chunks(IO_CHUNK_BYTES) {
+                if send.write_all(chunk).await.is_err() {
+                    break 'messages;
+                }
+                written += chunk.len() as u64;
+                w_activity.store(transport::millis_since(started), Ordering::Relaxed);
             }
-            written += bytes.len() as u64;
+            w_backlog.fetch_sub(1, Ordering::Relaxed);
         }
         let _ = send.finish();
         // Wait until the peer has read everything (or a short grace), so closing the
         // connection right after cannot cut our last message.
         let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
         written
+    });
+    // Reading runs in its own task, so a timer never cancels a half-read frame.
+    let (rtx, mut rrx) = mpsc::channel::<Result<(Message, usize), ReadError>>(1);
+    let r_activity = activity.clone();
+    let reader = tokio::spawn(async move {
+        loop {
+            let r = transport::read_message_with(&mut recv, &mut || {
+                r_activity.store(transport::millis_since(started), Ordering::Relaxed);
+            })
+            .await;
+            let stop = r.is_err();
+            if rtx.send(r).await.is_err() || stop {
+                break;
+            }
+        }
     });
     let mut session = match vector {
         Ok(Ok(v)) => Session::new(now(), node.id(), role, peer, v),
@@ -119,7 +153,10 @@ pub async fn drive(
         while let Some(effect) = session.poll_effect() {
             match effect {
                 Effect::Send(m) => {
-                    let _ = tx.send(message::encode(&m)).await;
+                    if backlog.fetch_add(1, Ordering::Relaxed) >= WRITE_BACKLOG_MAX {
+                        session.handle_forbidden("the peer stopped reading".into());
+                    }
+                    let _ = tx.send(message::encode(&m));
                 }
                 Effect::Fetch { after } => {
                     let n = node.clone();
@@ -164,8 +201,8 @@ pub async fn drive(
         let deadline = session.poll_timeout().unwrap_or(u64::MAX);
         let wait = Duration::from_millis(deadline.saturating_sub(now()));
         tokio::select! {
-            r = transport::read_message(&mut recv) => match r {
-                Ok((m, n)) => {
+            r = rrx.recv() => match r {
+                Some(Ok((m, n))) => {
                     received += n as u64;
                     session.handle_message(now(), m);
                     if let Some(bar) = progress.as_ref().filter(|_| !sized && session.handshaken()) {
@@ -173,17 +210,30 @@ pub async fn drive(
                         sized = true;
                     }
                 }
-                Err(ReadError::Codec(e)) => session.handle_malformed(e.to_string()),
-                Err(e) => {
+                Some(Err(ReadError::Codec(e))) => session.handle_malformed(e.to_string()),
+                Some(Err(e)) => {
                     let why = conn.close_reason().map_or_else(|| e.to_string(), |r| describe_close(&r));
                     session.handle_disconnect(why)
                 }
+                None => session.handle_disconnect("the reader stopped".into()),
             },
-            _ = tokio::time::sleep(wait) => session.handle_timeout(now()),
+            _ = tokio::time::sleep(wait) => {
+                session.handle_activity(activity.load(Ordering::Relaxed));
+                session.handle_timeout(now());
+            }
         }
     };
     drop(tx);
-    let sent = writer.await.unwrap_or(0);
+    reader.abort();
+    // A peer that stopped reading must not hold this task: give the writer a deadline, then
+    // close the connection under it.
+    let sent = match tokio::time::timeout(Duration::from_millis(WRITER_DRAIN_MS), writer).await {
+        Ok(r) => r.unwrap_or(0),
+        Err(_) => {
+            conn.close(2u32.into(), b"peer stopped reading");
+            0
+        }
+    };
     if let Some(bar) = &progress {
         bar.finish_and_clear();
     }

@@ -309,6 +309,12 @@ impl Session {
         self.refuse(ErrorCode::Protocol, reason);
     }
 
+    /// Bytes moved at `now` (part of a message): the peer is alive even if no whole message
+    /// arrived yet.
+    pub fn handle_activity(&mut self, now: u64) {
+        self.last_activity = self.last_activity.max(now);
+    }
+
     /// The connection or stream broke.
     pub fn handle_disconnect(&mut self, reason: String) {
         self.close(Outcome::Lost { reason });
@@ -522,6 +528,18 @@ mod tests {
             s.poll_effect(),
             Some(Effect::Send(Message::Error { code: ErrorCode::Forbidden, .. }))
         ));
+    }
+
+    #[test]
+    fn bytes_still_moving_keep_a_slow_session_alive() {
+        let (ka, kb) = (Keypair::from_secret([1; 32]), Keypair::from_secret([2; 32]));
+        let mut s = Session::new(0, ka.node_id(), Role::Peer, kb.node_id(), Vector::default());
+        s.poll_effect();
+        s.handle_activity(SESSION_IDLE_MS - 1);
+        s.handle_timeout(SESSION_IDLE_MS);
+        assert!(!s.is_closed(), "part of a message arrived recently");
+        s.handle_timeout(2 * SESSION_IDLE_MS);
+        assert!(s.is_closed());
     }
 
     #[test]
