@@ -1,6 +1,7 @@
 //! The composition root: a node directory (key, config, store) and the operations the CLI and
 //! the demo run on it. This is the only layer that reads the clock, the OS RNG and node files.
 
+use std::mem::take;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -280,7 +281,6 @@ impl Node {
             ..ImportReport::default()
         };
         let mut trust = self.trust_set()?;
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
         let mut chunk: Vec<VerifiedBatch> = Vec::new();
         // Batches of authors not trusted yet: a roster earlier in the bundle may vouch for them
         // once applied, so they are checked again after each chunk.
@@ -316,15 +316,9 @@ impl Node {
                 || chunk_changes + BATCH_CHANGES_MAX > chunk_limit
                 || chunk_bytes >= IMPORT_CHUNK_BYTES
             {
-                let ctx = ApplyContext {
-                    trust: &trust,
-                    from: Some(scan.header.exporter),
-                    refused: std::mem::take(&mut refused),
-                    fresh_incarnation: fresh_incarnation()?,
-                    time: now_secs(),
-                    threads,
-                };
-                let r = self.store.apply(std::mem::take(&mut chunk), ctx)?;
+                let from = Some(scan.header.exporter);
+                let r =
+                    self.receive(&trust, from, std::mem::take(&mut chunk), take(&mut refused))?;
                 merge_report(&mut report.applied, r);
                 chunk_changes = 0;
                 chunk_bytes = 0;
@@ -358,15 +352,8 @@ impl Node {
                     }
                     deferred = still;
                     if !verified.is_empty() || !refused.is_empty() {
-                        let ctx = ApplyContext {
-                            trust: &trust,
-                            from: Some(scan.header.exporter),
-                            refused: std::mem::take(&mut refused),
-                            fresh_incarnation: fresh_incarnation()?,
-                            time: now_secs(),
-                            threads,
-                        };
-                        let r = self.store.apply(verified, ctx)?;
+                        let from = Some(scan.header.exporter);
+                        let r = self.receive(&trust, from, verified, take(&mut refused))?;
                         merge_report(&mut report.applied, r);
                     }
                     if !progress {
@@ -477,13 +464,24 @@ impl Node {
         refused: Vec<Rejection>,
     ) -> Result<ApplyReport, NodeError> {
         let trust = self.trust_set()?;
+        self.receive(&trust, Some(from), verified, refused)
+    }
+
+    /// One receipt transaction for verified batches (and the refusals to report with them).
+    fn receive(
+        &self,
+        trust: &TrustSet,
+        from: Option<NodeId>,
+        verified: Vec<VerifiedBatch>,
+        refused: Vec<Rejection>,
+    ) -> Result<ApplyReport, NodeError> {
         let ctx = ApplyContext {
-            trust: &trust,
-            from: Some(from),
+            trust,
+            from,
             refused,
             fresh_incarnation: fresh_incarnation()?,
             time: now_secs(),
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()).min(8),
+            threads: worker_threads(),
         };
         Ok(self.store.apply(verified, ctx)?)
     }
@@ -584,8 +582,7 @@ impl Node {
 
     /// Merges every received but not yet merged change into its document (once per document).
     pub fn materialize(&self) -> Result<crate::store::apply::MaterializeReport, NodeError> {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-        let r = self.store.materialize_dirty(threads, now_secs())?;
+        let r = self.store.materialize_dirty(worker_threads(), now_secs())?;
         if r.documents > 0 {
             tracing::info!(
                 documents = r.documents,
@@ -650,6 +647,11 @@ pub fn status_json(node: &Node) -> Result<serde_json::Value, NodeError> {
         "digest": s.digest.to_hex().to_string(),
         "peers": peers,
     }))
+}
+
+/// Threads for merging documents: one per core, at most 8.
+fn worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
 }
 
 fn merge_report(total: &mut ApplyReport, r: ApplyReport) {
