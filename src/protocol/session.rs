@@ -273,7 +273,7 @@ impl Session {
             return;
         }
         for b in &batches {
-            let (author, seq) = (b.batch.author(), b.batch.seq());
+            let (author, seq) = (b.author(), b.seq());
             let up = self.sent_up_to.0.entry(author).or_insert(0);
             *up = (*up).max(seq);
         }
@@ -364,8 +364,8 @@ mod tests {
         }
         fn apply(&mut self, batches: Vec<WireBatch>) {
             for b in batches {
-                let list = self.held.entry(b.batch.author()).or_default();
-                if b.batch.seq() == list.len() as u64 + 1 {
+                let list = self.held.entry(b.author()).or_default();
+                if b.seq() == list.len() as u64 + 1 {
                     list.push(b);
                 }
             }
