@@ -90,7 +90,8 @@ pub enum Command {
     },
     /// Verify and apply a bundle file; prints what was applied, already present and rejected.
     Import { file: PathBuf },
-    /// Print node id, vector, entity counts and the state digest.
+    /// Print node id, vector, entity counts, the state digest, and per peer: contacts, lag, next
+    /// retry and last error (through the running node if it runs).
     Status {
         #[arg(long)]
         json: bool,
