@@ -327,30 +327,24 @@ impl Node {
                 while !deferred.is_empty() {
                     trust = self.trust_set()?;
                     let mut verified = Vec::new();
-                    let mut still = Vec::new();
-                    for (signed, bodies) in std::mem::take(&mut deferred) {
-                        if !trust.trusts(&signed.author().node) {
-                            still.push((signed, bodies));
-                            continue;
-                        }
-                        let (author, seq) = (signed.author(), signed.seq());
-                        match signed.verify(bodies, &trust) {
-                            Ok(vb) => verified.push(vb),
-                            Err(e) => {
-                                refused.push(Rejection { author, seq, reason: e.to_string() })
-                            }
-                        }
-                    }
-                    let progress = !verified.is_empty();
+                    let before = deferred.len();
+                    deferred = sort_by_trust(
+                        take(&mut deferred),
+                        &trust,
+                        false,
+                        &mut verified,
+                        &mut refused,
+                    );
+                    let progress = deferred.len() < before;
                     if !progress && last {
-                        for (signed, bodies) in std::mem::take(&mut still) {
-                            let (author, seq) = (signed.author(), signed.seq());
-                            if let Err(e) = signed.verify(bodies, &trust) {
-                                refused.push(Rejection { author, seq, reason: e.to_string() });
-                            }
-                        }
+                        sort_by_trust(
+                            take(&mut deferred),
+                            &trust,
+                            true,
+                            &mut verified,
+                            &mut refused,
+                        );
                     }
-                    deferred = still;
                     if !verified.is_empty() || !refused.is_empty() {
                         let from = Some(scan.header.exporter);
                         let r = self.receive(&trust, from, verified, take(&mut refused))?;
@@ -384,12 +378,15 @@ impl Node {
     }
 
     /// The next batches `after` lacks, in wire form, within one message's limits.
-    pub fn fetch_wire(&self, after: &Vector) -> Result<Vec<WireBatch>, NodeError> {
-        // Only authors this node trusts are relayed (a node removed from every roster stops
-        // travelling), rosters first.
-        let order = self.trust_order()?;
+    /// `order` is [`Node::trust_order`], taken once per session: only authors this node trusts
+    /// are relayed (a node removed from every roster stops travelling), rosters first.
+    pub fn fetch_wire(
+        &self,
+        order: &[NodeId],
+        after: &Vector,
+    ) -> Result<Vec<WireBatch>, NodeError> {
         let batches = self.store.fetch_after(
-            &order,
+            order,
             after,
             message::BATCHES_PER_MESSAGE_MAX,
             message::MESSAGE_BODY_BYTES_TARGET,
@@ -406,51 +403,20 @@ impl Node {
         batches: Vec<WireBatch>,
     ) -> Result<(Vector, ApplyReport, usize), NodeError> {
         let trust = self.trust_set()?;
-        let mut verified = Vec::with_capacity(batches.len());
-        let mut refused = Vec::new();
-        let mut untrusted = Vec::new();
-        for wire in batches {
-            let (signed, bodies) = wire.into_parts();
-            let (author, seq) = (signed.author(), signed.seq());
-            if !trust.trusts(&author.node) {
-                untrusted.push((signed, bodies));
-                continue;
-            }
-            match signed.verify(bodies, &trust) {
-                Ok(vb) => verified.push(vb),
-                Err(e) => refused.push(Rejection { author, seq, reason: e.to_string() }),
-            }
-        }
+        let (mut verified, mut refused) = (Vec::with_capacity(batches.len()), Vec::new());
+        let batches = batches.into_iter().map(WireBatch::into_parts).collect();
+        let mut untrusted = sort_by_trust(batches, &trust, false, &mut verified, &mut refused);
         // Rosters in this message may authorize the authors of later batches in it, level by
         // level: apply what verifies, recompute trust, and retry the rest until nothing more
         // is accepted.
         let mut report = ApplyReport::default();
         while !untrusted.is_empty() && !verified.is_empty() {
-            let r = self.apply_verified(from, std::mem::take(&mut verified), Vec::new())?;
+            let r = self.apply_verified(from, take(&mut verified), Vec::new())?;
             merge_report(&mut report, r);
             let trust = self.trust_set()?;
-            let mut still = Vec::new();
-            for (signed, bodies) in untrusted {
-                if !trust.trusts(&signed.author().node) {
-                    still.push((signed, bodies));
-                    continue;
-                }
-                let (author, seq) = (signed.author(), signed.seq());
-                match signed.verify(bodies, &trust) {
-                    Ok(vb) => verified.push(vb),
-                    Err(e) => refused.push(Rejection { author, seq, reason: e.to_string() }),
-                }
-            }
-            untrusted = still;
+            untrusted = sort_by_trust(untrusted, &trust, false, &mut verified, &mut refused);
         }
-        let trust = self.trust_set()?;
-        for (signed, bodies) in untrusted {
-            let (author, seq) = (signed.author(), signed.seq());
-            match signed.verify(bodies, &trust) {
-                Ok(vb) => verified.push(vb),
-                Err(e) => refused.push(Rejection { author, seq, reason: e.to_string() }),
-            }
-        }
+        sort_by_trust(untrusted, &self.trust_set()?, true, &mut verified, &mut refused);
         let failed_verification = refused.len();
         let last = self.apply_verified(from, verified, refused)?;
         merge_report(&mut report, last);
@@ -647,6 +613,31 @@ pub fn status_json(node: &Node) -> Result<serde_json::Value, NodeError> {
         "digest": s.digest.to_hex().to_string(),
         "peers": peers,
     }))
+}
+
+/// Verifies the batches whose authors `trust` accepts into `verified` (or `refused` with the
+/// reason). The batches of other authors are returned untouched, for a later pass once a roster
+/// may vouch for them; with `finally` they are refused too.
+fn sort_by_trust(
+    batches: Vec<crate::store::BatchWithBodies>,
+    trust: &TrustSet,
+    finally: bool,
+    verified: &mut Vec<VerifiedBatch>,
+    refused: &mut Vec<Rejection>,
+) -> Vec<crate::store::BatchWithBodies> {
+    let mut later = Vec::new();
+    for (signed, bodies) in batches {
+        if !finally && !trust.trusts(&signed.author().node) {
+            later.push((signed, bodies));
+            continue;
+        }
+        let (author, seq) = (signed.author(), signed.seq());
+        match signed.verify(bodies, trust) {
+            Ok(vb) => verified.push(vb),
+            Err(e) => refused.push(Rejection { author, seq, reason: e.to_string() }),
+        }
+    }
+    later
 }
 
 /// Threads for merging documents: one per core, at most 8.

@@ -5,10 +5,9 @@
 //! each test prints on stderr; set `SITESYNC_TEST_SEED=<n>` to replay a run.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rand::rngs::StdRng;
@@ -16,74 +15,12 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sitesync");
 /// An OpenMRS identifier type uuid (metadata sitesync does not store).
 const ID_TYPE: &str = "8d79403a-c2cc-11de-8d13-0010c6dffd0f";
 
-// ---------------------------------------------------------------------------------------------
-// Running the binary
-// ---------------------------------------------------------------------------------------------
-
-/// What one run of the binary did.
-#[derive(Debug)]
-struct Run {
-    /// `None` when killed by a signal.
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn describe(&self) -> String {
-        format!("exit {:?}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
-    }
-
-    fn panicked(&self) -> bool {
-        self.stderr.contains("panicked")
-    }
-}
-
-/// A command for the binary with a clean environment (no SITESYNC_DIR, no RUST_LOG).
-fn command(dir: Option<&Path>) -> Command {
-    let mut c = Command::new(BIN);
-    c.env_remove("SITESYNC_DIR").env_remove("RUST_LOG");
-    if let Some(d) = dir {
-        c.arg("--dir").arg(d);
-    }
-    c
-}
-
-fn run_with(mut c: Command, stdin: Option<Vec<u8>>) -> Run {
-    c.stdout(Stdio::piped()).stderr(Stdio::piped());
-    c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-    let mut child = c.spawn().expect("spawn sitesync");
-    let writer = stdin.map(|bytes| {
-        let mut pipe = child.stdin.take().expect("stdin pipe");
-        // A separate thread, so a child that writes before it has read everything cannot block.
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(&bytes);
-        })
-    });
-    let out = child.wait_with_output().expect("wait for sitesync");
-    if let Some(w) = writer {
-        let _ = w.join();
-    }
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn run(dir: Option<&Path>, args: &[&str]) -> Run {
-    let mut c = command(dir);
-    c.args(args);
-    run_with(c, None)
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("temporary paths are UTF-8")
-}
+// Running the binary: the helpers shared with the network tests (tests/net/mod.rs).
+mod net;
+use net::{Run, command, p, run, run_with};
 
 fn seeded(test: &str) -> StdRng {
     let seed =

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -89,14 +89,18 @@ pub async fn drive(
 ) -> SessionReport {
     let started = Instant::now();
     let now = move || transport::millis_since(started);
-    let vector = {
+    let start = {
         let n = node.clone();
-        tokio::task::spawn_blocking(move || n.store.vector()).await
+        tokio::task::spawn_blocking(move || {
+            Ok::<_, NodeError>((n.store.vector()?, n.trust_order()?))
+        })
+        .await
     };
-    let local_at_start = match &vector {
-        Ok(Ok(v)) => v.clone(),
-        _ => Vector::default(),
+    let (vector, order) = match start {
+        Ok(Ok((v, o))) => (Some(v), Arc::new(o)),
+        _ => (None, Arc::new(Vec::new())),
     };
+    let local_at_start = vector.clone().unwrap_or_default();
     let mut sized = false;
     // Bytes moving either way count as activity, so a slow link that is still carrying a large
     // message does not time the session out (milliseconds since `started`).
@@ -140,10 +144,10 @@ pub async fn drive(
         }
     });
     let mut session = match vector {
-        Ok(Ok(v)) => Session::new(now(), node.id(), role, peer, v),
+        Some(v) => Session::new(now(), node.id(), role, peer, v),
         _ => {
             let mut s = Session::new(now(), node.id(), role, peer, Vector::default());
-            s.handle_local_error("could not read this node's vector".into());
+            s.handle_local_error("could not read this node's vector or trust".into());
             s
         }
     };
@@ -160,7 +164,8 @@ pub async fn drive(
                 }
                 Effect::Fetch { after } => {
                     let n = node.clone();
-                    match tokio::task::spawn_blocking(move || n.fetch_wire(&after)).await {
+                    let order = order.clone();
+                    match tokio::task::spawn_blocking(move || n.fetch_wire(&order, &after)).await {
                         Ok(Ok(batches)) => session.handle_fetched(now(), batches),
                         Ok(Err(e)) => session.handle_local_error(format!("reading batches: {e}")),
                         Err(e) => session.handle_local_error(format!("reading batches: {e}")),
@@ -539,8 +544,6 @@ async fn control_loop(
         });
     }
 }
-
-use tokio::io::AsyncReadExt as _;
 
 async fn handle_control(
     node: &Arc<Node>,

@@ -338,6 +338,9 @@ pub(crate) fn materialize_keys(
 ) -> Result<MaterializeReport, StoreError> {
     let mut report = MaterializeReport::default();
     let mut work = Vec::with_capacity(keys.len());
+    // Per document, the hashes of the changes being merged: enough to load them again for the
+    // rare one-at-a-time retry, without keeping a second copy of every change.
+    let mut merging: HashMap<String, Vec<BodyHash>> = HashMap::new();
     {
         let mut dirty = tx.open_table(DIRTY)?;
         let docs = tx.open_table(DOCS)?;
@@ -348,34 +351,16 @@ pub(crate) fn materialize_keys(
             };
             let fresh: Vec<BodyHash> =
                 postcard::from_bytes(&list).map_err(|e| corrupt(format!("dirty list {key}"), e))?;
-            let record = match docs.get(key.as_str())? {
-                Some(v) => decode_doc(key, v.value())?,
-                None => DocRecord::default(),
-            };
-            let mut changes = Vec::with_capacity(record.queued.len() + fresh.len());
-            for hash in record.queued.iter().chain(&fresh) {
-                let body = bodies
-                    .get(&hash.0)?
-                    .ok_or_else(|| corrupt(format!("body {hash}"), "missing"))?;
-                let change = Change::from_bytes(body.value().to_vec())
-                    .map_err(|e| corrupt(format!("body {hash}"), e))?;
-                changes.push((*hash, change));
-            }
+            let (record, changes) = load_work(&docs, &bodies, key, &fresh)?;
             report.changes += fresh.len() as u64;
+            merging.insert(key.clone(), changes.iter().map(|(h, _)| *h).collect());
             work.push(Work { key: key.clone(), record, changes });
         }
     }
-    let mut docs = tx.open_table(DOCS)?;
     let mut failed = Vec::new();
-    let mut originals: HashMap<String, Work> = HashMap::new();
-    let cloned: Vec<Work> = work
-        .iter()
-        .map(|w| Work { key: w.key.clone(), record: w.record.clone(), changes: w.changes.clone() })
-        .collect();
-    for w in work {
-        originals.insert(w.key.clone(), w);
-    }
-    for (key, result) in run_parallel(cloned, threads.max(1))? {
+    let mut docs = tx.open_table(DOCS)?;
+    let bodies = tx.open_table(BODIES)?;
+    for (key, result) in run_parallel(work, threads.max(1))? {
         match result {
             Ok(record) => {
                 docs.insert(key.as_str(), encode(&record).as_slice())?;
@@ -385,10 +370,16 @@ pub(crate) fn materialize_keys(
         }
     }
     for key in failed {
-        // Rare: merge one change at a time, leaving out each change that cannot be merged.
-        let Some(w) = originals.remove(&key) else { continue };
+        // Rare: merge one change at a time, leaving out each change that cannot be merged. The
+        // document record is still the one from before this merge.
+        let hashes = merging.remove(&key).unwrap_or_default();
+        let (record, _) = load_work(&docs, &bodies, &key, &[])?;
+        let changes = hashes
+            .iter()
+            .map(|h| Ok((*h, load_change(&bodies, h)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let entity: EntityId = key.parse().map_err(|e| corrupt(format!("doc key {key:?}"), e))?;
-        let (record, skipped) = materialize_carefully(w);
+        let (record, skipped) = materialize_carefully(Work { key: key.clone(), record, changes });
         docs.insert(key.as_str(), encode(&record).as_slice())?;
         report.documents += 1;
         for (hash, reason) in skipped {
@@ -399,6 +390,33 @@ pub(crate) fn materialize_keys(
         }
     }
     Ok(report)
+}
+
+/// A document's record and the changes to merge into it: those it queued earlier (waiting for
+/// dependencies), then `fresh`.
+fn load_work(
+    docs: &impl ReadableTable<&'static str, &'static [u8]>,
+    bodies: &impl ReadableTable<&'static [u8; 32], &'static [u8]>,
+    key: &str,
+    fresh: &[BodyHash],
+) -> Result<(DocRecord, Vec<(BodyHash, Change)>), StoreError> {
+    let record = match docs.get(key)? {
+        Some(v) => decode_doc(key, v.value())?,
+        None => DocRecord::default(),
+    };
+    let mut changes = Vec::with_capacity(record.queued.len() + fresh.len());
+    for hash in record.queued.iter().chain(fresh) {
+        changes.push((*hash, load_change(bodies, hash)?));
+    }
+    Ok((record, changes))
+}
+
+fn load_change(
+    bodies: &impl ReadableTable<&'static [u8; 32], &'static [u8]>,
+    hash: &BodyHash,
+) -> Result<Change, StoreError> {
+    let body = bodies.get(&hash.0)?.ok_or_else(|| corrupt(format!("body {hash}"), "missing"))?;
+    Change::from_bytes(body.value().to_vec()).map_err(|e| corrupt(format!("body {hash}"), e))
 }
 
 /// Applies a document's changes one at a time from its last good state, leaving out each change
