@@ -12,7 +12,7 @@
 //! the format says). Then a real `sitesync serve` runs for each side; the child dials the parent
 //! at start. Wall time runs from starting the child until the parent's digest equals the
 //! child's (every batch durably received and every document merged; status is polled every
-//! 10 ms through the running node). It prints one JSON line: wall seconds, the session's own
+//! 25 ms through the running node). It prints one JSON line: wall seconds, the session's own
 //! seconds (durable receipt of everything), bytes on the wire each way (protocol frames, from the
 //! child's session log line), peak RSS of each process, and whether both digests are equal.
 
@@ -143,6 +143,7 @@ fn main() -> Result<()> {
         role: Role::Child,
         addr: None,
         name: None,
+        scope: Default::default(),
     });
     parent.save_config()?;
     child.config.peers.push(Peer {
@@ -150,6 +151,7 @@ fn main() -> Result<()> {
         role: Role::Parent,
         addr: Some(addr),
         name: None,
+        scope: Default::default(),
     });
     child.config.sync_interval_secs = 3_600;
     child.save_config()?;
@@ -178,16 +180,16 @@ fn main() -> Result<()> {
         bail!("the session did not complete: {line}");
     }
     // The parent merges what it received once the session ends: done when its digest matches.
+    // The child's digest is final once its session ended (it publishes its roster at start).
+    let child_digest = status(bin, &cdir)?["digest"].clone();
     let converged = loop {
-        // Both publish their roster at start, so compare the live digests.
-        let (ps, cs) = (status(bin, &pdir)?, status(bin, &cdir)?);
-        if ps["digest"] == cs["digest"] {
+        if status(bin, &pdir)?["digest"] == child_digest {
             break started.elapsed().as_secs_f64();
         }
         if Instant::now() > deadline {
             bail!("the parent did not converge within 600 s");
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(25));
     };
     let (ps, cs) = (status(bin, &pdir)?, status(bin, &cdir)?);
     let out = json!({

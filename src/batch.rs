@@ -142,6 +142,8 @@ pub enum BatchError {
     BodyDecode { author: AuthorId, seq: u64, index: usize, reason: String },
     #[error("batch {author} #{seq}: change {index} writes the roster of another node")]
     RosterOwner { author: AuthorId, seq: u64, index: usize },
+    #[error("batch {author} #{seq}: body {index} is withheld, and only a parent may withhold")]
+    Withheld { author: AuthorId, seq: u64, index: usize },
     #[error("batch {author} #{seq}: change {index} is by actor {actor}, not the batch author")]
     Actor { author: AuthorId, seq: u64, index: usize, actor: String },
 }
@@ -157,8 +159,9 @@ pub trait Trust {
 pub struct VerifiedBatch {
     pub signed: SignedBatch,
     pub hash: BatchHash,
+    /// The bodies, in the order listed; an empty one was withheld by the sender's parent.
     pub bodies: Vec<Vec<u8>>,
-    /// The decoded changes, in the order listed.
+    /// The decoded changes of the bodies carried, in the order listed.
     pub changes: Vec<automerge::Change>,
 }
 
@@ -172,10 +175,13 @@ impl SignedBatch {
     }
 
     /// Checks everything about the batch that does not depend on what the receiver holds.
+    /// An empty body is a withheld one, accepted only with `withheld_ok` (from a parent): its
+    /// manifest entry is still signed.
     pub fn verify(
         self,
         bodies: Vec<Vec<u8>>,
         trust: &dyn Trust,
+        withheld_ok: bool,
     ) -> Result<VerifiedBatch, BatchError> {
         let b = &self.batch;
         let (author, seq) = (b.author, b.seq);
@@ -214,6 +220,12 @@ impl SignedBatch {
         let actor = author.actor_bytes();
         let mut changes = Vec::with_capacity(bodies.len());
         for (index, (body, listed)) in bodies.iter().zip(&b.changes).enumerate() {
+            if body.is_empty() {
+                if withheld_ok {
+                    continue;
+                }
+                return Err(BatchError::Withheld { author, seq, index });
+            }
             if body.len() > CHANGE_BYTES_MAX || BodyHash::of(body) != listed.body {
                 return Err(BatchError::BodyHash { author, seq, index });
             }
@@ -288,7 +300,7 @@ mod tests {
     fn a_sealed_batch_verifies() {
         let key = Keypair::from_secret([1; 32]);
         let (signed, bodies) = sample(&key);
-        let verified = signed.clone().verify(bodies, &Everyone).expect("verifies");
+        let verified = signed.clone().verify(bodies, &Everyone, false).expect("verifies");
         assert_eq!(verified.hash, signed.batch.hash());
     }
 
@@ -297,7 +309,7 @@ mod tests {
         let key = Keypair::from_secret([1; 32]);
         let (signed, bodies) = sample(&key);
         assert!(matches!(
-            signed.clone().verify(bodies.clone(), &Nobody),
+            signed.clone().verify(bodies.clone(), &Nobody, false),
             Err(BatchError::Untrusted { .. })
         ));
 
@@ -305,19 +317,19 @@ mod tests {
         forged.batch.seq = 2;
         forged.batch.prev = Some(BatchHash([0; 32]));
         assert!(matches!(
-            forged.verify(bodies.clone(), &Everyone),
+            forged.verify(bodies.clone(), &Everyone, false),
             Err(BatchError::Signature { .. })
         ));
 
         let mut flipped = bodies.clone();
         flipped[0][10] ^= 1;
         assert!(matches!(
-            signed.clone().verify(flipped, &Everyone),
+            signed.clone().verify(flipped, &Everyone, false),
             Err(BatchError::BodyHash { .. })
         ));
 
         assert!(matches!(
-            signed.clone().verify(vec![], &Everyone),
+            signed.clone().verify(vec![], &Everyone, false),
             Err(BatchError::BodyCount { .. })
         ));
 
@@ -325,7 +337,7 @@ mod tests {
         let impostor = Keypair::from_secret([2; 32]);
         let resigned = signed.batch.clone().sign(&impostor);
         assert!(matches!(
-            resigned.verify(bodies.clone(), &Everyone),
+            resigned.verify(bodies.clone(), &Everyone, false),
             Err(BatchError::Signature { .. })
         ));
 
@@ -334,7 +346,19 @@ mod tests {
         let mut batch = signed.batch.clone();
         batch.author.node = other.node_id();
         let relabelled = batch.sign(&other);
-        assert!(matches!(relabelled.verify(bodies, &Everyone), Err(BatchError::Actor { .. })));
+        assert!(matches!(
+            relabelled.verify(bodies.clone(), &Everyone, false),
+            Err(BatchError::Actor { .. })
+        ));
+        // A withheld body (empty) passes only where a parent may withhold; the manifest entry
+        // stays signed either way.
+        let withheld = vec![Vec::new(); bodies.len()];
+        assert!(matches!(
+            signed.clone().verify(withheld.clone(), &Everyone, false),
+            Err(BatchError::Withheld { index: 0, .. })
+        ));
+        let vb = signed.clone().verify(withheld, &Everyone, true).expect("verifies withheld");
+        assert!(vb.changes.is_empty() && vb.bodies.iter().all(Vec::is_empty));
     }
 
     #[test]

@@ -154,6 +154,15 @@ pub enum PeerAction {
         addr: Option<String>,
         #[arg(long)]
         name: Option<String>,
+        /// A child only: the entity types it may push and receive, comma-separated (default:
+        /// all). Rosters always travel.
+        #[arg(long, value_delimiter = ',', value_name = "TYPE,...")]
+        types: Option<Vec<String>>,
+        /// A child only: its catchment, location uuids comma-separated (default: everywhere).
+        /// Patient-linked records reach it only when their patient has an identifier at one of
+        /// these locations; the others arrive as signed manifests without bodies.
+        #[arg(long, value_delimiter = ',', value_name = "UUID,...")]
+        catchment: Option<Vec<String>>,
     },
     /// Remove a peer (its changes already applied stay).
     Remove { node_id: String },
@@ -596,6 +605,13 @@ fn export(cli: &Cli, out: &Path, peer: Option<&str>, since: Option<&Path>) -> Re
         report.bytes,
         out.display()
     );
+    if report.withheld_batches > 0 {
+        say!(
+            "left out {} batches held here without their bodies (outside this node's scope); \
+             the receiver gets them from a node that holds them",
+            report.withheld_batches
+        );
+    }
     Ok(())
 }
 

@@ -59,6 +59,12 @@ struct RawPeer {
     addr: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     name: Option<String>,
+    /// Children only: the entity types the child may push and receive (default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    types: Option<Vec<String>>,
+    /// Children only: location uuids; patient-linked records outside them are withheld.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    catchment: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -96,6 +102,77 @@ pub struct Peer {
     /// Where this node dials it; `None` for children (they dial in).
     pub addr: Option<std::net::SocketAddr>,
     pub name: Option<String>,
+    /// What a child may push and receive (set on `child` entries only).
+    pub scope: Scope,
+}
+
+/// What a parent lets one child push and receive.
+///
+/// `types`: the entity types the child may push and receive (`None`: all). Rosters always
+/// travel. `catchment`: location uuids (`None`: everywhere). Patient-linked records (patient,
+/// the person of a patient, visit, encounter, obs, condition, allergy, appointment,
+/// relationship) reach the child only when their patient has an identifier at one of these
+/// locations; metadata (locations, concepts, providers, generic records) always does. Out of
+/// scope, the child still receives each batch's signed manifest, without the body.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scope {
+    pub types: Option<std::collections::BTreeSet<crate::id::EntityType>>,
+    pub catchment: Option<std::collections::BTreeSet<crate::id::Uid>>,
+}
+
+impl Scope {
+    pub fn is_everything(&self) -> bool {
+        self.types.is_none() && self.catchment.is_none()
+    }
+
+    /// Whether the child may push records of type `ty` (the catchment does not limit what a
+    /// clinic records: a visitor from elsewhere is still seen).
+    pub fn may_push(&self, ty: crate::id::EntityType) -> bool {
+        ty == crate::id::EntityType::Roster || self.types.as_ref().is_none_or(|t| t.contains(&ty))
+    }
+
+    /// Parses `--types` / `types` values.
+    pub fn parse_types(
+        items: &[String],
+    ) -> Result<std::collections::BTreeSet<crate::id::EntityType>, String> {
+        items
+            .iter()
+            .map(|t| t.parse().map_err(|e: crate::id::IdError| e.to_string()))
+            .collect::<Result<_, _>>()
+            .and_then(
+                |set: std::collections::BTreeSet<_>| {
+                    if set.is_empty() { Err("lists no entity type".into()) } else { Ok(set) }
+                },
+            )
+    }
+
+    /// Parses `--catchment` / `catchment` values (location uuids).
+    pub fn parse_catchment(
+        items: &[String],
+    ) -> Result<std::collections::BTreeSet<crate::id::Uid>, String> {
+        items
+            .iter()
+            .map(|u| crate::id::parse_uuid(u).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()
+            .and_then(
+                |set: std::collections::BTreeSet<_>| {
+                    if set.is_empty() { Err("lists no location".into()) } else { Ok(set) }
+                },
+            )
+    }
+
+    pub fn describe(&self) -> String {
+        let types = match &self.types {
+            None => "all types".to_string(),
+            Some(t) => t.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(","),
+        };
+        let places = match &self.catchment {
+            None => "everywhere".to_string(),
+            Some(c) if c.len() == 1 => "catchment of 1 location".to_string(),
+            Some(c) => format!("catchment of {} locations", c.len()),
+        };
+        format!("{types}; {places}")
+    }
 }
 
 impl Peer {
@@ -242,7 +319,24 @@ impl Config {
             if let Some(name) = &p.name {
                 check_name(name).map_err(|m| invalid(at("name"), m))?;
             }
-            let peer = Peer { node_id, role, addr, name: p.name };
+            let types = p
+                .types
+                .as_deref()
+                .map(Scope::parse_types)
+                .transpose()
+                .map_err(|m| invalid(at("types"), m))?;
+            let catchment = p
+                .catchment
+                .as_deref()
+                .map(Scope::parse_catchment)
+                .transpose()
+                .map_err(|m| invalid(at("catchment"), m))?;
+            let scope = Scope { types, catchment };
+            if !scope.is_everything() && role != crate::protocol::message::Role::Child {
+                let field = if scope.types.is_some() { "types" } else { "catchment" };
+                return Err(invalid(at(field), "only a child entry may be limited".into()));
+            }
+            let peer = Peer { node_id, role, addr, name: p.name, scope };
             check_peer(&peer).map_err(|m| invalid(at("addr"), m))?;
             if peers.iter().any(|q: &Peer| q.node_id == node_id) {
                 return Err(invalid(at("node_id"), format!("{node_id} is listed twice")));
@@ -291,6 +385,16 @@ impl Config {
                     role: role_name(p.role).to_string(),
                     addr: p.addr.map(|a| a.to_string()),
                     name: p.name.clone(),
+                    types: p
+                        .scope
+                        .types
+                        .as_ref()
+                        .map(|t| t.iter().map(|t| t.as_str().to_string()).collect()),
+                    catchment: p
+                        .scope
+                        .catchment
+                        .as_ref()
+                        .map(|c| c.iter().map(|u| u.as_str().to_string()).collect()),
                 })
                 .collect(),
             trust: self
@@ -337,6 +441,7 @@ mod tests {
             role: crate::protocol::message::Role::Parent,
             addr: Some("10.0.0.1:7700".parse().expect("addr")),
             name: None,
+            scope: Default::default(),
         });
         assert_eq!(Config::parse(&c.to_toml(), "x").expect("parses"), c);
         let e = Config::parse(

@@ -117,6 +117,7 @@ async fn run_async() -> Result<()> {
             role,
             addr: None,
             name: Some(name.into()),
+            scope: Default::default(),
         });
     }
     district.save_config()?;
@@ -126,6 +127,7 @@ async fn run_async() -> Result<()> {
         role: Role::Parent,
         addr: Some(addr),
         name: Some("district".into()),
+        scope: Default::default(),
     };
     for c in &mut clinics {
         c.config.peers.push(parent.clone());

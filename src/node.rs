@@ -10,16 +10,19 @@ use serde_json::Value;
 use crate::batch::Trust;
 use crate::batch::{BATCH_CHANGES_MAX, VerifiedBatch};
 use crate::bundle::{self, BundleError, BundleWriter};
-use crate::config::{Config, ConfigError, TrustSet, TrustedNode};
+use crate::config::{Config, ConfigError, Scope, TrustSet, TrustedNode};
 use crate::entity::{self, EntityError};
 use crate::event::{Event, EventKind};
 use crate::id::{EntityId, EntityType, Incarnation, NodeId, Vector};
 use crate::identity::{KeyError, Keypair};
-use crate::protocol::message::{self, WireBatch};
+use crate::protocol::message::{self, Role, WireBatch};
 use crate::store::apply::{ApplyContext, ApplyReport, Rejection};
 use crate::store::{PutOutcome, Store, StoreError, Summary};
 
+mod scope;
 pub mod serve;
+
+use scope::ScopeCheck;
 
 pub const CONFIG_FILE: &str = "sitesync.toml";
 pub const KEY_FILE: &str = "node.key";
@@ -89,6 +92,9 @@ pub struct ExportReport {
     pub batches: u64,
     pub changes: u64,
     pub bytes: u64,
+    /// Batches left out because this node holds them without some bodies (withheld by its
+    /// parent), with every later batch of the same author.
+    pub withheld_batches: u64,
 }
 
 /// An open node directory.
@@ -241,7 +247,16 @@ impl Node {
         let mut report = ExportReport::default();
         // Trusted authors only, rosters before the authors they vouch for (as over the network).
         let order = self.trust_order()?;
+        // A bundle carries whole batches: an author's batches stop at the first one whose
+        // bodies this node does not hold (withheld by its parent); the receiver gets the rest
+        // from a node that holds them.
+        let mut stopped: std::collections::BTreeSet<crate::id::AuthorId> = Default::default();
         self.store.export_in_order::<NodeError>(&order, since, |signed, bodies| {
+            if stopped.contains(&signed.author()) || bodies.iter().any(Vec::is_empty) {
+                stopped.insert(signed.author());
+                report.withheld_batches += 1;
+                return Ok(true);
+            }
             report.changes += signed.batch.changes.len() as u64;
             writer.push(signed, bodies)?;
             report.batches += 1;
@@ -298,7 +313,8 @@ impl Node {
                 }
                 Ok((signed, bodies)) => {
                     let (author, seq) = (signed.author(), signed.seq());
-                    match signed.verify(bodies, &trust) {
+                    // Bundles carry every body: only a parent's live session withholds.
+                    match signed.verify(bodies, &trust, false) {
                         Ok(vb) => {
                             chunk_changes += vb.changes.len();
                             chunk_bytes += vb.bodies.iter().map(Vec::len).sum::<usize>();
@@ -332,6 +348,7 @@ impl Node {
                         take(&mut deferred),
                         &trust,
                         false,
+                        false,
                         &mut verified,
                         &mut refused,
                     );
@@ -341,6 +358,7 @@ impl Node {
                             take(&mut deferred),
                             &trust,
                             true,
+                            false,
                             &mut verified,
                             &mut refused,
                         );
@@ -384,6 +402,7 @@ impl Node {
         &self,
         order: &[NodeId],
         after: &Vector,
+        scope: Option<&Scope>,
     ) -> Result<Vec<WireBatch>, NodeError> {
         let batches = self.store.fetch_after(
             order,
@@ -391,7 +410,22 @@ impl Node {
             message::BATCHES_PER_MESSAGE_MAX,
             message::MESSAGE_BODY_BYTES_TARGET,
         )?;
-        Ok(batches.into_iter().map(|(b, bodies)| WireBatch::new(b, bodies)).collect())
+        let Some(scope) = scope.filter(|s| !s.is_everything()) else {
+            return Ok(batches.into_iter().map(|(b, bodies)| WireBatch::new(b, bodies)).collect());
+        };
+        // Scope follows the merged records: merge what arrived since the last merge first.
+        self.materialize()?;
+        let mut check = ScopeCheck::new(self, scope);
+        let mut out = Vec::with_capacity(batches.len());
+        for (signed, mut bodies) in batches {
+            for (c, body) in signed.batch.changes.iter().zip(bodies.iter_mut()) {
+                if !body.is_empty() && !check.allows(&c.entity)? {
+                    body.clear();
+                }
+            }
+            out.push(WireBatch::new(signed, bodies));
+        }
+        Ok(out)
     }
 
     /// Verifies and applies batches received from `from` in one transaction; returns the
@@ -403,9 +437,33 @@ impl Node {
         batches: Vec<WireBatch>,
     ) -> Result<(Vector, ApplyReport, usize), NodeError> {
         let trust = self.trust_set()?;
+        let peer = self.config.peers.iter().find(|p| p.node_id == from);
+        // Only a parent withholds bodies (outside this node's scope); a child pushes only the
+        // entity types its entry allows.
+        let withheld_ok = peer.is_some_and(|p| p.role == Role::Parent);
+        let scope = peer.filter(|p| p.role == Role::Child).map(|p| &p.scope);
         let (mut verified, mut refused) = (Vec::with_capacity(batches.len()), Vec::new());
-        let batches = batches.into_iter().map(WireBatch::into_parts).collect();
-        let mut untrusted = sort_by_trust(batches, &trust, false, &mut verified, &mut refused);
+        let mut parts = Vec::with_capacity(batches.len());
+        for b in batches {
+            let (signed, bodies) = b.into_parts();
+            let outside = scope.and_then(|scope| {
+                signed.batch.changes.iter().find(|c| !scope.may_push(c.entity.ty))
+            });
+            match outside {
+                Some(c) => refused.push(Rejection {
+                    author: signed.author(),
+                    seq: signed.seq(),
+                    reason: format!(
+                        "pushes a {} record, outside this child's scope ({})",
+                        c.entity.ty,
+                        scope.map(|s| s.describe()).unwrap_or_default()
+                    ),
+                }),
+                None => parts.push((signed, bodies)),
+            }
+        }
+        let mut untrusted =
+            sort_by_trust(parts, &trust, false, withheld_ok, &mut verified, &mut refused);
         // Rosters in this message may authorize the authors of later batches in it, level by
         // level: apply what verifies, recompute trust, and retry the rest until nothing more
         // is accepted.
@@ -414,9 +472,11 @@ impl Node {
             let r = self.apply_verified(from, take(&mut verified), Vec::new())?;
             merge_report(&mut report, r);
             let trust = self.trust_set()?;
-            untrusted = sort_by_trust(untrusted, &trust, false, &mut verified, &mut refused);
+            untrusted =
+                sort_by_trust(untrusted, &trust, false, withheld_ok, &mut verified, &mut refused);
         }
-        sort_by_trust(untrusted, &self.trust_set()?, true, &mut verified, &mut refused);
+        let trust = self.trust_set()?;
+        sort_by_trust(untrusted, &trust, true, withheld_ok, &mut verified, &mut refused);
         let failed_verification = refused.len();
         let last = self.apply_verified(from, verified, refused)?;
         merge_report(&mut report, last);
@@ -622,6 +682,7 @@ fn sort_by_trust(
     batches: Vec<crate::store::BatchWithBodies>,
     trust: &TrustSet,
     finally: bool,
+    withheld_ok: bool,
     verified: &mut Vec<VerifiedBatch>,
     refused: &mut Vec<Rejection>,
 ) -> Vec<crate::store::BatchWithBodies> {
@@ -632,7 +693,7 @@ fn sort_by_trust(
             continue;
         }
         let (author, seq) = (signed.author(), signed.seq());
-        match signed.verify(bodies, trust) {
+        match signed.verify(bodies, trust, withheld_ok) {
             Ok(vb) => verified.push(vb),
             Err(e) => refused.push(Rejection { author, seq, reason: e.to_string() }),
         }

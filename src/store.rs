@@ -336,16 +336,16 @@ impl Store {
         for item in docs.iter()? {
             let (k, v) = item?;
             let key = k.value();
-            let rec = decode_doc(key, v.value())?;
-            if rec.heads.is_empty() {
+            let heads = decode_doc_heads(key, v.value())?;
+            if heads.is_empty() {
                 continue;
             }
             let id: EntityId = key.parse().map_err(|e| corrupt(format!("doc key {key:?}"), e))?;
             *entities.entry(id.ty).or_insert(0) += 1;
             hasher.update(key.as_bytes());
             hasher.update(&[0]);
-            hasher.update(&(rec.heads.len() as u64).to_be_bytes());
-            for h in &rec.heads {
+            hasher.update(&(heads.len() as u64).to_be_bytes());
+            for h in &heads {
                 hasher.update(h);
             }
         }
@@ -422,6 +422,12 @@ impl Store {
         let held = read_vector(&tx.open_table(VECTOR).map_err(StoreError::from)?)?;
         let batches = tx.open_table(BATCHES).map_err(StoreError::from)?;
         let bodies = tx.open_table(BODIES).map_err(StoreError::from)?;
+        let withheld = match tx.open_table(WITHHELD) {
+            Ok(t) => Some(t),
+            // Stores that never held a withheld body.
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(StoreError::from(e).into()),
+        };
         let mut count = 0;
         let rank: std::collections::HashMap<NodeId, usize> =
             nodes.iter().enumerate().map(|(i, n)| (*n, i)).collect();
@@ -439,10 +445,18 @@ impl Store {
                 let (_, signed) = decode_batch(v.value())?;
                 let mut carried = Vec::with_capacity(signed.batch.changes.len());
                 for c in &signed.batch.changes {
-                    let body = bodies.get(&c.body.0).map_err(StoreError::from)?;
-                    let body =
-                        body.ok_or_else(|| corrupt(format!("body {}", c.body), "missing"))?;
-                    carried.push(body.value().to_vec());
+                    match bodies.get(&c.body.0).map_err(StoreError::from)? {
+                        Some(body) => carried.push(body.value().to_vec()),
+                        // Withheld by this node's parent: relayed as withheld (empty).
+                        None if match &withheld {
+                            Some(w) => w.get(&c.body.0).map_err(StoreError::from)?.is_some(),
+                            None => false,
+                        } =>
+                        {
+                            carried.push(Vec::new())
+                        }
+                        None => return Err(corrupt(format!("body {}", c.body), "missing").into()),
+                    }
                 }
                 count += 1;
                 if !sink(signed, carried)? {
@@ -589,6 +603,13 @@ pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 
 pub(crate) fn decode_doc(key: &str, bytes: &[u8]) -> Result<DocRecord, StoreError> {
     postcard::from_bytes(bytes).map_err(|e| corrupt(format!("document {key}"), e))
+}
+
+/// The heads of a stored [`DocRecord`] (its first field), without copying the document.
+fn decode_doc_heads(key: &str, bytes: &[u8]) -> Result<Vec<[u8; 32]>, StoreError> {
+    postcard::take_from_bytes(bytes)
+        .map(|(heads, _)| heads)
+        .map_err(|e| corrupt(format!("document {key}"), e))
 }
 
 pub(crate) fn encode_batch(hash: &BatchHash, signed: &SignedBatch) -> Vec<u8> {

@@ -20,7 +20,7 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 
 use crate::id::NodeId;
 use crate::identity::{self, Keypair};
-use crate::protocol::message::{self, CodecError, Message};
+use crate::protocol::message::{self, CodecError, Decoder, Message};
 
 /// ALPN protocol id: names the wire protocol version.
 pub const ALPN: &[u8] = b"sitesync/1";
@@ -244,14 +244,19 @@ pub enum ReadError {
     Finished,
 }
 
-/// Reads one frame and decodes it. Returns the message and the bytes read.
-pub async fn read_message(recv: &mut quinn::RecvStream) -> Result<(Message, usize), ReadError> {
-    read_message_with(recv, &mut || {}).await
+/// Reads one frame and decodes it with the session's `decoder`. Returns the message and the
+/// bytes read.
+pub async fn read_message(
+    recv: &mut quinn::RecvStream,
+    decoder: &mut Decoder,
+) -> Result<(Message, usize), ReadError> {
+    read_message_with(recv, decoder, &mut || {}).await
 }
 
 /// As [`read_message`], calling `progress` after every piece of the frame that arrives.
 pub async fn read_message_with(
     recv: &mut quinn::RecvStream,
+    decoder: &mut Decoder,
     progress: &mut (dyn FnMut() + Send),
 ) -> Result<(Message, usize), ReadError> {
     let mut prefix = [0u8; 4];
@@ -277,7 +282,7 @@ pub async fn read_message_with(
             Err(e) => return Err(ReadError::Stream(e.to_string())),
         }
     }
-    Ok((message::decode(&frame)?, len + 4))
+    Ok((decoder.decode(&frame)?, len + 4))
 }
 
 /// Milliseconds since `origin`: the sessions' clock.

@@ -123,7 +123,7 @@ proptest! {
                 .iter()
                 .map(|&i| {
                     let (s, b) = batches[i].clone();
-                    s.verify(b, &trust).expect("genuine batches verify")
+                    s.verify(b, &trust, false).expect("genuine batches verify")
                 })
                 .collect();
             let ctx = ApplyContext {

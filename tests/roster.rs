@@ -33,6 +33,7 @@ fn child_of(district: &Node) -> Peer {
         role: Role::Parent,
         addr: Some("127.0.0.1:9".parse().expect("addr")),
         name: None,
+        scope: Default::default(),
     }
 }
 
@@ -49,6 +50,7 @@ fn the_district_roster_vouches_for_its_clinics_until_one_is_removed() {
             role: Role::Child,
             addr: None,
             name: None,
+            scope: Default::default(),
         });
     }
     district.save_config().expect("save");
@@ -110,6 +112,7 @@ fn link(parent: &mut Node, child: &mut Node) {
         role: Role::Child,
         addr: None,
         name: None,
+        scope: Default::default(),
     });
     parent.save_config().expect("save");
     parent.publish_roster().expect("roster");

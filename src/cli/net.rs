@@ -123,7 +123,7 @@ pub(super) fn sync(cli: &Cli, peer: Option<&str>, entity: Option<&str>) -> Resul
 pub(super) fn peer(cli: &Cli, action: &PeerAction) -> Result<(), Failure> {
     let mut node = open(cli)?.owned(node_dir(cli)?)?;
     match action {
-        PeerAction::Add { node_id, role, addr, name } => {
+        PeerAction::Add { node_id, role, addr, name, types, catchment } => {
             let node_id = parse_node_id(node_id)?;
             if node_id == node.id() {
                 return Err(input("that is this node's own id"));
@@ -138,7 +138,22 @@ pub(super) fn peer(cli: &Cli, action: &PeerAction) -> Result<(), Failure> {
             if let Some(n) = name {
                 crate::config::check_name(n).map_err(|m| input(format!("--name: {m}")))?;
             }
-            let peer = crate::config::Peer { node_id, role, addr, name: name.clone() };
+            let scope = crate::config::Scope {
+                types: types
+                    .as_deref()
+                    .map(crate::config::Scope::parse_types)
+                    .transpose()
+                    .map_err(|m| input(format!("--types: {m}")))?,
+                catchment: catchment
+                    .as_deref()
+                    .map(crate::config::Scope::parse_catchment)
+                    .transpose()
+                    .map_err(|m| input(format!("--catchment: {m}")))?,
+            };
+            if !scope.is_everything() && role != crate::protocol::message::Role::Child {
+                return Err(input("--types and --catchment limit a child only (--role child)"));
+            }
+            let peer = crate::config::Peer { node_id, role, addr, name: name.clone(), scope };
             crate::config::check_peer(&peer).map_err(|m| input(format!("--addr: {m}")))?;
             node.config.peers.retain(|p| p.node_id != node_id);
             node.config.peers.push(peer);
@@ -159,8 +174,13 @@ pub(super) fn peer(cli: &Cli, action: &PeerAction) -> Result<(), Failure> {
         }
         PeerAction::List => {
             for p in &node.config.peers {
+                let scope = if p.scope.is_everything() {
+                    String::new()
+                } else {
+                    format!("  [scope: {}]", p.scope.describe())
+                };
                 say!(
-                    "{}  {:<7} {}  {}",
+                    "{}  {:<7} {}  {}{scope}",
                     p.node_id,
                     crate::config::role_name(p.role),
                     p.addr.map_or("-".into(), |a| a.to_string()),

@@ -132,8 +132,9 @@ pub async fn drive(
     let (rtx, mut rrx) = mpsc::channel::<Result<(Message, usize), ReadError>>(1);
     let r_activity = activity.clone();
     let reader = tokio::spawn(async move {
+        let mut decoder = message::Decoder::default();
         loop {
-            let r = transport::read_message_with(&mut recv, &mut || {
+            let r = transport::read_message_with(&mut recv, &mut decoder, &mut || {
                 r_activity.store(transport::millis_since(started), Ordering::Relaxed);
             })
             .await;
@@ -151,6 +152,7 @@ pub async fn drive(
             s
         }
     };
+    let mut encoder = message::Encoder::default();
     let mut received = 0u64;
     let outcome = loop {
         let mut closed = None;
@@ -160,12 +162,21 @@ pub async fn drive(
                     if backlog.fetch_add(1, Ordering::Relaxed) >= WRITE_BACKLOG_MAX {
                         session.handle_forbidden("the peer stopped reading".into());
                     }
-                    let _ = tx.send(message::encode(&m));
+                    let _ = tx.send(encoder.encode(m));
                 }
                 Effect::Fetch { after } => {
                     let n = node.clone();
                     let order = order.clone();
-                    match tokio::task::spawn_blocking(move || n.fetch_wire(&order, &after)).await {
+                    let fetch = move || {
+                        let scope = n
+                            .config
+                            .peers
+                            .iter()
+                            .find(|p| p.node_id == peer && p.role == Role::Child)
+                            .map(|p| &p.scope);
+                        n.fetch_wire(&order, &after, scope)
+                    };
+                    match tokio::task::spawn_blocking(fetch).await {
                         Ok(Ok(batches)) => session.handle_fetched(now(), batches),
                         Ok(Err(e)) => session.handle_local_error(format!("reading batches: {e}")),
                         Err(e) => session.handle_local_error(format!("reading batches: {e}")),

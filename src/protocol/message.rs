@@ -10,6 +10,8 @@ use serde_bytes::ByteBuf;
 use crate::batch::{Batch, BatchHash, ChangeRef, Signature, SignedBatch};
 use crate::id::{AuthorId, BodyHash, EntityId, NodeId, Vector};
 
+use super::pack::{self, PackState, UnpackState};
+
 /// Wire protocol version, also named in the ALPN (`sitesync/1`).
 pub const PROTOCOL_VERSION: u16 = 1;
 /// Largest frame on the wire (flags + payload), in bytes.
@@ -25,7 +27,12 @@ pub const MESSAGE_BODY_BYTES_TARGET: usize = 512 * 1024;
 pub const ERROR_TEXT_MAX: usize = 1024;
 
 const FLAG_ZSTD: u8 = 1;
-const ZSTD_LEVEL: i32 = 3;
+/// The payload continues the session's zstd stream (flushed at the end of each frame).
+const FLAG_ZSTD_STREAM: u8 = 2;
+const ZSTD_LEVEL: i32 = 7;
+/// Window of a session's compression stream (2^23 = 8 MiB): matches reach back across about a
+/// dozen earlier messages. The receiver refuses frames that need more.
+const ZSTD_WINDOW_LOG: u32 = 23;
 
 /// A node's role toward the node it talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,8 +59,9 @@ pub enum ErrorCode {
 ///
 /// The manifest's body hashes are signed but not sent: the receiver recomputes them from the
 /// bodies (32 incompressible bytes per change saved). A body altered in transit therefore shows
-/// as a signature that does not verify.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// as a signature that does not verify. On the wire the bodies are packed against the session's
+/// tables ([`super::pack`]); this is the unpacked form.
+#[derive(Clone, Debug)]
 pub struct WireBatch {
     version: u8,
     author: AuthorId,
@@ -61,12 +69,35 @@ pub struct WireBatch {
     prev: Option<BatchHash>,
     entities: Vec<EntityId>,
     signature: Signature,
-    bodies: Vec<ByteBuf>,
+    /// Change bodies; an empty one is withheld (outside the receiver's scope).
+    bodies: Vec<Vec<u8>>,
+    /// The hashes of the withheld bodies, in order.
+    withheld: Vec<BodyHash>,
+}
+
+/// A batch in a frame: the manifest fields, and its changes packed.
+#[derive(Serialize, Deserialize)]
+struct PackedBatch {
+    version: u8,
+    author: AuthorId,
+    seq: u64,
+    prev: Option<BatchHash>,
+    signature: Signature,
+    count: u32,
+    changes: ByteBuf,
 }
 
 impl WireBatch {
+    /// A batch and its bodies; an empty body is sent withheld (its hash from the manifest).
     pub fn new(signed: SignedBatch, bodies: Vec<Vec<u8>>) -> Self {
         let b = signed.batch;
+        let withheld = b
+            .changes
+            .iter()
+            .zip(&bodies)
+            .filter(|(_, body)| body.is_empty())
+            .map(|(c, _)| c.body)
+            .collect();
         WireBatch {
             version: b.version,
             author: b.author,
@@ -74,7 +105,8 @@ impl WireBatch {
             prev: b.prev,
             entities: b.changes.iter().map(|c| c.entity).collect(),
             signature: signed.signature,
-            bodies: bodies.into_iter().map(ByteBuf::from).collect(),
+            bodies,
+            withheld,
         }
     }
 
@@ -90,14 +122,28 @@ impl WireBatch {
         self.bodies.iter().map(|b| b.len()).sum()
     }
 
-    /// The signed batch (body hashes recomputed) and its bodies, ready to verify.
+    /// How many bodies are withheld.
+    pub fn withheld(&self) -> usize {
+        self.withheld.len()
+    }
+
+    /// The signed batch (body hashes recomputed, or as sent for withheld bodies) and its
+    /// bodies (empty when withheld), ready to verify.
     pub fn into_parts(self) -> (SignedBatch, Vec<Vec<u8>>) {
-        let bodies: Vec<Vec<u8>> = self.bodies.into_iter().map(ByteBuf::into_vec).collect();
+        let mut withheld = self.withheld.iter();
         let changes = self
             .entities
             .iter()
-            .zip(&bodies)
-            .map(|(entity, body)| ChangeRef { entity: *entity, body: BodyHash::of(body) })
+            .zip(&self.bodies)
+            .map(|(entity, body)| {
+                let body = if body.is_empty() {
+                    // A missing hash cannot verify: the signature check refuses the batch.
+                    withheld.next().copied().unwrap_or(BodyHash([0; 32]))
+                } else {
+                    BodyHash::of(body)
+                };
+                ChangeRef { entity: *entity, body }
+            })
             .collect();
         let batch = Batch {
             version: self.version,
@@ -106,17 +152,49 @@ impl WireBatch {
             prev: self.prev,
             changes,
         };
-        (SignedBatch { batch, signature: self.signature }, bodies)
+        (SignedBatch { batch, signature: self.signature }, self.bodies)
+    }
+
+    fn pack(self, state: &mut PackState) -> PackedBatch {
+        let actor = self.author.actor_bytes();
+        let changes = pack::pack_batch(state, &actor, &self.entities, &self.bodies, &self.withheld);
+        PackedBatch {
+            version: self.version,
+            author: self.author,
+            seq: self.seq,
+            prev: self.prev,
+            signature: self.signature,
+            count: self.entities.len() as u32,
+            changes: ByteBuf::from(changes),
+        }
+    }
+
+    fn unpack(p: PackedBatch, state: &mut UnpackState) -> Result<WireBatch, String> {
+        let actor = p.author.actor_bytes();
+        let (entities, bodies, withheld) =
+            pack::unpack_batch(state, &actor, p.count as usize, &p.changes)
+                .map_err(|e| format!("batch {} #{}: {e}", p.author, p.seq))?;
+        Ok(WireBatch {
+            version: p.version,
+            author: p.author,
+            seq: p.seq,
+            prev: p.prev,
+            entities,
+            signature: p.signature,
+            bodies,
+            withheld,
+        })
     }
 }
 
-/// Everything two nodes say to each other.
+/// Everything two nodes say to each other. `B` is how a batch is held: [`WireBatch`] in
+/// memory ([`Message`]), packed in a frame.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum Message {
+pub enum MessageOf<B> {
     /// First message each way: who I am and what I hold.
     Hello { version: u16, node: NodeId, role: Role, vector: Vector },
     /// Batches the other side lacks, in author then seq order.
-    Batches { batches: Vec<WireBatch> },
+    Batches { batches: Vec<B> },
     /// What the sender now holds, after applying the last `Batches` it received.
     Ack { vector: Vector },
     /// The sender has nothing more to send in this round.
@@ -125,16 +203,190 @@ pub enum Message {
     Error { code: ErrorCode, message: String },
 }
 
-impl Message {
+/// A protocol message, batches unpacked.
+pub type Message = MessageOf<WireBatch>;
+
+impl<B> MessageOf<B> {
     pub fn kind(&self) -> &'static str {
         match self {
-            Message::Hello { .. } => "hello",
-            Message::Batches { .. } => "batches",
-            Message::Ack { .. } => "ack",
-            Message::Done => "done",
-            Message::Error { .. } => "error",
+            MessageOf::Hello { .. } => "hello",
+            MessageOf::Batches { .. } => "batches",
+            MessageOf::Ack { .. } => "ack",
+            MessageOf::Done => "done",
+            MessageOf::Error { .. } => "error",
         }
     }
+
+    fn map_batches<C, E>(self, f: impl FnMut(B) -> Result<C, E>) -> Result<MessageOf<C>, E> {
+        Ok(match self {
+            MessageOf::Hello { version, node, role, vector } => {
+                MessageOf::Hello { version, node, role, vector }
+            }
+            MessageOf::Batches { batches } => MessageOf::Batches {
+                batches: batches.into_iter().map(f).collect::<Result<_, E>>()?,
+            },
+            MessageOf::Ack { vector } => MessageOf::Ack { vector },
+            MessageOf::Done => MessageOf::Done,
+            MessageOf::Error { code, message } => MessageOf::Error { code, message },
+        })
+    }
+}
+
+/// The sending half of a session's codec: frames in the order they are sent.
+#[derive(Default)]
+pub struct Encoder {
+    pack: PackState,
+    zstd: Option<zstd::stream::raw::Encoder<'static>>,
+}
+
+impl Encoder {
+    /// Encodes a message as one frame (length prefix included). Batches are packed against
+    /// this session's tables, then compressed.
+    pub fn encode(&mut self, message: Message) -> Vec<u8> {
+        let zstd = matches!(message, MessageOf::Batches { .. });
+        let packed: MessageOf<PackedBatch> = match message
+            .map_batches(|b| Ok::<_, std::convert::Infallible>(b.pack(&mut self.pack)))
+        {
+            Ok(m) => m,
+            Err(never) => match never {},
+        };
+        let payload = postcard::to_stdvec(&packed).unwrap_or_default();
+        let (flags, payload) = if zstd {
+            match self.compress(&payload) {
+                Ok(z) => (FLAG_ZSTD_STREAM, z),
+                // The stream is unusable: later frames go uncompressed (flags 0), which the
+                // receiver reads without its stream.
+                Err(_) => {
+                    self.zstd = None;
+                    (0, payload)
+                }
+            }
+        } else {
+            (0, payload)
+        };
+        let len = (payload.len() + 1) as u32;
+        let mut out = Vec::with_capacity(payload.len() + 5);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.push(flags);
+        out.extend_from_slice(&payload);
+        out
+    }
+}
+
+impl Encoder {
+    /// Compresses `payload` as the next piece of the session's zstd stream, flushed so the
+    /// receiver can decode it whole.
+    fn compress(&mut self, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        use zstd::zstd_safe::CParameter;
+        if self.zstd.is_none() {
+            let mut z = zstd::stream::raw::Encoder::new(ZSTD_LEVEL)?;
+            z.set_parameter(CParameter::WindowLog(ZSTD_WINDOW_LOG))?;
+            self.zstd = Some(z);
+        }
+        let z = self.zstd.as_mut().ok_or_else(|| std::io::Error::other("no stream"))?;
+        let mut out: Vec<u8> =
+            Vec::with_capacity(zstd::zstd_safe::compress_bound(payload.len()) + 64);
+        let mut input = InBuffer::around(payload);
+        loop {
+            if out.len() == out.capacity() {
+                out.reserve(64 * 1024);
+            }
+            let pos = out.len();
+            let mut output = OutBuffer::around_pos(&mut out, pos);
+            if input.pos() < payload.len() {
+                z.run(&mut input, &mut output)?;
+            } else if z.flush(&mut output)? == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The receiving half of a session's codec: frames must be decoded in the order they arrive.
+#[derive(Default)]
+pub struct Decoder {
+    unpack: UnpackState,
+    zstd: Option<zstd::stream::raw::Decoder<'static>>,
+}
+
+impl Decoder {
+    /// Decodes the bytes after a length prefix (`flags | payload`) into a message and checks
+    /// its limits.
+    pub fn decode(&mut self, frame: &[u8]) -> Result<Message, CodecError> {
+        let (&flags, payload) = frame.split_first().ok_or(CodecError::Empty)?;
+        if frame.len() > FRAME_BYTES_MAX {
+            return Err(CodecError::FrameTooLarge(frame.len()));
+        }
+        let inflated;
+        let payload = match flags {
+            0 => payload,
+            FLAG_ZSTD => {
+                inflated = zstd::bulk::decompress(payload, PAYLOAD_BYTES_MAX)
+                    .map_err(|e| CodecError::Decompress(e.to_string()))?;
+                &inflated[..]
+            }
+            FLAG_ZSTD_STREAM => {
+                inflated = self.decompress(payload)?;
+                &inflated[..]
+            }
+            other => return Err(CodecError::Flags(other)),
+        };
+        let packed: MessageOf<PackedBatch> =
+            postcard::from_bytes(payload).map_err(|e| CodecError::Decode(e.to_string()))?;
+        check_limits(&packed)?;
+        self.unpack.begin_message();
+        packed.map_batches(|b| WireBatch::unpack(b, &mut self.unpack)).map_err(CodecError::Limit)
+    }
+}
+
+impl Decoder {
+    /// Decompresses the next piece of the session's zstd stream, up to `PAYLOAD_BYTES_MAX`.
+    fn decompress(&mut self, piece: &[u8]) -> Result<Vec<u8>, CodecError> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        use zstd::zstd_safe::DParameter;
+        let fail = |e: std::io::Error| CodecError::Decompress(e.to_string());
+        if self.zstd.is_none() {
+            let mut z = zstd::stream::raw::Decoder::new().map_err(fail)?;
+            z.set_parameter(DParameter::WindowLogMax(ZSTD_WINDOW_LOG)).map_err(fail)?;
+            self.zstd = Some(z);
+        }
+        let z = self.zstd.as_mut().ok_or(CodecError::Decompress("no stream".into()))?;
+        let mut out: Vec<u8> = Vec::with_capacity((piece.len() * 4).min(PAYLOAD_BYTES_MAX));
+        let mut input = InBuffer::around(piece);
+        loop {
+            if out.len() == out.capacity() {
+                if out.len() >= PAYLOAD_BYTES_MAX {
+                    return Err(CodecError::Decompress(format!(
+                        "more than {PAYLOAD_BYTES_MAX} bytes"
+                    )));
+                }
+                out.reserve((out.len().max(64 * 1024)).min(PAYLOAD_BYTES_MAX - out.len()));
+            }
+            let pos = out.len();
+            let (written, room) = {
+                let mut output = OutBuffer::around_pos(&mut out, pos);
+                z.run(&mut input, &mut output).map_err(fail)?;
+                (output.pos(), output.capacity())
+            };
+            // Done once every input byte is consumed and the decoder had room to spare.
+            if input.pos() == piece.len() && written < room {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+/// Encodes one message with fresh tables: for a frame that is the only one its receiver
+/// decodes with its own fresh [`Decoder`] (tests, one-shot tools). Sessions use [`Encoder`].
+pub fn encode(message: &Message) -> Vec<u8> {
+    Encoder::default().encode(message.clone())
+}
+
+/// Decodes one frame with fresh tables (see [`encode`]).
+pub fn decode(frame: &[u8]) -> Result<Message, CodecError> {
+    Decoder::default().decode(frame)
 }
 
 /// Why bytes from a peer are not a message.
@@ -154,24 +406,6 @@ pub enum CodecError {
     Limit(String),
 }
 
-/// Encodes a message as one frame (length prefix included). Batches are compressed.
-pub fn encode(message: &Message) -> Vec<u8> {
-    let payload = postcard::to_stdvec(message).unwrap_or_default();
-    let (flags, payload) = match message {
-        Message::Batches { .. } => match zstd::bulk::compress(&payload, ZSTD_LEVEL) {
-            Ok(z) if z.len() < payload.len() => (FLAG_ZSTD, z),
-            _ => (0, payload),
-        },
-        _ => (0, payload),
-    };
-    let len = (payload.len() + 1) as u32;
-    let mut out = Vec::with_capacity(payload.len() + 5);
-    out.extend_from_slice(&len.to_le_bytes());
-    out.push(flags);
-    out.extend_from_slice(&payload);
-    out
-}
-
 /// Reads the length prefix of a frame: how many bytes follow it.
 pub fn frame_len(prefix: [u8; 4]) -> Result<usize, CodecError> {
     let len = u32::from_le_bytes(prefix) as usize;
@@ -184,48 +418,18 @@ pub fn frame_len(prefix: [u8; 4]) -> Result<usize, CodecError> {
     Ok(len)
 }
 
-/// Decodes the bytes after a length prefix (`flags | payload`) into a message and checks its
-/// limits.
-pub fn decode(frame: &[u8]) -> Result<Message, CodecError> {
-    let (&flags, payload) = frame.split_first().ok_or(CodecError::Empty)?;
-    if frame.len() > FRAME_BYTES_MAX {
-        return Err(CodecError::FrameTooLarge(frame.len()));
-    }
-    let inflated;
-    let payload = match flags {
-        0 => payload,
-        FLAG_ZSTD => {
-            inflated = zstd::bulk::decompress(payload, PAYLOAD_BYTES_MAX)
-                .map_err(|e| CodecError::Decompress(e.to_string()))?;
-            &inflated[..]
-        }
-        other => return Err(CodecError::Flags(other)),
-    };
-    let message: Message =
-        postcard::from_bytes(payload).map_err(|e| CodecError::Decode(e.to_string()))?;
-    check_limits(&message)?;
-    Ok(message)
-}
-
-fn check_limits(message: &Message) -> Result<(), CodecError> {
+fn check_limits(message: &MessageOf<PackedBatch>) -> Result<(), CodecError> {
     match message {
-        Message::Batches { batches } if batches.is_empty() => {
+        MessageOf::Batches { batches } if batches.is_empty() => {
             Err(CodecError::Limit("a batches message holds no batch".into()))
         }
-        Message::Batches { batches } if batches.len() > BATCHES_PER_MESSAGE_MAX => {
+        MessageOf::Batches { batches } if batches.len() > BATCHES_PER_MESSAGE_MAX => {
             Err(CodecError::Limit(format!(
                 "{} batches in one message (limit {BATCHES_PER_MESSAGE_MAX})",
                 batches.len()
             )))
         }
-        Message::Batches { batches }
-            if batches.iter().any(|b| b.entities.len() != b.bodies.len()) =>
-        {
-            Err(CodecError::Limit(
-                "a batch carries a different number of bodies and changes".into(),
-            ))
-        }
-        Message::Error { message, .. } if message.len() > ERROR_TEXT_MAX => {
+        MessageOf::Error { message, .. } if message.len() > ERROR_TEXT_MAX => {
             Err(CodecError::Limit(format!("error text of {} bytes", message.len())))
         }
         _ => Ok(()),
@@ -283,12 +487,12 @@ mod tests {
         let Message::Batches { batches } = m else { panic!("not batches") };
         let (signed, bodies) = batches.into_iter().next().expect("one").into_parts();
         assert_eq!(signed.batch, batch, "the manifest is rebuilt exactly");
-        assert!(signed.clone().verify(bodies.clone(), &All).is_ok());
+        assert!(signed.clone().verify(bodies.clone(), &All, false).is_ok());
         let mut tampered = bodies;
         tampered[0][12] ^= 1;
         let wire = WireBatch::new(signed, tampered);
         let (signed, bodies) = wire.into_parts();
-        assert!(matches!(signed.verify(bodies, &All), Err(BatchError::Signature { .. })));
+        assert!(matches!(signed.verify(bodies, &All, false), Err(BatchError::Signature { .. })));
     }
 
     #[test]
@@ -297,7 +501,8 @@ mod tests {
         assert!(matches!(frame_len(u32::MAX.to_le_bytes()), Err(CodecError::FrameTooLarge(_))));
         assert!(matches!(decode(&[7, 1, 2]), Err(CodecError::Flags(7))));
         assert!(matches!(decode(&[FLAG_ZSTD, 1, 2, 3]), Err(CodecError::Decompress(_))));
-        let empty = postcard::to_stdvec(&Message::Batches { batches: vec![] }).expect("encode");
+        let empty = postcard::to_stdvec(&MessageOf::<PackedBatch>::Batches { batches: vec![] })
+            .expect("encode");
         let mut frame = vec![0];
         frame.extend(empty);
         assert!(matches!(decode(&frame), Err(CodecError::Limit(_))));

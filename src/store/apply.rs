@@ -250,7 +250,8 @@ fn sequence(
                 postcard::from_bytes(v.value()).map_err(|e| corrupt("pending batch", e))?;
             plan.from_pending.push(next);
             let bodies = rec.bodies.into_iter().map(serde_bytes::ByteBuf::into_vec).collect();
-            match rec.signed.verify(bodies, trust) {
+            // Withheld bodies in a pending batch were allowed when it arrived.
+            match rec.signed.verify(bodies, trust, true) {
                 Ok(vb) => {
                     promoted.push(vb);
                     queue.push_front(Src::Promoted(promoted.len() - 1));
@@ -464,6 +465,7 @@ fn write_plan(
     let mut batches = tx.open_table(BATCHES)?;
     let mut bodies = tx.open_table(BODIES)?;
     let mut pending = tx.open_table(PENDING)?;
+    let mut withheld = tx.open_table(WITHHELD)?;
     for &src in &plan.accepted {
         let b = plan.batch(incoming, src);
         let (author, seq) = (b.signed.author(), b.signed.seq());
@@ -471,6 +473,11 @@ fn write_plan(
         batches.insert((&actor, seq), encode_batch(&b.hash, &b.signed).as_slice())?;
         vector.insert(&actor, seq)?;
         for (r, body) in b.signed.batch.changes.iter().zip(&b.bodies) {
+            if body.is_empty() {
+                // Withheld by the parent: the manifest is held, the record is not.
+                withheld.insert(&r.body.0, r.entity.key().as_str())?;
+                continue;
+            }
             bodies.insert(&r.body.0, body.as_slice())?;
             touched.entry(r.entity.key()).or_default().push(r.body);
         }

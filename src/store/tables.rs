@@ -97,3 +97,7 @@ pub struct PeerState {
 /// merged into its document, in arrival order. Receipt writes here; materializing (after a
 /// session, an import, or before a local write to the entity) empties it.
 pub const DIRTY: TableDefinition<&str, &[u8]> = TableDefinition::new("dirty-1");
+
+/// `blake3(body) -> "type/uuid"`: changes this node holds only as a manifest entry, because the
+/// parent withheld their bodies (outside this node's scope). Relayed as withheld too.
+pub const WITHHELD: TableDefinition<&[u8; 32], &str> = TableDefinition::new("withheld-1");

@@ -402,9 +402,15 @@ pub async fn read_until_end(
 ) -> (Vec<sitesync::protocol::message::Message>, String) {
     use sitesync::protocol::message::Message;
     let mut got = Vec::new();
+    let mut decoder = sitesync::protocol::message::Decoder::default();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match tokio::time::timeout_at(deadline, sitesync::transport::read_message(recv)).await {
+        match tokio::time::timeout_at(
+            deadline,
+            sitesync::transport::read_message(recv, &mut decoder),
+        )
+        .await
+        {
             Err(_) => return (got, "timed out waiting for the peer".into()),
             Ok(Ok((m, _))) => {
                 let is_error = matches!(m, Message::Error { .. });

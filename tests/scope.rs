@@ -1,0 +1,155 @@
+//! A parent's per-child scope, end to end with real `serve` processes on loopback: each child
+//! receives only the records of its catchment (metadata always), the withheld ones still
+//! advance its vector (manifests flow), and a child cannot push types outside its scope.
+
+mod net;
+
+use std::time::Duration;
+
+use net::*;
+use serde_json::{Value, json};
+
+const WAIT_MAX: Duration = Duration::from_secs(60);
+const VISIT_TYPE: &str = "5c19e72e-aa5a-4a56-ad7e-ecb4684c6466";
+
+fn addr(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+fn location(name: &str) -> Value {
+    json!({"uuid": uuid(), "name": name, "retired": false})
+}
+
+/// A patient whose identifiers were issued at `locations`.
+fn patient_at(tag: &str, locations: &[&str]) -> Value {
+    let mut p = patient(tag, 1);
+    let ids: Vec<Value> = locations
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            json!({"uuid": uuid(), "identifier": format!("{tag}-{i}"),
+                   "identifierType": "8d79403a-c2cc-11de-8d13-0010c6dffd0f",
+                   "location": l, "preferred": i == 0, "voided": false})
+        })
+        .collect();
+    p["identifiers"] = Value::Array(ids);
+    p
+}
+
+fn visit_of(patient: &Value, location: &str) -> Value {
+    json!({"uuid": uuid(), "patient": patient["uuid"], "visitType": VISIT_TYPE,
+           "startDatetime": "2024-03-05T08:42:00.000+0300", "location": location,
+           "voided": false})
+}
+
+fn holds(n: &Node, ty: &str, record: &Value) -> bool {
+    let uuid = record["uuid"].as_str().expect("uuid");
+    n.run(&["get", ty, uuid]).code == Some(0)
+}
+
+/// Batches per author, from `status --json`.
+fn vector(n: &Node) -> Value {
+    n.status()["vector"].clone()
+}
+
+#[test]
+fn children_receive_their_catchment_and_push_only_their_types() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let parent = Node::init(tmp.path(), "district");
+    let a = Node::init(tmp.path(), "clinic-a");
+    let b = Node::init(tmp.path(), "clinic-b");
+    let c = Node::init(tmp.path(), "lab");
+    let pp = addr(free_port());
+    parent.network(Some(&pp), 1);
+    let (loc_a, loc_b) = (location("Clinic A"), location("Clinic B"));
+    let (la, lb) = (loc_a["uuid"].as_str().expect("a"), loc_b["uuid"].as_str().expect("b"));
+    parent.ok(&["peer", "add", &a.id, "--role", "child", "--name", "clinic-a", "--catchment", la]);
+    parent.ok(&["peer", "add", &b.id, "--role", "child", "--name", "clinic-b", "--catchment", lb]);
+    parent.ok(&["peer", "add", &c.id, "--role", "child", "--types", "patient,location"]);
+    let listed = parent.ok(&["peer", "list"]);
+    assert!(
+        listed.contains("scope: all types; catchment of 1 location"),
+        "peer list shows scopes: {listed}"
+    );
+    assert!(listed.contains("scope: patient,location; everywhere"), "{listed}");
+    for n in [&a, &b, &c] {
+        n.peer_add(&parent, "parent", Some(&pp));
+        n.network(None, 1);
+    }
+    // Bad scope input is refused with the value named, and nothing changes.
+    let r = parent.run(&["peer", "add", &c.id, "--role", "peer", "--types", "patient"]);
+    assert_eq!(r.code, Some(2), "{}", r.describe());
+    assert!(r.stderr.contains("child"), "{}", r.describe());
+    let r = parent.run(&["peer", "add", &c.id, "--role", "child", "--types", "patient,nurse"]);
+    assert!(r.code == Some(2) && r.stderr.contains("nurse"), "{}", r.describe());
+    assert_eq!(parent.ok(&["peer", "list"]), listed, "a refused edit changes nothing");
+
+    // Metadata and a patient registered at both clinics, at the district.
+    parent.put("location", &json!([loc_a, loc_b]));
+    let shared = patient_at("shared", &[la, lb]);
+    parent.put("patient", &shared);
+    // Each clinic registers a patient and a visit.
+    let (pa, pb) = (patient_at("a", &[la]), patient_at("b", &[lb]));
+    let (va, vb) = (visit_of(&pa, la), visit_of(&pb, lb));
+    a.put("patient", &pa);
+    a.put("visit", &va);
+    b.put("patient", &pb);
+    b.put("visit", &vb);
+    // The lab may push patients and locations only: its patient arrives, its visit does not
+    // (written after, so the refused batch is its last).
+    let pc = patient_at("lab", &[la]);
+    c.put("patient", &pc);
+    c.put("visit", &visit_of(&pc, la));
+
+    let _servers: Vec<Serve> = [&parent, &a, &b, &c].iter().map(|n| n.serve()).collect();
+    // Done when both clinics hold the other clinic's batches (as manifests) and every record
+    // they should hold.
+    let done = wait_for(WAIT_MAX, || {
+        let ready = holds(&a, "patient", &shared)
+            && holds(&b, "patient", &shared)
+            && holds(&a, "patient", &pc)
+            && holds(&parent, "visit", &va)
+            && holds(&parent, "visit", &vb)
+            && vector(&a) == vector(&parent)
+            && vector(&b) == vector(&parent);
+        ready.then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "scoped sync did not settle:\nparent {}\na {}\nb {}",
+        parent.status(),
+        a.status(),
+        b.status()
+    );
+
+    for (clinic, own, other) in [(&a, (&pa, &va), (&pb, &vb)), (&b, (&pb, &vb), (&pa, &va))] {
+        assert!(holds(clinic, "patient", own.0) && holds(clinic, "visit", own.1));
+        assert!(holds(clinic, "location", &loc_a) && holds(clinic, "location", &loc_b), "metadata");
+        assert!(holds(clinic, "patient", &shared), "a patient of both catchments");
+        assert!(
+            !holds(clinic, "patient", other.0) && !holds(clinic, "visit", other.1),
+            "{}: the other clinic's patient and visit are withheld",
+            clinic.name
+        );
+    }
+    // The manifests flowed: each clinic's vector equals the district's, authors included.
+    assert!(vector(&a).as_object().is_some_and(|v| v.len() >= 4), "{}", vector(&a));
+
+    // The lab's visit was refused by the parent, with the reason in both statuses.
+    assert!(!holds(&parent, "visit", &visit_of(&pc, la)));
+    let lab_visits = parent.ok(&["list", "visit"]);
+    assert_eq!(lab_visits.lines().count(), 2, "only the clinics' visits: {lab_visits}");
+    let reason = wait_for(WAIT_MAX, || {
+        let s = c.status();
+        let e = peer_entry(&s, &parent.id)["last_error"].as_str().map(str::to_string)?;
+        e.contains("outside this child's scope").then_some(e)
+    });
+    assert!(reason.is_some(), "the lab sees why: {}", c.status());
+    let events = parent.ok(&["events"]);
+    assert!(events.contains("pushes a visit record"), "the parent logged it: {events}");
+
+    // A bundle exported by a clinic leaves out what it holds without bodies, and says so.
+    let out = tmp.path().join("a.ssb");
+    let said = a.ok(&["export", "--out", p(&out)]);
+    assert!(said.contains("left out"), "{said}");
+}
