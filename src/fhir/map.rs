@@ -973,10 +973,7 @@ impl Job<'_, '_> {
             Some("OTHER") | None => None,
             Some(_) => return Err(a.err("allergenType", "is not DRUG, FOOD, ENVIRONMENT or OTHER")),
         };
-        let mut code = match a.uid("codedAllergen")? {
-            Some(c) => Some(self.concept("allergen.codedAllergen", &c)),
-            None => None,
-        };
+        let mut code = a.uid("codedAllergen")?.map(|c| self.concept("allergen.codedAllergen", &c));
         if let Some(text) = a.text("nonCodedAllergen")? {
             code.get_or_insert_with(CodeableConcept::default).text = Some(text);
         }

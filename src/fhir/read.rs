@@ -150,7 +150,7 @@ impl<'v> Obj<'v> {
             }
             Some(_) => return Err(self.err(name, "is not a collection")),
         }
-        out.sort_by(|a, b| a.uuid.cmp(&b.uuid));
+        out.sort_by_key(|a| a.uuid);
         Ok(out)
     }
 }
