@@ -6,7 +6,7 @@
 //! - [`settings`]: [`FhirSettings`], the future `[fhir]` table of `sitesync.toml`.
 //! - [`map`]: one record -> one resource ([`Mapper`]), pure: referenced records (concepts,
 //!   persons) come from a [`RecordSource`].
-//! - [`export`]: many records -> NDJSON files per resource type, or a transaction Bundle, with
+//! - [`mod@export`]: many records -> NDJSON files per resource type, or a transaction Bundle, with
 //!   an [`ExportReport`] (counts, skipped records and why, warnings).
 //!
 //! `concept`, `generic` and `roster` records have no resource: concepts become codings inside

@@ -1085,3 +1085,86 @@ fn cli_exports_a_node() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no FHIR resource"));
 }
+
+#[test]
+fn odd_stored_data_is_an_error_never_a_panic() {
+    // Records reach a node from other nodes (and other versions); whatever a field holds, the
+    // mapper answers with a resource or a MapError naming the record and the field.
+    let records = examples();
+    let source = source_of(&records);
+    let (settings, site) = (settings(), site());
+    let ctx = Context { settings: &settings, site: &site, today: today(), source: &source };
+    let mapper = Mapper::new(ctx);
+    let odd = [
+        json!(null),
+        json!(7),
+        json!(-1.5),
+        json!(true),
+        json!(""),
+        json!("x"),
+        json!("2024-13-45T99:99"),
+        json!([]),
+        json!([1, {"a": 2}]),
+        json!({}),
+        json!({"00000000-0000-4000-8000-000000000001": {"voided": "yes"}}),
+    ];
+    let mut mapped = 0;
+    let mut ndjson: std::collections::BTreeMap<&str, String> = Default::default();
+    for (ty, uuid, value) in &records {
+        let Value::Object(map) = value else { panic!("object") };
+        for (field, original) in map {
+            let mut variants: Vec<Value> = odd.to_vec();
+            // Inside keyed collections and nested objects, one level down.
+            if let Value::Object(items) = original {
+                for (k, item) in items {
+                    if let Value::Object(inner) = item {
+                        for f in inner.keys() {
+                            for o in &odd {
+                                let mut v = original.clone();
+                                v[k][f] = o.clone();
+                                variants.push(v);
+                            }
+                        }
+                    } else {
+                        for o in &odd {
+                            let mut v = original.clone();
+                            v[k] = o.clone();
+                            variants.push(v);
+                        }
+                    }
+                }
+            }
+            for variant in variants {
+                let mut record = value.clone();
+                record[field] = variant;
+                match mapper.map(*ty, *uuid, &record) {
+                    Ok(None) => {}
+                    Ok(Some(m)) => {
+                        mapped += 1;
+                        let line = m.resource.to_json().to_string() + "\n";
+                        ndjson.entry(m.resource.resource_type()).or_default().push_str(&line);
+                    }
+                    Err(e) => {
+                        assert_eq!(e.entity, EntityId::new(*ty, *uuid));
+                        assert!(!e.field.is_empty() && !e.reason.is_empty(), "{e}");
+                    }
+                }
+            }
+        }
+    }
+    assert!(mapped > 300, "{mapped} variants mapped");
+    // What maps at all is valid FHIR.
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (ty, text) in &ndjson {
+        std::fs::write(dir.path().join(format!("{ty}.ndjson")), text).expect("write");
+    }
+    validate_strict(&[dir.path()]);
+    for not_object in [json!(null), json!([]), json!("patient")] {
+        let err = mapper.map(
+            EntityType::Patient,
+            uid("4a38207f-3a68-401d-b9f8-8324419c9ef3"),
+            &not_object,
+        );
+        assert_eq!(err.map_err(|e| e.field), Err("(record)".to_string()));
+    }
+}

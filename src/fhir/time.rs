@@ -62,6 +62,10 @@ pub fn parse_offset(zone: &str) -> Option<String> {
     if zone == "Z" {
         return Some("Z".into());
     }
+    // Byte slicing below relies on ASCII.
+    if !zone.is_ascii() {
+        return None;
+    }
     let (sign, rest) = zone.split_at_checked(1)?;
     if sign != "+" && sign != "-" {
         return None;
@@ -174,5 +178,6 @@ mod tests {
         assert_eq!(birth.years_until(&Date::parse("2024-03-06").expect("date")), 5);
         assert_eq!(parse_offset("+1400").as_deref(), Some("+14:00"));
         assert_eq!(parse_offset("+14:30"), None);
+        assert_eq!(parse_offset("+a\u{e9}0"), None);
     }
 }
