@@ -211,6 +211,7 @@ fn export_and_validate(
         for (n, line) in text.lines().enumerate() {
             let value: Value = serde_json::from_str(line).expect("one JSON resource per line");
             assert_no_empty_values(&value, &format!("{}:{}", path.display(), n + 1));
+            assert_invariants(&value, &format!("{}:{}", path.display(), n + 1));
             let ty = value["resourceType"].as_str().expect("resourceType");
             assert_eq!(path.file_name().and_then(|f| f.to_str()), Some(&*format!("{ty}.ndjson")));
         }
@@ -447,6 +448,76 @@ fn estimated_birth_dates_follow_fhir2_precision() {
         let r = Mapper::new(ctx).map(ty, uuid, &value).expect("maps").expect("some");
         assert_eq!(r.resource.to_json()["birthDate"], json!(want), "{birthdate}");
     }
+}
+
+// --------------------------------------------------------------- invariants ---
+
+/// The R4 invariants (FHIRPath constraints) of the elements sitesync emits, which the Python
+/// validator does not evaluate (a FHIR server does: Medplum rejected a voided condition with an
+/// end date under con-4).
+fn assert_invariants(r: &Value, at: &str) {
+    let has = |k: &str| r.get(k).is_some();
+    let codes = |k: &str| -> Vec<String> {
+        r[k]["coding"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["code"].as_str())
+            .map(str::to_string)
+            .collect()
+    };
+    match r["resourceType"].as_str() {
+        Some("Condition") => {
+            let error = codes("verificationStatus").iter().any(|c| c == "entered-in-error");
+            let problem = r["category"].to_string().contains("problem-list-item");
+            assert!(!(problem && !error) || has("clinicalStatus"), "{at}: con-3");
+            let clinical = codes("clinicalStatus");
+            let abated_ok = ["inactive", "resolved", "remission"]
+                .iter()
+                .any(|c| clinical.iter().any(|x| x == c));
+            assert!(!has("abatementDateTime") || abated_ok, "{at}: con-4");
+            assert!(!error || !has("clinicalStatus"), "{at}: con-5");
+        }
+        Some("AllergyIntolerance") => {
+            let error = codes("verificationStatus").iter().any(|c| c == "entered-in-error");
+            assert!(error || has("clinicalStatus"), "{at}: ait-1");
+            assert!(!error || !has("clinicalStatus"), "{at}: ait-2");
+        }
+        Some("Appointment") => {
+            assert_eq!(has("start"), has("end"), "{at}: app-2");
+            let status = r["status"].as_str().unwrap_or("");
+            assert!(
+                has("start") || ["proposed", "cancelled", "waitlist"].contains(&status),
+                "{at}: app-3"
+            );
+            for p in r["participant"].as_array().into_iter().flatten() {
+                assert!(p.get("type").is_some() || p.get("actor").is_some(), "{at}: app-1");
+            }
+        }
+        Some("Location") => {
+            if let Some(p) = r.get("position") {
+                assert!(p["latitude"].is_number() && p["longitude"].is_number(), "{at}: position");
+            }
+        }
+        _ => {}
+    }
+    // ext-1 everywhere: an extension has a value or sub-extensions, not both.
+    fn ext(v: &Value, at: &str) {
+        match v {
+            Value::Object(o) => {
+                if o.contains_key("url")
+                    && (o.contains_key("extension") || o.keys().any(|k| k.starts_with("value")))
+                {
+                    let value = o.keys().any(|k| k.starts_with("value"));
+                    assert!(value != o.contains_key("extension"), "{at}: ext-1");
+                }
+                o.values().for_each(|x| ext(x, at));
+            }
+            Value::Array(a) => a.iter().for_each(|x| ext(x, at)),
+            _ => {}
+        }
+    }
+    ext(r, at);
 }
 
 // --------------------------------------------------------------- JSON shape ---

@@ -956,7 +956,9 @@ impl Job<'_, '_> {
             subject: Reference::to("Patient", o.req_uid("patient")?.as_str()),
             encounter: o.uid("encounter")?.map(|e| Reference::to("Encounter", e.as_str())),
             onset_date_time: self.datetime(o, "onsetDate")?,
-            abatement_date_time: abatement,
+            // con-4 wants an abated condition inactive, con-5 forbids any clinicalStatus on an
+            // entered-in-error one: a voided condition goes without its end date.
+            abatement_date_time: if voided { None } else { abatement },
             note: o.text("additionalDetail")?.map(|text| Annotation { text }).into_iter().collect(),
         })
     }
