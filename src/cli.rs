@@ -2,6 +2,7 @@
 //! Errors carry an exit code: 2 for bad input (nothing written), 1 for everything else. The
 //! network commands live in `cli/net.rs`.
 
+mod fhir;
 mod net;
 
 use std::io::Read;
@@ -138,6 +139,11 @@ pub enum Command {
     },
     /// Run the end-to-end demo in a temporary folder.
     Demo,
+    /// Export records as FHIR R4 (see docs/fhir-mapping.md).
+    Fhir {
+        #[command(subcommand)]
+        action: fhir::FhirAction,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -524,6 +530,7 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
             );
         }
         Command::Demo => crate::demo::run()?,
+        Command::Fhir { action } => return fhir::run(&cli, action),
     }
     Ok(0)
 }

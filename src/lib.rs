@@ -29,6 +29,7 @@ pub mod config;
 pub mod demo;
 pub mod entity;
 pub mod event;
+pub mod fhir;
 pub mod id;
 pub mod identity;
 pub mod node;
