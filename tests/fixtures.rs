@@ -213,7 +213,7 @@ fn session_frames(batches: &[(sitesync::batch::SignedBatch, Vec<Vec<u8>>)]) -> V
         Message::Ack { vector },
         Message::Done,
     ] {
-        out.extend(enc.encode(m));
+        out.extend(enc.encode(&m));
     }
     out
 }

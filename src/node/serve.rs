@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use super::{Node, NodeError, now_secs, random_bytes};
 use crate::config::Peer;
 use crate::id::{NodeId, Vector};
-use crate::protocol::message::{self, Message, Role};
+use crate::protocol::message::{self, Message, Role, WireBatch};
 use crate::protocol::session::{Effect, Outcome, Session, SessionStats};
 use crate::transport::{self, ReadError};
 
@@ -74,6 +74,12 @@ fn report(
         bytes_received: received,
         millis: started.elapsed().as_millis() as u64,
     }
+}
+
+/// The encoder, whoever held it last (a panic while encoding leaves nothing half-written that
+/// matters: the session ends on the next error).
+fn lock(m: &std::sync::Mutex<message::Encoder>) -> std::sync::MutexGuard<'_, message::Encoder> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Runs one session over an open bidirectional stream until it ends, then records the peer
@@ -152,7 +158,10 @@ pub async fn drive(
             s
         }
     };
-    let mut encoder = message::Encoder::default();
+    let encoder = Arc::new(std::sync::Mutex::new(message::Encoder::default()));
+    let (fetch_tx, mut fetch_rx) =
+        mpsc::unbounded_channel::<Result<(Vec<WireBatch>, Vec<u8>), NodeError>>();
+    let mut ready: std::collections::VecDeque<Vec<u8>> = Default::default();
     let mut received = 0u64;
     let outcome = loop {
         let mut closed = None;
@@ -162,25 +171,47 @@ pub async fn drive(
                     if backlog.fetch_add(1, Ordering::Relaxed) >= WRITE_BACKLOG_MAX {
                         session.handle_forbidden("the peer stopped reading".into());
                     }
-                    let _ = tx.send(encoder.encode(m));
+                    let frame = match m {
+                        // Encoded when it was fetched (the session sends fetches in order).
+                        Message::Batches { .. } => match ready.pop_front() {
+                            Some(frame) => frame,
+                            None => {
+                                session
+                                    .handle_local_error("a batches message was not encoded".into());
+                                continue;
+                            }
+                        },
+                        other => lock(&encoder).encode(&other),
+                    };
+                    let _ = tx.send(frame);
                 }
                 Effect::Fetch { after } => {
-                    let n = node.clone();
-                    let order = order.clone();
-                    let fetch = move || {
+                    // Read and encode the next message off the loop, so it is ready (packed and
+                    // compressed) while the peer applies the one in flight. Batches messages
+                    // are sent in the order they are fetched, which keeps the encoder's tables
+                    // in step with the peer's decoder.
+                    let (n, order, enc, ftx) =
+                        (node.clone(), order.clone(), encoder.clone(), fetch_tx.clone());
+                    tokio::task::spawn_blocking(move || {
                         let scope = n
                             .config
                             .peers
                             .iter()
                             .find(|p| p.node_id == peer && p.role == Role::Child)
                             .map(|p| &p.scope);
-                        n.fetch_wire(&order, &after, scope)
-                    };
-                    match tokio::task::spawn_blocking(fetch).await {
-                        Ok(Ok(batches)) => session.handle_fetched(now(), batches),
-                        Ok(Err(e)) => session.handle_local_error(format!("reading batches: {e}")),
-                        Err(e) => session.handle_local_error(format!("reading batches: {e}")),
-                    }
+                        let r = n.fetch_wire(&order, &after, scope).map(|batches| {
+                            let frame = (!batches.is_empty()).then(|| {
+                                let m = Message::Batches { batches };
+                                let frame = lock(&enc).encode(&m);
+                                match m {
+                                    Message::Batches { batches } => (batches, frame),
+                                    _ => (Vec::new(), Vec::new()),
+                                }
+                            });
+                            frame.unwrap_or_default()
+                        });
+                        let _ = ftx.send(r);
+                    });
                 }
                 Effect::Apply { batches } => {
                     if let Some(bar) = &progress {
@@ -217,6 +248,15 @@ pub async fn drive(
         let deadline = session.poll_timeout().unwrap_or(u64::MAX);
         let wait = Duration::from_millis(deadline.saturating_sub(now()));
         tokio::select! {
+            Some(f) = fetch_rx.recv() => match f {
+                Ok((batches, frame)) => {
+                    if !batches.is_empty() {
+                        ready.push_back(frame);
+                    }
+                    session.handle_fetched(now(), batches)
+                }
+                Err(e) => session.handle_local_error(format!("reading batches: {e}")),
+            },
             r = rrx.recv() => match r {
                 Some(Ok((m, n))) => {
                     received += n as u64;

@@ -155,7 +155,7 @@ impl WireBatch {
         (SignedBatch { batch, signature: self.signature }, self.bodies)
     }
 
-    fn pack(self, state: &mut PackState) -> PackedBatch {
+    fn pack(&self, state: &mut PackState) -> PackedBatch {
         let actor = self.author.actor_bytes();
         let changes = pack::pack_batch(state, &actor, &self.entities, &self.bodies, &self.withheld);
         PackedBatch {
@@ -242,13 +242,23 @@ pub struct Encoder {
 impl Encoder {
     /// Encodes a message as one frame (length prefix included). Batches are packed against
     /// this session's tables, then compressed.
-    pub fn encode(&mut self, message: Message) -> Vec<u8> {
+    pub fn encode(&mut self, message: &Message) -> Vec<u8> {
         let zstd = matches!(message, MessageOf::Batches { .. });
-        let packed: MessageOf<PackedBatch> = match message
-            .map_batches(|b| Ok::<_, std::convert::Infallible>(b.pack(&mut self.pack)))
-        {
-            Ok(m) => m,
-            Err(never) => match never {},
+        let packed: MessageOf<PackedBatch> = match message {
+            MessageOf::Batches { batches } => MessageOf::Batches {
+                batches: batches.iter().map(|b| b.pack(&mut self.pack)).collect(),
+            },
+            MessageOf::Hello { version, node, role, vector } => MessageOf::Hello {
+                version: *version,
+                node: *node,
+                role: *role,
+                vector: vector.clone(),
+            },
+            MessageOf::Ack { vector } => MessageOf::Ack { vector: vector.clone() },
+            MessageOf::Done => MessageOf::Done,
+            MessageOf::Error { code, message } => {
+                MessageOf::Error { code: *code, message: message.clone() }
+            }
         };
         let payload = postcard::to_stdvec(&packed).unwrap_or_default();
         let (flags, payload) = if zstd {
@@ -381,7 +391,7 @@ impl Decoder {
 /// Encodes one message with fresh tables: for a frame that is the only one its receiver
 /// decodes with its own fresh [`Decoder`] (tests, one-shot tools). Sessions use [`Encoder`].
 pub fn encode(message: &Message) -> Vec<u8> {
-    Encoder::default().encode(message.clone())
+    Encoder::default().encode(message)
 }
 
 /// Decodes one frame with fresh tables (see [`encode`]).

@@ -88,6 +88,9 @@ pub struct Session {
     /// refuses is not sent again in this session.
     sent_up_to: Vector,
     fetching: bool,
+    /// Batches fetched while the last `Batches` awaits its ack: sent as soon as it arrives, so
+    /// reading the next message overlaps the peer's apply (one message in flight, one ready).
+    prepared: Option<Vec<WireBatch>>,
     awaiting_ack: bool,
     applying: bool,
     local_done: bool,
@@ -116,6 +119,7 @@ impl Session {
             peer_vector: Vector::default(),
             sent_up_to: Vector::default(),
             fetching: false,
+            prepared: None,
             awaiting_ack: false,
             applying: false,
             local_done: false,
@@ -183,7 +187,7 @@ impl Session {
     }
 
     fn fetch(&mut self) {
-        if !self.fetching && !self.awaiting_ack && !self.local_done {
+        if !self.fetching && self.prepared.is_none() && !self.local_done {
             self.fetching = true;
             self.effects.push_back(Effect::Fetch { after: self.sent_up_to.clone() });
         }
@@ -219,7 +223,11 @@ impl Session {
                 self.awaiting_ack = false;
                 self.peer_vector.merge(&vector);
                 self.sent_up_to.merge(&vector);
-                self.fetch();
+                match self.prepared.take() {
+                    Some(batches) => self.send_batches(batches),
+                    None => self.fetch(),
+                }
+                self.check_complete();
             }
             (Phase::Running, Message::Done) if !self.remote_done => {
                 self.remote_done = true;
@@ -267,11 +275,21 @@ impl Session {
         self.last_activity = self.last_activity.max(now);
         self.fetching = false;
         if batches.is_empty() {
+            // `Done` may follow a `Batches` still awaiting its ack: the peer reads in order.
             self.local_done = true;
             self.send(Message::Done);
             self.check_complete();
             return;
         }
+        if self.awaiting_ack {
+            self.prepared = Some(batches);
+        } else {
+            self.send_batches(batches);
+        }
+    }
+
+    /// Sends one `Batches` message, then fetches the next while its ack is awaited.
+    fn send_batches(&mut self, batches: Vec<WireBatch>) {
         for b in &batches {
             let (author, seq) = (b.author(), b.seq());
             let up = self.sent_up_to.0.entry(author).or_insert(0);
@@ -280,6 +298,7 @@ impl Session {
         self.stats.batches_sent += batches.len() as u64;
         self.awaiting_ack = true;
         self.send(Message::Batches { batches });
+        self.fetch();
     }
 
     /// The last `Apply` is durable; `vector` is what this node now holds.
