@@ -103,10 +103,16 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
-    /// Show the node's event log (writes, imports, exports, rejections), newest last.
+    /// Show the node's audit log (writes, imports, exports, sessions, rejections), newest last.
     Events {
         #[arg(long, default_value_t = 50)]
         limit: usize,
+    },
+    /// The audit log: `audit verify` checks its hash chain and names every entry that was
+    /// edited, deleted or moved (exit 1 if any); `audit list` is `events`.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
     },
     /// Move the store to a new incarnation. Run this after restoring the node from a backup.
     Reincarnate,
@@ -174,6 +180,18 @@ pub enum PeerAction {
     Remove { node_id: String },
     /// List peers.
     List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditAction {
+    /// Check the chain: every entry links to the one before it, and the last one to the head
+    /// recorded with it.
+    Verify,
+    /// Show the last entries, newest last.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -339,6 +357,7 @@ fn forwardable(command: &Command) -> bool {
             | Command::Import { .. }
             | Command::Vector { .. }
             | Command::Events { .. }
+            | Command::Audit { .. }
     )
 }
 
@@ -392,6 +411,10 @@ fn forward_args(command: &Command) -> Result<(Vec<String>, Option<String>), Fail
             None => vec!["vector".into()],
         },
         Command::Events { limit } => vec!["events".into(), "--limit".into(), limit.to_string()],
+        Command::Audit { action: AuditAction::Verify } => vec!["audit".into(), "verify".into()],
+        Command::Audit { action: AuditAction::List { limit } } => {
+            vec!["audit".into(), "list".into(), "--limit".into(), limit.to_string()]
+        }
         _ => Vec::new(),
     };
     Ok((args, stdin))
@@ -493,9 +516,27 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
                 None => say!("{}", text.trim_end()),
             }
         }
-        Command::Events { limit } => {
+        Command::Events { limit } | Command::Audit { action: AuditAction::List { limit } } => {
             for (n, e) in open(&cli)?.store.events(*limit)? {
                 say!("{n:>6}  {}  {}", e.time, e.kind);
+            }
+        }
+        Command::Audit { action: AuditAction::Verify } => {
+            let r = open(&cli)?.store.verify_audit()?;
+            if r.problems.is_empty() {
+                say!("audit log intact: {} entries, every link and the head check out", r.entries);
+            } else {
+                for p in &r.problems {
+                    say!("{p}");
+                }
+                return Err(Failure {
+                    code: 1,
+                    error: anyhow!(
+                        "the audit log was tampered with: {} problems in {} entries",
+                        r.problems.len(),
+                        r.entries
+                    ),
+                });
             }
         }
         Command::Reincarnate => {
@@ -523,6 +564,11 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
                 node.config.sync_interval_secs = *i;
             }
             node.save_config()?;
+            node.config_changed(format!(
+                "network: listen {}, sync every {} s",
+                node.config.listen.map_or("(none)".into(), |a| a.to_string()),
+                node.config.sync_interval_secs
+            ))?;
             say!(
                 "listen {}, sync every {} s",
                 node.config.listen.map_or("(none)".into(), |a| a.to_string()),

@@ -35,6 +35,19 @@ pub enum EventKind {
     Unmergeable { entity: EntityId, reason: String },
     /// The store moved to a new incarnation.
     Incarnation { old: Incarnation, new: Incarnation, reason: String },
+    /// A sync session with a peer ended.
+    Session {
+        peer: NodeId,
+        outcome: String,
+        complete: bool,
+        batches_sent: u64,
+        batches_received: u64,
+        bytes_sent: u64,
+        bytes_received: u64,
+        millis: u64,
+    },
+    /// The configuration changed (peers, trust, network, roster), in words without secrets.
+    Config { change: String },
 }
 
 impl std::fmt::Display for EventKind {
@@ -74,6 +87,21 @@ impl std::fmt::Display for EventKind {
             EventKind::Incarnation { old, new, reason } => {
                 write!(f, "incarnation {old} -> {new}: {reason}")
             }
+            EventKind::Session {
+                peer,
+                outcome,
+                complete: _,
+                batches_sent,
+                batches_received,
+                bytes_sent,
+                bytes_received,
+                millis,
+            } => write!(
+                f,
+                "session with {peer}: {outcome}; sent {batches_sent} batches ({bytes_sent} bytes), \
+                 received {batches_received} batches ({bytes_received} bytes), {millis} ms"
+            ),
+            EventKind::Config { change } => write!(f, "config: {change}"),
         }
     }
 }

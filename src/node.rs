@@ -209,6 +209,7 @@ impl Node {
             }
         };
         self.config.save(&self.dir.join(CONFIG_FILE))?;
+        self.config_changed(format!("trust {node_id}"))?;
         Ok(added)
     }
 
@@ -217,11 +218,21 @@ impl Node {
         Ok(self.config.save(&self.dir.join(CONFIG_FILE))?)
     }
 
+    /// Records a configuration change in the audit log (ids and settings, no secrets).
+    pub fn config_changed(&self, change: String) -> Result<(), NodeError> {
+        let kind = EventKind::Config { change };
+        Ok(self.store.record(Event { time: now_secs(), kind })?)
+    }
+
     pub fn trust_remove(&mut self, node_id: NodeId) -> Result<bool, NodeError> {
         let before = self.config.trust.len();
         self.config.trust.retain(|t| t.node_id != node_id);
         self.config.save(&self.dir.join(CONFIG_FILE))?;
-        Ok(self.config.trust.len() != before)
+        let removed = self.config.trust.len() != before;
+        if removed {
+            self.config_changed(format!("no longer trust {node_id}"))?;
+        }
+        Ok(removed)
     }
 
     pub fn summary(&self) -> Result<Summary, NodeError> {

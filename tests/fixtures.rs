@@ -93,6 +93,14 @@ fn node_directory_v1_still_opens() {
     check_records(&dir, &expected);
     // The copied store is a new file: it must have moved to a new incarnation before writing.
     assert_ne!(s["author"], expected["original_author"]);
+    // Its event log (written before the audit chain) moved into the chain with that write:
+    // the old entries first, the incarnation change last, and the chain checks out.
+    let log = run(&dir, &["audit", "list", "--limit", "1000"]);
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() >= 3, "{log}");
+    assert!(lines.iter().any(|l| l.contains("local write")), "{log}");
+    assert!(lines.last().is_some_and(|l| l.contains("incarnation")), "{log}");
+    assert!(run(&dir, &["audit", "verify"]).contains("intact"));
 }
 
 /// Writes the v1 fixtures. Run by hand only when a new format version is introduced.

@@ -145,8 +145,12 @@ fn children_receive_their_catchment_and_push_only_their_types() {
         e.contains("outside this child's scope").then_some(e)
     });
     assert!(reason.is_some(), "the lab sees why: {}", c.status());
-    let events = parent.ok(&["events"]);
+    let events = parent.ok(&["audit", "list", "--limit", "100000"]);
     assert!(events.contains("pushes a visit record"), "the parent logged it: {events}");
+    // The audit log also holds the scope configuration and every session.
+    assert!(events.contains("config: peer") && events.contains("catchment of 1 location"));
+    assert!(events.contains("session with"), "{events}");
+    assert!(parent.ok(&["audit", "verify"]).contains("intact"));
 
     // A bundle exported by a clinic leaves out what it holds without bodies, and says so.
     let out = tmp.path().join("a.ssb");

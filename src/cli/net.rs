@@ -158,6 +158,11 @@ pub(super) fn peer(cli: &Cli, action: &PeerAction) -> Result<(), Failure> {
             node.config.peers.retain(|p| p.node_id != node_id);
             node.config.peers.push(peer);
             node.save_config()?;
+            let scope = node.config.peers.last().map(|p| p.scope.describe()).unwrap_or_default();
+            node.config_changed(format!(
+                "peer {node_id} added as {} ({scope})",
+                crate::config::role_name(role)
+            ))?;
             node.publish_roster()?;
             say!("peer {node_id} added as {}", crate::config::role_name(role));
         }
@@ -166,6 +171,9 @@ pub(super) fn peer(cli: &Cli, action: &PeerAction) -> Result<(), Failure> {
             let before = node.config.peers.len();
             node.config.peers.retain(|p| p.node_id != id);
             node.save_config()?;
+            if node.config.peers.len() != before {
+                node.config_changed(format!("peer {id} removed"))?;
+            }
             node.publish_roster()?;
             say!(
                 "{} {id}",

@@ -331,6 +331,24 @@ pub async fn drive(
     if let Ok(Err(e)) = recorded {
         tracing::error!(%peer, "recording peer state: {e}");
     }
+    let (n, r) = (node.clone(), rep.clone());
+    let logged = tokio::task::spawn_blocking(move || {
+        let kind = crate::event::EventKind::Session {
+            peer,
+            outcome: r.outcome,
+            complete: r.complete,
+            batches_sent: r.batches_sent,
+            batches_received: r.batches_received,
+            bytes_sent: r.bytes_sent,
+            bytes_received: r.bytes_received,
+            millis: r.millis,
+        };
+        n.store.record(crate::event::Event { time: now_secs(), kind })
+    })
+    .await;
+    if let Ok(Err(e)) = logged {
+        tracing::error!(%peer, "recording the session in the audit log: {e}");
+    }
     tracing::info!(
         %peer, outcome = %rep.outcome, sent = rep.batches_sent, received = rep.batches_received,
         bytes_out = rep.bytes_sent, bytes_in = rep.bytes_received, ms = rep.millis, "session ended"

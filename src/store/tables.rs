@@ -36,9 +36,13 @@ pub const DOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("docs-1");
 /// headers of bundles it exported), so `export --peer` sends only what it lacks.
 pub const PEERS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("peers-1");
 
-/// `n -> postcard(Event)`: the durable report of every local write, import, export,
-/// rejection and incarnation change, in order (becomes the hash-chained audit log).
+/// `n -> postcard(Event)`: the unchained event log of stores written before the audit chain;
+/// its entries move into [`AUDIT`] at the first append (`store/audit.rs`).
 pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events-1");
+
+/// `n -> prev hash (32 B) ++ postcard(Event)`: the audit log, hash-chained (`store/audit.rs`);
+/// `meta-1["audit-head"]` = last n (u64 BE) ++ its hash.
+pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit-1");
 
 /// An entity document and its replication state.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -1,0 +1,202 @@
+//! The audit log: the node's events, append-only and hash-chained.
+//!
+//! Entry `n` is stored as `prev (32 B) ++ postcard(Event)` under key `n` in `audit-1`, where
+//! `prev` is the hash of entry `n - 1` (32 zero bytes for the first). An entry's hash is
+//! `blake3("sitesync audit v1" ‖ n (u64 BE) ‖ stored bytes)`. `meta-1["audit-head"]` holds the
+//! last entry's number and hash, written in the same transaction as the entry, so removing or
+//! editing the last entry is detected too. Entries are appended in the transaction of the work
+//! they describe: an entry exists if and only if the work is durable.
+//!
+//! The chain detects an edited, deleted or reordered entry made by anyone who changes the store
+//! file without recomputing every later hash; it does not stop someone holding the file and
+//! willing to rewrite the whole chain (the parent's copy of a child's entries, issue 5, is the
+//! defence against that).
+
+use redb::{ReadableTable, ReadableTableMetadata};
+
+use super::tables::{AUDIT, EVENTS, META};
+use super::{StoreError, corrupt, encode};
+use crate::event::Event;
+
+const DOMAIN: &[u8] = b"sitesync audit v1";
+const HEAD: &str = "audit-head";
+
+/// The hash of entry `n` with its stored bytes.
+pub(crate) fn entry_hash(n: u64, stored: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(DOMAIN);
+    h.update(&n.to_be_bytes());
+    h.update(stored);
+    *h.finalize().as_bytes()
+}
+
+fn read_head(tx: &redb::WriteTransaction) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+    let meta = tx.open_table(META)?;
+    let Some(v) = meta.get(HEAD)? else { return Ok(None) };
+    parse_head(v.value()).map(Some)
+}
+
+fn parse_head(bytes: &[u8]) -> Result<(u64, [u8; 32]), StoreError> {
+    if bytes.len() != 40 {
+        return Err(corrupt("meta audit-head", "not 40 bytes"));
+    }
+    let n = u64::from_be_bytes(bytes[..8].try_into().unwrap_or_default());
+    let hash: [u8; 32] = bytes[8..].try_into().unwrap_or([0; 32]);
+    Ok((n, hash))
+}
+
+/// Appends `event` to the audit log inside `tx`.
+pub(crate) fn append(tx: &redb::WriteTransaction, event: &Event) -> Result<(), StoreError> {
+    migrate_events(tx)?;
+    let (n, prev) = match read_head(tx)? {
+        Some((n, hash)) => (n + 1, hash),
+        None => (0, [0; 32]),
+    };
+    let mut stored = prev.to_vec();
+    stored.extend(encode(event));
+    let hash = entry_hash(n, &stored);
+    tx.open_table(AUDIT)?.insert(n, stored.as_slice())?;
+    let mut head = n.to_be_bytes().to_vec();
+    head.extend_from_slice(&hash);
+    tx.open_table(META)?.insert(HEAD, head.as_slice())?;
+    Ok(())
+}
+
+/// Moves the entries of the unchained log of earlier stores (`events-1`) into the chain, once.
+fn migrate_events(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let legacy: Vec<Vec<u8>> = {
+        let events = tx.open_table(EVENTS)?;
+        if events.is_empty()? {
+            return Ok(());
+        }
+        events
+            .iter()?
+            .map(|item| item.map(|(_, v)| v.value().to_vec()))
+            .collect::<Result<_, _>>()?
+    };
+    tx.open_table(EVENTS)?.retain(|_, _| false)?;
+    for bytes in legacy {
+        let event: Event = postcard::from_bytes(&bytes).map_err(|e| corrupt("event", e))?;
+        append(tx, &event)?;
+    }
+    Ok(())
+}
+
+/// Reads the last `limit` entries (oldest first), including those still in `events-1`.
+pub(crate) fn entries(
+    tx: &redb::ReadTransaction,
+    limit: usize,
+) -> Result<Vec<(u64, Event)>, StoreError> {
+    let mut out = Vec::new();
+    if let Some(audit) = open_read(tx)? {
+        for item in audit.iter()?.rev().take(limit) {
+            let (k, v) = item?;
+            let bytes = v.value();
+            let event = bytes
+                .get(32..)
+                .ok_or_else(|| corrupt("audit entry", "shorter than its link"))
+                .and_then(|b| postcard::from_bytes(b).map_err(|e| corrupt("audit entry", e)))?;
+            out.push((k.value(), event));
+        }
+    }
+    // Entries of a store written before the chain, not migrated yet (read-only use).
+    if out.len() < limit {
+        let events = tx.open_table(EVENTS)?;
+        for item in events.iter()?.rev().take(limit - out.len()) {
+            let (k, v) = item?;
+            let event = postcard::from_bytes(v.value()).map_err(|e| corrupt("event", e))?;
+            out.push((k.value(), event));
+        }
+    }
+    out.reverse();
+    Ok(out)
+}
+
+fn open_read(
+    tx: &redb::ReadTransaction,
+) -> Result<Option<redb::ReadOnlyTable<u64, &'static [u8]>>, StoreError> {
+    match tx.open_table(AUDIT) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What `audit verify` found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AuditReport {
+    /// Entries checked.
+    pub entries: u64,
+    /// Every break in the chain, in order, in words.
+    pub problems: Vec<String>,
+}
+
+/// Walks the chain and names every entry that was edited, deleted or moved.
+pub(crate) fn verify(tx: &redb::ReadTransaction) -> Result<AuditReport, StoreError> {
+    let mut report = AuditReport::default();
+    let Some(audit) = open_read(tx)? else { return Ok(report) };
+    let mut stored: Vec<(u64, Vec<u8>)> = Vec::new();
+    for item in audit.iter()? {
+        let (k, v) = item?;
+        stored.push((k.value(), v.value().to_vec()));
+    }
+    report.entries = stored.len() as u64;
+    // Where each hash was found: an entry whose link names another entry than the one before it
+    // was moved.
+    let hashes: std::collections::HashMap<[u8; 32], u64> =
+        stored.iter().map(|(n, bytes)| (entry_hash(*n, bytes), *n)).collect();
+    let mut expected_n = 0u64;
+    let mut prev_hash = [0u8; 32];
+    for (n, bytes) in &stored {
+        let n = *n;
+        if n > expected_n {
+            let missing = if n - expected_n == 1 {
+                format!("entry {expected_n} was deleted")
+            } else {
+                format!("entries {expected_n} to {} were deleted", n - 1)
+            };
+            report.problems.push(missing);
+        }
+        let link: [u8; 32] = bytes.get(..32).and_then(|b| b.try_into().ok()).unwrap_or([0xff; 32]);
+        if bytes.len() < 32 || postcard::from_bytes::<Event>(&bytes[32..]).is_err() {
+            report.problems.push(format!("entry {n} is unreadable (edited)"));
+        } else if n == expected_n && link != prev_hash {
+            match hashes.get(&link) {
+                Some(&j) if j != n.wrapping_sub(1) => report
+                    .problems
+                    .push(format!("entry {n} is out of order (it was written after entry {j})")),
+                _ if n > 0 => report
+                    .problems
+                    .push(format!("entry {} was edited (entry {n} no longer matches it)", n - 1)),
+                _ => report.problems.push(format!("entry {n} has a broken link")),
+            }
+        }
+        prev_hash = entry_hash(n, bytes);
+        expected_n = n + 1;
+    }
+    let meta = tx.open_table(META)?;
+    match meta.get(HEAD)? {
+        Some(v) => {
+            let (head_n, head_hash) = parse_head(v.value())?;
+            if head_n + 1 > expected_n {
+                let from = expected_n;
+                report.problems.push(if head_n == from {
+                    format!("entry {from} (the last) was deleted")
+                } else {
+                    format!("entries {from} to {head_n} (the last) were deleted")
+                });
+            } else if head_n + 1 < expected_n {
+                report.problems.push(format!(
+                    "entries after {head_n} were added outside the log (the head names {head_n})"
+                ));
+            } else if head_hash != prev_hash {
+                report.problems.push(format!("entry {head_n} (the last) was edited"));
+            }
+        }
+        None if !stored.is_empty() => {
+            report.problems.push("the record of the last entry is missing".into());
+        }
+        None => {}
+    }
+    Ok(report)
+}

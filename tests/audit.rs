@@ -1,0 +1,101 @@
+//! The audit log's hash chain: `audit verify` passes on an untouched log, and names the entry
+//! when one was edited, deleted or moved in the store file.
+
+mod net;
+
+use net::*;
+use redb::{Database, ReadableTable, TableDefinition};
+use serde_json::Value;
+use sitesync::event::{Event, EventKind};
+
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit-1");
+
+/// A node with a few entries: three writes, an export.
+fn node_with_entries(parent: &std::path::Path, name: &str) -> Node {
+    let n = Node::init(parent, name);
+    for i in 0..3 {
+        n.put("patient", &Value::Array(patients(&format!("{name}{i}"), 2)));
+    }
+    n.ok(&["export", "--out", p(&parent.join(format!("{name}.ssb")))]);
+    let listed = n.ok(&["audit", "list"]);
+    assert!(listed.lines().count() >= 4, "entries: {listed}");
+    n
+}
+
+fn tamper(n: &Node, f: impl FnOnce(&mut redb::Table<u64, &[u8]>)) {
+    let db = Database::open(n.dir.join(sitesync::node::STORE_FILE)).expect("open store");
+    let tx = db.begin_write().expect("write");
+    {
+        let mut t = tx.open_table(AUDIT).expect("audit table");
+        f(&mut t);
+    }
+    tx.commit().expect("commit");
+}
+
+fn read(t: &redb::Table<u64, &[u8]>, k: u64) -> Vec<u8> {
+    t.get(k).expect("get").expect("entry").value().to_vec()
+}
+
+fn verify(n: &Node) -> Run {
+    n.run(&["audit", "verify"])
+}
+
+#[test]
+fn audit_verify_names_edited_deleted_and_moved_entries() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+
+    let intact = node_with_entries(tmp.path(), "intact");
+    let r = verify(&intact);
+    assert!(r.code == Some(0) && r.stdout.contains("intact"), "{}", r.describe());
+
+    // Edit: entry 1's counts changed, its link kept.
+    let edited = node_with_entries(tmp.path(), "edited");
+    tamper(&edited, |t| {
+        let bytes = read(t, 1);
+        let mut event: Event = postcard::from_bytes(&bytes[32..]).expect("an event");
+        if let EventKind::LocalWrite { records, .. } = &mut event.kind {
+            *records += 100;
+        } else {
+            panic!("entry 1 is a write: {event:?}");
+        }
+        let mut out = bytes[..32].to_vec();
+        out.extend(postcard::to_stdvec(&event).expect("encode"));
+        t.insert(1, out.as_slice()).expect("insert");
+    });
+    let r = verify(&edited);
+    assert_eq!(r.code, Some(1), "{}", r.describe());
+    assert!(r.stdout.contains("entry 1 was edited"), "{}", r.describe());
+
+    // Delete: entry 2 removed.
+    let deleted = node_with_entries(tmp.path(), "deleted");
+    tamper(&deleted, |t| {
+        t.remove(2).expect("remove");
+    });
+    let r = verify(&deleted);
+    assert_eq!(r.code, Some(1), "{}", r.describe());
+    assert!(r.stdout.contains("entry 2 was deleted"), "{}", r.describe());
+
+    // Reorder: entries 1 and 2 swapped.
+    let moved = node_with_entries(tmp.path(), "moved");
+    tamper(&moved, |t| {
+        let (a, b) = (read(t, 1), read(t, 2));
+        t.insert(1, b.as_slice()).expect("insert");
+        t.insert(2, a.as_slice()).expect("insert");
+    });
+    let r = verify(&moved);
+    assert_eq!(r.code, Some(1), "{}", r.describe());
+    assert!(r.stdout.contains("out of order"), "{}", r.describe());
+
+    // The last entry removed: the head recorded with it says it existed.
+    let cut = node_with_entries(tmp.path(), "cut");
+    tamper(&cut, |t| {
+        let last = t.last().expect("last").expect("an entry").0.value();
+        t.remove(last).expect("remove");
+    });
+    let r = verify(&cut);
+    assert_eq!(r.code, Some(1), "{}", r.describe());
+    assert!(r.stdout.contains("(the last) was deleted"), "{}", r.describe());
+
+    // Tampering never stops the node: it still opens and answers.
+    assert!(cut.ok(&["list"]).lines().count() == 6);
+}
