@@ -108,6 +108,27 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// List conflicts: fields with concurrent values after a merge. `open` ones wait for an
+    /// administrator (policy `review`); `auto` ones keep the deterministic winner; `closed` ones
+    /// were superseded by a later change (a resolution here or elsewhere).
+    Conflicts {
+        /// Only the open ones.
+        #[arg(long)]
+        open: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resolve a conflict with one of its values or a new one. The resolution is a new local
+    /// change: it syncs like any change and closes the conflict on every node that merges it.
+    Resolve {
+        conflict_id: String,
+        /// Keep value N (as numbered by `conflicts`).
+        #[arg(long, value_name = "N", conflicts_with = "value", required_unless_present = "value")]
+        take: Option<usize>,
+        /// Write this JSON value instead (validated with the record).
+        #[arg(long, value_name = "JSON")]
+        value: Option<String>,
+    },
     /// The audit log: `audit verify` checks its hash chain and names every entry that was
     /// edited, deleted or moved (exit 1 if any); `audit list` is `events`.
     Audit {
@@ -358,6 +379,8 @@ fn forwardable(command: &Command) -> bool {
             | Command::Vector { .. }
             | Command::Events { .. }
             | Command::Audit { .. }
+            | Command::Conflicts { .. }
+            | Command::Resolve { .. }
     )
 }
 
@@ -412,6 +435,26 @@ fn forward_args(command: &Command) -> Result<(Vec<String>, Option<String>), Fail
         },
         Command::Events { limit } => vec!["events".into(), "--limit".into(), limit.to_string()],
         Command::Audit { action: AuditAction::Verify } => vec!["audit".into(), "verify".into()],
+        Command::Conflicts { open, json } => {
+            let mut a = vec!["conflicts".to_string()];
+            if *open {
+                a.push("--open".into());
+            }
+            if *json {
+                a.push("--json".into());
+            }
+            a
+        }
+        Command::Resolve { conflict_id, take, value } => {
+            let mut a = vec!["resolve".to_string(), conflict_id.clone()];
+            if let Some(t) = take {
+                a.extend(["--take".to_string(), t.to_string()]);
+            }
+            if let Some(v) = value {
+                a.extend(["--value".to_string(), v.clone()]);
+            }
+            a
+        }
         Command::Audit { action: AuditAction::List { limit } } => {
             vec!["audit".into(), "list".into(), "--limit".into(), limit.to_string()]
         }
@@ -520,6 +563,83 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
             for (n, e) in open(&cli)?.store.events(*limit)? {
                 say!("{n:>6}  {}  {}", e.time, e.kind);
             }
+        }
+        Command::Conflicts { open: only_open, json } => {
+            let views = open(&cli)?.conflicts()?;
+            let status = |v: &crate::node::ConflictView| match (v.conflict.is_open(), v.policy) {
+                (false, _) => "closed",
+                (true, crate::conflict::Policy::Review) => "open",
+                (true, crate::conflict::Policy::Auto) => "auto",
+            };
+            let shown: Vec<_> =
+                views.iter().filter(|v| !only_open || status(v) == "open").collect();
+            if *json {
+                let list: Vec<Value> = shown
+                    .iter()
+                    .map(|v| {
+                        let c = &v.conflict;
+                        json!({
+                            "id": c.id, "entity": c.entity.key(), "path": c.path,
+                            "status": status(v), "policy": v.policy.as_str(),
+                            "winner": c.winner, "proposal": v.proposal,
+                            "seen": c.seen, "closed": c.closed,
+                            "values": c.values.iter().map(|x| json!({
+                                "value": serde_json::from_str::<Value>(&x.json).unwrap_or(Value::Null),
+                                "author": x.author, "time": x.time,
+                            })).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                say!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                if shown.is_empty() {
+                    say!("no conflicts{}", if *only_open { " open" } else { "" });
+                }
+                for v in shown {
+                    let c = &v.conflict;
+                    say!(
+                        "{}  {:<6}  {} {}  ({} policy)",
+                        c.id,
+                        status(v),
+                        c.entity,
+                        c.path,
+                        v.policy.as_str()
+                    );
+                    for (i, x) in c.values.iter().enumerate() {
+                        let mut marks = Vec::new();
+                        if i == c.winner {
+                            marks.push("shown now");
+                        }
+                        if v.proposal == Some(i) {
+                            marks.push("latest write");
+                        }
+                        let by = x.author.as_deref().map_or("?", |a| &a[..a.len().min(12)]);
+                        let marks = if marks.is_empty() {
+                            String::new()
+                        } else {
+                            format!("  [{}]", marks.join(", "))
+                        };
+                        say!("    [{i}] {}  by {by} at {}{marks}", x.json, x.time);
+                    }
+                }
+            }
+        }
+        Command::Resolve { conflict_id, take, value } => {
+            let choice = match (take, value) {
+                (Some(i), _) => crate::node::Choice::Take(*i),
+                (None, Some(v)) => crate::node::Choice::Value(
+                    serde_json::from_str(v)
+                        .map_err(|e| input(format!("--value: not JSON: {e}")))?,
+                ),
+                (None, None) => return Err(input("give --take N or --value JSON")),
+            };
+            let c = open(&cli)?.resolve(conflict_id, choice)?;
+            say!(
+                "resolved conflict {} on {} {} (a new local change; it syncs like any change)",
+                c.id,
+                c.entity,
+                c.path
+            );
         }
         Command::Audit { action: AuditAction::Verify } => {
             let r = open(&cli)?.store.verify_audit()?;

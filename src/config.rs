@@ -39,6 +39,9 @@ struct RawConfig {
     trust: Vec<RawTrust>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     peers: Vec<RawPeer>,
+    /// `"type"` or `"type.field"` -> `"auto"` | `"review"` (src/conflict.rs).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    conflicts: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -203,6 +206,8 @@ pub struct Config {
     pub sync_interval_secs: u64,
     pub trust: Vec<TrustedNode>,
     pub peers: Vec<Peer>,
+    /// Conflict policy rules, over the built-in defaults.
+    pub conflicts: crate::conflict::PolicyRules,
 }
 
 /// Parses a role name.
@@ -271,6 +276,7 @@ impl Config {
             sync_interval_secs: SYNC_INTERVAL_SECS_DEFAULT,
             trust: Vec::new(),
             peers: Vec::new(),
+            conflicts: Default::default(),
         })
     }
 
@@ -356,7 +362,16 @@ impl Config {
                 format!("{sync_interval_secs} is below the minimum of {SYNC_INTERVAL_SECS_MIN}");
             return Err(invalid("network.sync_interval_secs".into(), m));
         }
-        Ok(Config { name: raw.node.name, listen, sync_interval_secs, trust, peers })
+        let mut rules = Vec::new();
+        for (key, policy) in &raw.conflicts {
+            let at = format!("conflicts.\"{key}\"");
+            let ty = key.split('.').next().unwrap_or_default();
+            ty.parse::<crate::id::EntityType>().map_err(|e| invalid(at.clone(), e.to_string()))?;
+            let policy: crate::conflict::Policy = policy.parse().map_err(|m| invalid(at, m))?;
+            rules.push((key.clone(), policy));
+        }
+        let conflicts = crate::conflict::PolicyRules { rules };
+        Ok(Config { name: raw.node.name, listen, sync_interval_secs, trust, peers, conflicts })
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -401,6 +416,12 @@ impl Config {
                 .trust
                 .iter()
                 .map(|t| RawTrust { node_id: t.node_id.to_string(), name: t.name.clone() })
+                .collect(),
+            conflicts: self
+                .conflicts
+                .rules
+                .iter()
+                .map(|(k, p)| (k.clone(), p.as_str().to_string()))
                 .collect(),
         };
         let body = toml::to_string(&raw).unwrap_or_default();

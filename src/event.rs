@@ -48,6 +48,12 @@ pub enum EventKind {
     },
     /// The configuration changed (peers, trust, network, roster), in words without secrets.
     Config { change: String },
+    /// A merge left a field with concurrent values.
+    ConflictDetected { id: String, entity: EntityId, path: String, values: u64 },
+    /// A conflict's values were superseded by a later change (resolved here or elsewhere).
+    ConflictClosed { id: String, entity: EntityId, path: String },
+    /// An administrator resolved a conflict on this node (the change travels like any other).
+    ConflictResolved { id: String, entity: EntityId, path: String, how: String },
 }
 
 impl std::fmt::Display for EventKind {
@@ -102,6 +108,15 @@ impl std::fmt::Display for EventKind {
                  received {batches_received} batches ({bytes_received} bytes), {millis} ms"
             ),
             EventKind::Config { change } => write!(f, "config: {change}"),
+            EventKind::ConflictDetected { id, entity, path, values } => {
+                write!(f, "conflict {id} on {entity} {path}: {values} concurrent values")
+            }
+            EventKind::ConflictClosed { id, entity, path } => {
+                write!(f, "conflict {id} on {entity} {path} closed (values superseded)")
+            }
+            EventKind::ConflictResolved { id, entity, path, how } => {
+                write!(f, "conflict {id} on {entity} {path} resolved here: {how}")
+            }
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod batch;
 pub mod bundle;
 pub mod cli;
 pub mod config;
+pub mod conflict;
 pub mod demo;
 pub mod entity;
 pub mod event;

@@ -97,6 +97,24 @@ pub struct ExportReport {
     pub withheld_batches: u64,
 }
 
+/// A conflict with what the node's config and the built-in resolver say about it.
+#[derive(Clone, Debug)]
+pub struct ConflictView {
+    pub conflict: crate::conflict::Conflict,
+    pub policy: crate::conflict::Policy,
+    /// The value [`crate::conflict::LatestWrite`] would keep.
+    pub proposal: Option<usize>,
+}
+
+/// How to resolve a conflict.
+#[derive(Clone, Debug)]
+pub enum Choice {
+    /// Keep value N of the conflict.
+    Take(usize),
+    /// Write this value instead.
+    Value(Value),
+}
+
 /// An open node directory.
 pub struct Node {
     pub dir: PathBuf,
@@ -216,6 +234,64 @@ impl Node {
     /// Writes the current config back to `sitesync.toml`.
     pub fn save_config(&self) -> Result<(), NodeError> {
         Ok(self.config.save(&self.dir.join(CONFIG_FILE))?)
+    }
+
+    /// Every conflict seen here, newest first, with its policy and the built-in resolver's
+    /// proposal.
+    pub fn conflicts(&self) -> Result<Vec<ConflictView>, NodeError> {
+        use crate::conflict::ConflictResolver;
+        Ok(self
+            .store
+            .conflicts()?
+            .into_iter()
+            .map(|c| {
+                let policy = self.config.conflicts.policy(c.entity.ty, &c.path);
+                let proposal = crate::conflict::LatestWrite.propose(&c);
+                ConflictView { conflict: c, policy, proposal }
+            })
+            .collect())
+    }
+
+    /// Resolves the open conflict `id` by taking one of its values or writing a new one; the
+    /// record must still validate. The resolution is a local change that syncs like any other.
+    pub fn resolve(
+        &self,
+        id: &str,
+        choice: Choice,
+    ) -> Result<crate::conflict::Conflict, NodeError> {
+        let all = self.store.conflicts()?;
+        let c = all.into_iter().find(|c| c.id == id).ok_or_else(|| {
+            NodeError::Input(format!("no conflict {id:?} here (see `sitesync conflicts`)"))
+        })?;
+        if !c.is_open() {
+            return Err(NodeError::Input(format!("conflict {id} is already closed")));
+        }
+        let (value, how) = match choice {
+            Choice::Take(i) => {
+                let v = c.values.get(i).ok_or_else(|| {
+                    NodeError::Input(format!(
+                        "--take {i}: conflict {id} has {} values (0 to {})",
+                        c.values.len(),
+                        c.values.len().saturating_sub(1)
+                    ))
+                })?;
+                let value: Value = serde_json::from_str(&v.json)
+                    .map_err(|e| NodeError::Input(format!("value {i} of conflict {id}: {e}")))?;
+                (value, format!("took value {i}"))
+            }
+            Choice::Value(v) => (v, "wrote a new value".to_string()),
+        };
+        let ty = c.entity.ty;
+        let check = |record: &Value| {
+            entity::validate(ty, record, c.entity.uuid)
+                .map(|_| ())
+                .map_err(|e| format!("the record would not be valid: {e}"))
+        };
+        match self.store.resolve(&self.key, &c, &value, how, check, now_secs()) {
+            Err(StoreError::Invalid(m)) => Err(NodeError::Input(m)),
+            other => other.map_err(NodeError::from),
+        }?;
+        Ok(c)
     }
 
     /// Records a configuration change in the audit log (ids and settings, no secrets).

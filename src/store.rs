@@ -9,6 +9,7 @@
 
 pub mod apply;
 pub mod audit;
+pub(crate) mod conflicts;
 pub mod tables;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,9 @@ pub enum StoreError {
     Doc(#[from] crate::entity::doc::DocError),
     #[error("store file: {0}")]
     Io(#[from] std::io::Error),
+    /// A request that cannot be carried out as asked (nothing was written).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 macro_rules! redb_errors {
@@ -263,6 +267,10 @@ impl Store {
                     rec.heads = doc.heads().iter().map(|h| h.0).collect();
                     rec.doc = doc.save();
                     docs.insert(key_str.as_str(), encode(&rec).as_slice())?;
+                    // A local write over a conflicting field supersedes its values.
+                    if conflicts::has_entries(&tx, &key_str)? {
+                        conflicts::update(&tx, record.id, &doc, time)?;
+                    }
                 }
                 outcomes.push(PutOutcome { id: record.id, changed });
             }
@@ -538,6 +546,77 @@ impl Store {
     /// The last `limit` entries of the audit log, oldest first.
     pub fn events(&self, limit: usize) -> Result<Vec<(u64, Event)>, StoreError> {
         audit::entries(&self.db.begin_read()?, limit)
+    }
+
+    /// Resolves a conflict: writes `value` at the conflict's field as one local change (sealed
+    /// like any write), which supersedes every concurrent value here and on every node that
+    /// merges it. `check` sees the record as it would read afterwards and may refuse it (schema
+    /// validation); then nothing is written.
+    pub fn resolve(
+        &self,
+        key: &Keypair,
+        conflict: &crate::conflict::Conflict,
+        value: &serde_json::Value,
+        how: String,
+        check: impl Fn(&serde_json::Value) -> Result<(), String>,
+        time: i64,
+    ) -> Result<(), StoreError> {
+        let author = self.author();
+        let tx = self.db.begin_write()?;
+        let key_str = conflict.entity.key();
+        apply::materialize_keys(&tx, std::slice::from_ref(&key_str), 1, time)?;
+        let mut rec = {
+            let docs = tx.open_table(DOCS)?;
+            match docs.get(key_str.as_str())? {
+                Some(v) => decode_doc(&key_str, v.value())?,
+                None => {
+                    return Err(StoreError::Invalid(format!(
+                        "{} is not held here",
+                        conflict.entity
+                    )));
+                }
+            }
+        };
+        let mut doc = EntityDoc::load(&rec.doc)?;
+        if !doc
+            .conflicts()
+            .iter()
+            .any(|c| crate::conflict::conflict_id(&conflict.entity, c) == conflict.id)
+        {
+            return Err(StoreError::Invalid(format!(
+                "conflict {} is already closed (its values were superseded)",
+                conflict.id
+            )));
+        }
+        let change =
+            doc.set_path(&author, &conflict.path, value, time).map_err(StoreError::Invalid)?;
+        check(&entity::to_output(conflict.entity.ty, &doc.to_json()))
+            .map_err(StoreError::Invalid)?;
+        let bytes = change.raw_bytes();
+        let hash = BodyHash::of(bytes);
+        tx.open_table(BODIES)?.insert(&hash.0, bytes)?;
+        rec.heads = doc.heads().iter().map(|h| h.0).collect();
+        rec.doc = doc.save();
+        tx.open_table(DOCS)?.insert(key_str.as_str(), encode(&rec).as_slice())?;
+        let refs = [ChangeRef { entity: conflict.entity, body: hash }];
+        let batches = seal(&tx, key, author, &refs)?;
+        let kind = EventKind::ConflictResolved {
+            id: conflict.id.clone(),
+            entity: conflict.entity,
+            path: conflict.path.clone(),
+            how,
+        };
+        append_event(&tx, Event { time, kind })?;
+        let kind = EventKind::LocalWrite { records: 1, changes: 1, batches };
+        append_event(&tx, Event { time, kind })?;
+        conflicts::update(&tx, conflict.entity, &doc, time)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every conflict this node has seen, newest first.
+    pub fn conflicts(&self) -> Result<Vec<crate::conflict::Conflict>, StoreError> {
+        conflicts::list(&self.db.begin_read()?)
     }
 
     /// Checks the audit log's hash chain (see `store/audit.rs`).

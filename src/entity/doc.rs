@@ -98,6 +98,50 @@ impl EntityDoc {
         Ok(hash.and_then(|h| self.doc.get_change_by_hash(&h).cloned()))
     }
 
+    /// Writes `value` at `path` (dotted, stored form) as one change by `author`, even when it
+    /// equals the current winner: the write supersedes every concurrent value of the field,
+    /// which is how a conflict is resolved. Every object on the way must exist.
+    pub fn set_path(
+        &mut self,
+        author: &AuthorId,
+        path: &str,
+        value: &Json,
+        time_secs: i64,
+    ) -> Result<Change, String> {
+        let missing = || format!("the record has no field {path}");
+        self.doc.set_actor(ActorId::from(author.actor_bytes()));
+        let segments: Vec<&str> = path.split('.').collect();
+        let (last, parents) = segments.split_last().ok_or_else(missing)?;
+        let mut obj = ROOT;
+        for seg in parents {
+            match self.doc.get(&obj, *seg) {
+                Ok(Some((Value::Object(ObjType::Map), id))) => obj = id,
+                _ => return Err(missing()),
+            }
+        }
+        let mut tx = self.doc.transaction();
+        let written: Result<(), DocError> = (|| {
+            match value {
+                Json::Object(map) => {
+                    let child = tx.put_object(&obj, *last, ObjType::Map)?;
+                    reconcile_map(&mut tx, &child, map, &[], false)?;
+                }
+                Json::Array(items) => {
+                    let list = tx.put_object(&obj, *last, ObjType::List)?;
+                    fill_list(&mut tx, &list, items)?;
+                }
+                scalar => tx.put(&obj, *last, scalar_from_json(scalar))?,
+            }
+            Ok(())
+        })();
+        if let Err(e) = written {
+            tx.rollback();
+            return Err(e.to_string());
+        }
+        let (hash, _) = tx.commit_with(CommitOptions::default().with_time(time_secs));
+        hash.and_then(|h| self.doc.get_change_by_hash(&h).cloned()).ok_or_else(missing)
+    }
+
     /// The document's current content with each field's winning value.
     pub fn to_json(&self) -> Map<String, Json> {
         match object_json(&self.doc, &ROOT, ObjType::Map, 0) {

@@ -342,6 +342,7 @@ pub(crate) fn materialize_keys(
     // Per document, the hashes of the changes being merged: enough to load them again for the
     // rare one-at-a-time retry, without keeping a second copy of every change.
     let mut merging: HashMap<String, Vec<BodyHash>> = HashMap::new();
+    let mut concurrent: std::collections::HashSet<String> = Default::default();
     {
         let mut dirty = tx.open_table(DIRTY)?;
         let docs = tx.open_table(DOCS)?;
@@ -353,6 +354,10 @@ pub(crate) fn materialize_keys(
             let fresh: Vec<BodyHash> =
                 postcard::from_bytes(&list).map_err(|e| corrupt(format!("dirty list {key}"), e))?;
             let (record, changes) = load_work(&docs, &bodies, key, &fresh)?;
+            // A change with several dependencies merges concurrent work: look for conflicts.
+            if changes.iter().any(|(_, c)| c.deps().len() > 1) {
+                concurrent.insert(key.clone());
+            }
             report.changes += fresh.len() as u64;
             merging.insert(key.clone(), changes.iter().map(|(h, _)| *h).collect());
             work.push(Work { key: key.clone(), record, changes });
@@ -361,14 +366,26 @@ pub(crate) fn materialize_keys(
     let mut failed = Vec::new();
     let mut docs = tx.open_table(DOCS)?;
     let bodies = tx.open_table(BODIES)?;
+    let mut check = Vec::new();
     for (key, result) in run_parallel(work, threads.max(1))? {
         match result {
             Ok(record) => {
                 docs.insert(key.as_str(), encode(&record).as_slice())?;
                 report.documents += 1;
+                // Conflicts can only appear where concurrent changes met (several heads, or a
+                // change merging several) and only disappear where some were on record.
+                if record.heads.len() > 1
+                    || concurrent.contains(&key)
+                    || super::conflicts::has_entries(tx, &key)?
+                {
+                    check.push((key, record));
+                }
             }
             Err(_) => failed.push(key),
         }
+    }
+    for (key, record) in check {
+        update_conflicts(tx, &key, &record, time)?;
     }
     for key in failed {
         // Rare: merge one change at a time, leaving out each change that cannot be merged. The
@@ -382,6 +399,7 @@ pub(crate) fn materialize_keys(
         let entity: EntityId = key.parse().map_err(|e| corrupt(format!("doc key {key:?}"), e))?;
         let (record, skipped) = materialize_carefully(Work { key: key.clone(), record, changes });
         docs.insert(key.as_str(), encode(&record).as_slice())?;
+        update_conflicts(tx, &key, &record, time)?;
         report.documents += 1;
         for (hash, reason) in skipped {
             let kind =
@@ -391,6 +409,21 @@ pub(crate) fn materialize_keys(
         }
     }
     Ok(report)
+}
+
+/// Updates the conflict registry of the record `key` from its merged document.
+fn update_conflicts(
+    tx: &redb::WriteTransaction,
+    key: &str,
+    record: &DocRecord,
+    time: i64,
+) -> Result<(), StoreError> {
+    if record.doc.is_empty() {
+        return Ok(());
+    }
+    let entity: EntityId = key.parse().map_err(|e| corrupt(format!("doc key {key:?}"), e))?;
+    let doc = EntityDoc::load(&record.doc).map_err(|e| corrupt(format!("document {key}"), e))?;
+    super::conflicts::update(tx, entity, &doc, time)
 }
 
 /// A document's record and the changes to merge into it: those it queued earlier (waiting for

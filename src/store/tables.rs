@@ -105,3 +105,10 @@ pub const DIRTY: TableDefinition<&str, &[u8]> = TableDefinition::new("dirty-1");
 /// `blake3(body) -> "type/uuid"`: changes this node holds only as a manifest entry, because the
 /// parent withheld their bodies (outside this node's scope). Relayed as withheld too.
 pub const WITHHELD: TableDefinition<&[u8; 32], &str> = TableDefinition::new("withheld-1");
+
+/// `conflict id -> postcard(Conflict)`: every conflict this node has seen, open or closed
+/// (`src/conflict.rs`).
+pub const CONFLICTS: TableDefinition<&str, &[u8]> = TableDefinition::new("conflicts-1");
+
+/// `"type/uuid" -> postcard(Vec<conflict id>)`: the conflicts of each record.
+pub const CONFLICT_INDEX: TableDefinition<&str, &[u8]> = TableDefinition::new("conflict-index-1");
