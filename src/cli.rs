@@ -213,6 +213,14 @@ pub enum AuditAction {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Remove old entries (the `[audit]` retention, or these limits), keeping a checkpoint
+    /// signed by this node so the rest still verifies.
+    Compact {
+        #[arg(long, value_name = "N")]
+        keep_entries: Option<u64>,
+        #[arg(long, value_name = "DAYS")]
+        keep_days: Option<u64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -458,6 +466,16 @@ fn forward_args(command: &Command) -> Result<(Vec<String>, Option<String>), Fail
         Command::Audit { action: AuditAction::List { limit } } => {
             vec!["audit".into(), "list".into(), "--limit".into(), limit.to_string()]
         }
+        Command::Audit { action: AuditAction::Compact { keep_entries, keep_days } } => {
+            let mut a = vec!["audit".to_string(), "compact".to_string()];
+            if let Some(k) = keep_entries {
+                a.extend(["--keep-entries".to_string(), k.to_string()]);
+            }
+            if let Some(d) = keep_days {
+                a.extend(["--keep-days".to_string(), d.to_string()]);
+            }
+            a
+        }
         _ => Vec::new(),
     };
     Ok((args, stdin))
@@ -640,6 +658,23 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
                 c.entity,
                 c.path
             );
+        }
+        Command::Audit { action: AuditAction::Compact { keep_entries, keep_days } } => {
+            if *keep_entries == Some(0) || *keep_days == Some(0) {
+                return Err(input("--keep-entries / --keep-days: 0 would keep nothing"));
+            }
+            let node = open(&cli)?;
+            if keep_entries.is_none()
+                && keep_days.is_none()
+                && node.config.retention == crate::config::Retention::default()
+            {
+                return Err(input(
+                    "no retention: set [audit] keep_days / keep_entries in the config, or give \
+                     --keep-entries / --keep-days",
+                ));
+            }
+            let removed = node.compact_audit(*keep_entries, *keep_days)?;
+            say!("removed {removed} audit entries; the rest verifies from a signed checkpoint");
         }
         Command::Audit { action: AuditAction::Verify } => {
             let r = open(&cli)?.store.verify_audit()?;

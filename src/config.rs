@@ -39,9 +39,27 @@ struct RawConfig {
     trust: Vec<RawTrust>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     peers: Vec<RawPeer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    audit: Option<RawAudit>,
     /// `"type"` or `"type.field"` -> `"auto"` | `"review"` (src/conflict.rs).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     conflicts: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    keep_days: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    keep_entries: Option<u64>,
+}
+
+/// How long the audit log keeps entries (`[audit]`); `None`: forever.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub keep_days: Option<u64>,
+    pub keep_entries: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -208,6 +226,7 @@ pub struct Config {
     pub peers: Vec<Peer>,
     /// Conflict policy rules, over the built-in defaults.
     pub conflicts: crate::conflict::PolicyRules,
+    pub retention: Retention,
 }
 
 /// Parses a role name.
@@ -277,6 +296,7 @@ impl Config {
             trust: Vec::new(),
             peers: Vec::new(),
             conflicts: Default::default(),
+            retention: Retention::default(),
         })
     }
 
@@ -371,7 +391,29 @@ impl Config {
             rules.push((key.clone(), policy));
         }
         let conflicts = crate::conflict::PolicyRules { rules };
-        Ok(Config { name: raw.node.name, listen, sync_interval_secs, trust, peers, conflicts })
+        let retention = match &raw.audit {
+            None => Retention::default(),
+            Some(a) => {
+                for (field, v) in [("keep_days", a.keep_days), ("keep_entries", a.keep_entries)] {
+                    if v == Some(0) {
+                        return Err(invalid(
+                            format!("audit.{field}"),
+                            "0 would keep nothing".into(),
+                        ));
+                    }
+                }
+                Retention { keep_days: a.keep_days, keep_entries: a.keep_entries }
+            }
+        };
+        Ok(Config {
+            name: raw.node.name,
+            listen,
+            sync_interval_secs,
+            trust,
+            peers,
+            conflicts,
+            retention,
+        })
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -417,6 +459,10 @@ impl Config {
                 .iter()
                 .map(|t| RawTrust { node_id: t.node_id.to_string(), name: t.name.clone() })
                 .collect(),
+            audit: (self.retention != Retention::default()).then_some(RawAudit {
+                keep_days: self.retention.keep_days,
+                keep_entries: self.retention.keep_entries,
+            }),
             conflicts: self
                 .conflicts
                 .rules

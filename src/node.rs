@@ -294,6 +294,23 @@ impl Node {
         Ok(c)
     }
 
+    /// Applies the `[audit]` retention (or the given limits) to the audit log; returns how many
+    /// entries were removed.
+    pub fn compact_audit(
+        &self,
+        keep_entries: Option<u64>,
+        keep_days: Option<u64>,
+    ) -> Result<u64, NodeError> {
+        let keep_entries = keep_entries.or(self.config.retention.keep_entries);
+        let keep_days = keep_days.or(self.config.retention.keep_days);
+        if keep_entries.is_none() && keep_days.is_none() {
+            return Ok(0);
+        }
+        let now = now_secs();
+        let since = keep_days.map(|d| now - (d.min(1 << 20) as i64) * 86_400);
+        Ok(self.store.compact_audit(&self.key, keep_entries, since, now)?)
+    }
+
     /// Records a configuration change in the audit log (ids and settings, no secrets).
     pub fn config_changed(&self, change: String) -> Result<(), NodeError> {
         let kind = EventKind::Config { change };

@@ -621,7 +621,41 @@ impl Store {
 
     /// Checks the audit log's hash chain (see `store/audit.rs`).
     pub fn verify_audit(&self) -> Result<audit::AuditReport, StoreError> {
-        audit::verify(&self.db.begin_read()?)
+        audit::verify(&self.db.begin_read()?, &self.node)
+    }
+
+    /// Applies a retention policy to the audit log: keeps the last `keep_entries` entries and
+    /// those newer than `keep_since` (Unix seconds), removes the rest and signs a checkpoint
+    /// with `key` so the kept chain still verifies. Returns how many entries were removed.
+    pub fn compact_audit(
+        &self,
+        key: &Keypair,
+        keep_entries: Option<u64>,
+        keep_since: Option<i64>,
+        time: i64,
+    ) -> Result<u64, StoreError> {
+        let tx = self.db.begin_write()?;
+        let entries = audit::entries(&self.db.begin_read()?, usize::MAX)?;
+        let Some(&(last, _)) = entries.last() else { return Ok(0) };
+        let mut keep_from = 0u64;
+        if let Some(k) = keep_entries {
+            keep_from = keep_from.max((last + 1).saturating_sub(k.max(1)));
+        }
+        if let Some(since) = keep_since {
+            let first_new = entries.iter().find(|(_, e)| e.time >= since).map_or(last, |(n, _)| *n);
+            keep_from = keep_from.max(first_new);
+        }
+        let removed = audit::compact(&tx, &self.node, keep_from, &|d| key.sign(d))?;
+        if removed > 0 {
+            let kind = EventKind::Config {
+                change: format!(
+                    "audit log compacted: {removed} entries before {keep_from} removed, signed checkpoint kept"
+                ),
+            };
+            append_event(&tx, Event { time, kind })?;
+        }
+        tx.commit()?;
+        Ok(removed)
     }
 }
 

@@ -99,3 +99,39 @@ fn audit_verify_names_edited_deleted_and_moved_entries() {
     // Tampering never stops the node: it still opens and answers.
     assert!(cut.ok(&["list"]).lines().count() == 6);
 }
+
+#[test]
+fn compaction_keeps_a_verifiable_chain_from_a_signed_checkpoint() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let n = node_with_entries(tmp.path(), "kept");
+    let r = n.run(&["audit", "compact"]);
+    assert_eq!(r.code, Some(2), "no retention configured: {}", r.describe());
+    let r = n.run(&["audit", "compact", "--keep-entries", "0"]);
+    assert_eq!(r.code, Some(2), "{}", r.describe());
+    let said = n.ok(&["audit", "compact", "--keep-entries", "2"]);
+    assert!(said.contains("removed"), "{said}");
+    let listed = n.ok(&["audit", "list"]);
+    // The two kept entries and the compaction's own entry.
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    assert!(listed.contains("audit log compacted"), "{listed}");
+    let r = verify(&n);
+    assert!(r.code == Some(0) && r.stdout.contains("intact"), "{}", r.describe());
+
+    // A forged checkpoint (moved to hide an entry) no longer verifies.
+    let db = Database::open(n.dir.join(sitesync::node::STORE_FILE)).expect("open store");
+    let meta_def: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
+    let tx = db.begin_write().expect("write");
+    {
+        let mut meta = tx.open_table(meta_def).expect("meta");
+        let mut cp =
+            meta.get("audit-checkpoint").expect("get").expect("a checkpoint").value().to_vec();
+        let first = u64::from_be_bytes(cp[..8].try_into().expect("8"));
+        cp[..8].copy_from_slice(&(first + 1).to_be_bytes());
+        meta.insert("audit-checkpoint", cp.as_slice()).expect("insert");
+    }
+    tx.commit().expect("commit");
+    drop(db);
+    let r = verify(&n);
+    assert_eq!(r.code, Some(1), "{}", r.describe());
+    assert!(r.stdout.contains("checkpoint is not signed"), "{}", r.describe());
+}

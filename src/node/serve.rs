@@ -735,6 +735,14 @@ async fn serve_async(node: Arc<Node>) -> Result<(), NodeError> {
         Ok(Err(e)) => return Err(e),
         Err(e) => tracing::error!("publishing the roster: {e}"),
     }
+    // Audit retention, once at start (`sitesync audit compact` runs it by hand).
+    let n = node.clone();
+    match tokio::task::spawn_blocking(move || n.compact_audit(None, None)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(removed)) => tracing::info!(removed, "audit log compacted"),
+        Ok(Err(e)) => tracing::error!("compacting the audit log: {e}"),
+        Err(e) => tracing::error!("compacting the audit log: {e}"),
+    }
     let io = |e: std::io::Error| NodeError::Io { path: "network".into(), source: e };
     let allowed: Vec<NodeId> = node.config.peers.iter().map(|p| p.node_id).collect();
     let endpoint = match node.config.listen {

@@ -367,6 +367,7 @@ pub(crate) fn materialize_keys(
     let mut docs = tx.open_table(DOCS)?;
     let bodies = tx.open_table(BODIES)?;
     let mut check = Vec::new();
+    let index = tx.open_table(CONFLICT_INDEX)?;
     for (key, result) in run_parallel(work, threads.max(1))? {
         match result {
             Ok(record) => {
@@ -376,7 +377,7 @@ pub(crate) fn materialize_keys(
                 // change merging several) and only disappear where some were on record.
                 if record.heads.len() > 1
                     || concurrent.contains(&key)
-                    || super::conflicts::has_entries(tx, &key)?
+                    || index.get(key.as_str())?.is_some()
                 {
                     check.push((key, record));
                 }
@@ -384,6 +385,7 @@ pub(crate) fn materialize_keys(
             Err(_) => failed.push(key),
         }
     }
+    drop(index);
     for (key, record) in check {
         update_conflicts(tx, &key, &record, time)?;
     }

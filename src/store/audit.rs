@@ -17,9 +17,63 @@ use redb::{ReadableTable, ReadableTableMetadata};
 use super::tables::{AUDIT, EVENTS, META};
 use super::{StoreError, corrupt, encode};
 use crate::event::Event;
+use crate::id::NodeId;
 
 const DOMAIN: &[u8] = b"sitesync audit v1";
 const HEAD: &str = "audit-head";
+/// `first kept n (u64 BE) ‖ link of that entry (32 B) ‖ signature (64 B)`: written by a
+/// compaction; the chain is verified from it.
+const CHECKPOINT: &str = "audit-checkpoint";
+
+/// What a checkpoint's signature covers.
+fn checkpoint_digest(node: &NodeId, first: u64, link: &[u8; 32]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("sitesync audit checkpoint v1");
+    h.update(&node.0);
+    h.update(&first.to_be_bytes());
+    h.update(link);
+    *h.finalize().as_bytes()
+}
+
+/// Removes the entries before `keep_from` and records a checkpoint signed by the node (`sign`
+/// signs a digest with the node key), so the rest of the chain still verifies. Returns how many
+/// entries were removed.
+pub(crate) fn compact(
+    tx: &redb::WriteTransaction,
+    node: &NodeId,
+    keep_from: u64,
+    sign: &dyn Fn(&[u8; 32]) -> [u8; 64],
+) -> Result<u64, StoreError> {
+    migrate_events(tx)?;
+    let link: [u8; 32] = {
+        let audit = tx.open_table(AUDIT)?;
+        let Some(v) = audit.get(keep_from)? else { return Ok(0) };
+        v.value()
+            .get(..32)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| corrupt("audit entry", "short"))?
+    };
+    let mut removed = 0;
+    {
+        let mut audit = tx.open_table(AUDIT)?;
+        let old: Vec<u64> = audit
+            .range(..keep_from)?
+            .map(|item| item.map(|(k, _)| k.value()))
+            .collect::<Result<_, _>>()?;
+        for k in old {
+            audit.remove(k)?;
+            removed += 1;
+        }
+    }
+    if removed == 0 {
+        return Ok(0);
+    }
+    let signature = sign(&checkpoint_digest(node, keep_from, &link));
+    let mut cp = keep_from.to_be_bytes().to_vec();
+    cp.extend_from_slice(&link);
+    cp.extend_from_slice(&signature);
+    tx.open_table(META)?.insert(CHECKPOINT, cp.as_slice())?;
+    Ok(removed)
+}
 
 /// The hash of entry `n` with its stored bytes.
 pub(crate) fn entry_hash(n: u64, stored: &[u8]) -> [u8; 32] {
@@ -131,10 +185,30 @@ pub struct AuditReport {
     pub problems: Vec<String>,
 }
 
-/// Walks the chain and names every entry that was edited, deleted or moved.
-pub(crate) fn verify(tx: &redb::ReadTransaction) -> Result<AuditReport, StoreError> {
+/// Walks the chain and names every entry that was edited, deleted or moved. `node` checks the
+/// signature of a compaction checkpoint.
+pub(crate) fn verify(tx: &redb::ReadTransaction, node: &NodeId) -> Result<AuditReport, StoreError> {
     let mut report = AuditReport::default();
     let Some(audit) = open_read(tx)? else { return Ok(report) };
+    let meta = tx.open_table(META)?;
+    // Where the chain starts: entry 0, or the entry a compaction kept first.
+    let (mut expected_n, mut prev_hash) = (0u64, [0u8; 32]);
+    if let Some(v) = meta.get(CHECKPOINT)? {
+        let cp = v.value();
+        let first = cp.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+        let link: Option<[u8; 32]> = cp.get(8..40).and_then(|b| b.try_into().ok());
+        let sig: Option<[u8; 64]> = cp.get(40..104).and_then(|b| b.try_into().ok());
+        match (first, link, sig) {
+            (Some(first), Some(link), Some(sig))
+                if crate::identity::verify(node, &checkpoint_digest(node, first, &link), &sig) =>
+            {
+                (expected_n, prev_hash) = (first, link);
+            }
+            _ => report
+                .problems
+                .push("the compaction checkpoint is not signed by this node (edited)".into()),
+        }
+    }
     let mut stored: Vec<(u64, Vec<u8>)> = Vec::new();
     for item in audit.iter()? {
         let (k, v) = item?;
@@ -145,8 +219,6 @@ pub(crate) fn verify(tx: &redb::ReadTransaction) -> Result<AuditReport, StoreErr
     // was moved.
     let hashes: std::collections::HashMap<[u8; 32], u64> =
         stored.iter().map(|(n, bytes)| (entry_hash(*n, bytes), *n)).collect();
-    let mut expected_n = 0u64;
-    let mut prev_hash = [0u8; 32];
     for (n, bytes) in &stored {
         let n = *n;
         if n > expected_n {
@@ -160,6 +232,8 @@ pub(crate) fn verify(tx: &redb::ReadTransaction) -> Result<AuditReport, StoreErr
         let link: [u8; 32] = bytes.get(..32).and_then(|b| b.try_into().ok()).unwrap_or([0xff; 32]);
         if bytes.len() < 32 || postcard::from_bytes::<Event>(&bytes[32..]).is_err() {
             report.problems.push(format!("entry {n} is unreadable (edited)"));
+        } else if n < expected_n {
+            report.problems.push(format!("entry {n} is before the checkpoint (added)"));
         } else if n == expected_n && link != prev_hash {
             match hashes.get(&link) {
                 Some(&j) if j != n.wrapping_sub(1) => report
@@ -174,7 +248,6 @@ pub(crate) fn verify(tx: &redb::ReadTransaction) -> Result<AuditReport, StoreErr
         prev_hash = entry_hash(n, bytes);
         expected_n = n + 1;
     }
-    let meta = tx.open_table(META)?;
     match meta.get(HEAD)? {
         Some(v) => {
             let (head_n, head_hash) = parse_head(v.value())?;
