@@ -212,6 +212,9 @@ pub enum AuditAction {
     List {
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// A child's entries, from the copy this node keeps as its parent.
+        #[arg(long, value_name = "NODE_ID")]
+        origin: Option<String>,
     },
     /// Remove old entries (the `[audit]` retention, or these limits), keeping a checkpoint
     /// signed by this node so the rest still verifies.
@@ -463,8 +466,12 @@ fn forward_args(command: &Command) -> Result<(Vec<String>, Option<String>), Fail
             }
             a
         }
-        Command::Audit { action: AuditAction::List { limit } } => {
-            vec!["audit".into(), "list".into(), "--limit".into(), limit.to_string()]
+        Command::Audit { action: AuditAction::List { limit, origin } } => {
+            let mut a = vec!["audit".into(), "list".into(), "--limit".into(), limit.to_string()];
+            if let Some(o) = origin {
+                a.extend(["--origin".to_string(), o.clone()]);
+            }
+            a
         }
         Command::Audit { action: AuditAction::Compact { keep_entries, keep_days } } => {
             let mut a = vec!["audit".to_string(), "compact".to_string()];
@@ -577,8 +584,15 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
                 None => say!("{}", text.trim_end()),
             }
         }
-        Command::Events { limit } | Command::Audit { action: AuditAction::List { limit } } => {
+        Command::Events { limit }
+        | Command::Audit { action: AuditAction::List { limit, origin: None } } => {
             for (n, e) in open(&cli)?.store.events(*limit)? {
+                say!("{n:>6}  {}  {}", e.time, e.kind);
+            }
+        }
+        Command::Audit { action: AuditAction::List { limit, origin: Some(origin) } } => {
+            let origin = parse_node_id(origin)?;
+            for (n, e) in open(&cli)?.store.child_audit(&origin, *limit)? {
                 say!("{n:>6}  {}  {}", e.time, e.kind);
             }
         }

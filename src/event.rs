@@ -54,6 +54,8 @@ pub enum EventKind {
     ConflictClosed { id: String, entity: EntityId, path: String },
     /// An administrator resolved a conflict on this node (the change travels like any other).
     ConflictResolved { id: String, entity: EntityId, path: String, how: String },
+    /// A child's audit entries did not fit the copy held here (its log was rewritten).
+    AuditCopy { origin: NodeId, problem: String },
 }
 
 impl std::fmt::Display for EventKind {
@@ -116,6 +118,9 @@ impl std::fmt::Display for EventKind {
             }
             EventKind::ConflictResolved { id, entity, path, how } => {
                 write!(f, "conflict {id} on {entity} {path} resolved here: {how}")
+            }
+            EventKind::AuditCopy { origin, problem } => {
+                write!(f, "audit log of {origin}: {problem}")
             }
         }
     }

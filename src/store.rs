@@ -614,6 +614,53 @@ impl Store {
         Ok(())
     }
 
+    /// This node's audit entries for `parent`, from its cursor on (at most `max`).
+    pub fn audit_for_parent(
+        &self,
+        parent: &NodeId,
+        max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let from = audit::cursor(&tx, parent)?;
+        audit::since(&tx, from, max)
+    }
+
+    /// Records that `parent` holds this node's audit entries before `next`.
+    pub fn audit_acked(&self, parent: &NodeId, next: u64) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        audit::set_cursor(&tx, parent, next)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Stores a child's audit entries in this node's copy of its log (see
+    /// `audit::store_remote`); returns the next entry the copy lacks. Problems (a rewritten
+    /// child log) are recorded in this node's own audit log.
+    pub fn store_child_audit(
+        &self,
+        origin: &NodeId,
+        entries: &[(u64, Vec<u8>)],
+        time: i64,
+    ) -> Result<u64, StoreError> {
+        let tx = self.db.begin_write()?;
+        let (next, problems) = audit::store_remote(&tx, origin, entries)?;
+        for problem in problems {
+            let kind = EventKind::AuditCopy { origin: *origin, problem };
+            append_event(&tx, Event { time, kind })?;
+        }
+        tx.commit()?;
+        Ok(next)
+    }
+
+    /// The last `limit` entries of the copy of `origin`'s audit log, oldest first.
+    pub fn child_audit(
+        &self,
+        origin: &NodeId,
+        limit: usize,
+    ) -> Result<Vec<(u64, Event)>, StoreError> {
+        audit::remote_entries(&self.db.begin_read()?, origin, limit)
+    }
+
     /// Every conflict this node has seen, newest first.
     pub fn conflicts(&self) -> Result<Vec<crate::conflict::Conflict>, StoreError> {
         conflicts::list(&self.db.begin_read()?)

@@ -135,3 +135,48 @@ fn compaction_keeps_a_verifiable_chain_from_a_signed_checkpoint() {
     assert_eq!(r.code, Some(1), "{}", r.describe());
     assert!(r.stdout.contains("checkpoint is not signed"), "{}", r.describe());
 }
+
+#[test]
+fn a_parent_keeps_a_copy_of_a_child_log_and_notices_a_rewrite() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let child = sitesync::node::Node::init(&tmp.path().join("c"), "clinic").expect("child");
+    let parent = sitesync::node::Node::init(&tmp.path().join("p"), "district").expect("parent");
+    child.put(sitesync::id::EntityType::Patient, &Value::Array(patients("c", 3))).expect("put");
+    child.config_changed("a change".into()).expect("entry");
+    let entries = child.store.audit_for_parent(&parent.id(), 100).expect("entries");
+    assert!(entries.len() >= 2);
+    let next = parent.store.store_child_audit(&child.id(), &entries, 1).expect("store");
+    assert_eq!(next, entries.len() as u64);
+    // Sent again (an ack was lost): nothing changes, nothing is reported.
+    let again = parent.store.store_child_audit(&child.id(), &entries, 2).expect("store");
+    assert_eq!(again, next);
+    let copy = parent.store.child_audit(&child.id(), 100).expect("copy");
+    assert_eq!(copy.len(), entries.len());
+    assert!(
+        !parent
+            .store
+            .events(100)
+            .expect("events")
+            .iter()
+            .any(|(_, e)| e.kind.to_string().contains("audit log of"))
+    );
+    // The child's log rewritten: entry 0 differs from the copy; entry 1 no longer links.
+    let mut forged = entries.clone();
+    forged[0].1[40] ^= 1;
+    parent.store.store_child_audit(&child.id(), &forged[..1], 3).expect("store");
+    let mut unlinked = entries.clone();
+    unlinked[1].1[0] ^= 1;
+    let mut fresh = parent.store.child_audit(&child.id(), 100).expect("copy").len() as u64;
+    unlinked[1].0 = fresh;
+    fresh += 1;
+    parent.store.store_child_audit(&child.id(), &unlinked[1..2], 4).expect("store");
+    let log: Vec<String> =
+        parent.store.events(100).expect("events").iter().map(|(_, e)| e.kind.to_string()).collect();
+    assert!(log.iter().any(|l| l.contains("entry 0 differs")), "{log:#?}");
+    assert!(log.iter().any(|l| l.contains("does not link")), "{log:#?}");
+    assert_eq!(
+        parent.store.child_audit(&child.id(), 100).expect("copy").len() as u64,
+        fresh - 1,
+        "the held copy is kept"
+    );
+}

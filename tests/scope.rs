@@ -151,6 +151,12 @@ fn children_receive_their_catchment_and_push_only_their_types() {
     assert!(events.contains("config: peer") && events.contains("catchment of 1 location"));
     assert!(events.contains("session with"), "{events}");
     assert!(parent.ok(&["audit", "verify"]).contains("intact"));
+    // Each child's audit entries reach the parent's copy of its log.
+    let copied = wait_for(WAIT_MAX, || {
+        let l = parent.ok(&["audit", "list", "--origin", &a.id, "--limit", "1000"]);
+        (l.contains("local write") && l.contains("session with")).then_some(l)
+    });
+    assert!(copied.is_some(), "clinic A's log at the district");
 
     // A bundle exported by a clinic leaves out what it holds without bodies, and says so.
     let out = tmp.path().join("a.ssb");

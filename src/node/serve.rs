@@ -98,13 +98,19 @@ pub async fn drive(
     let start = {
         let n = node.clone();
         tokio::task::spawn_blocking(move || {
-            Ok::<_, NodeError>((n.store.vector()?, n.trust_order()?))
+            // A child sends its parent the audit entries the parent's copy lacks.
+            let audit = if role == Role::Child {
+                n.store.audit_for_parent(&peer, message::AUDIT_ENTRIES_PER_MESSAGE_MAX)?
+            } else {
+                Vec::new()
+            };
+            Ok::<_, NodeError>((n.store.vector()?, n.trust_order()?, audit))
         })
         .await
     };
-    let (vector, order) = match start {
-        Ok(Ok((v, o))) => (Some(v), Arc::new(o)),
-        _ => (None, Arc::new(Vec::new())),
+    let (vector, order, audit) = match start {
+        Ok(Ok((v, o, a))) => (Some(v), Arc::new(o), a),
+        _ => (None, Arc::new(Vec::new()), Vec::new()),
     };
     let local_at_start = vector.clone().unwrap_or_default();
     let mut sized = false;
@@ -151,7 +157,16 @@ pub async fn drive(
         }
     });
     let mut session = match vector {
-        Some(v) => Session::new(now(), node.id(), role, peer, v),
+        Some(v) => {
+            let mut s = Session::new(now(), node.id(), role, peer, v);
+            s.send_audit(
+                audit
+                    .into_iter()
+                    .map(|(n, stored)| message::AuditEntry { n, stored: stored.into() })
+                    .collect(),
+            );
+            s
+        }
         _ => {
             let mut s = Session::new(now(), node.id(), role, peer, Vector::default());
             s.handle_local_error("could not read this node's vector or trust".into());
@@ -237,6 +252,22 @@ pub async fn drive(
                         }
                         Ok(Err(e)) => session.handle_local_error(format!("applying batches: {e}")),
                         Err(e) => session.handle_local_error(format!("applying batches: {e}")),
+                    }
+                }
+                Effect::StoreAudit { entries } => {
+                    let n = node.clone();
+                    let entries: Vec<(u64, Vec<u8>)> =
+                        entries.into_iter().map(|e| (e.n, e.stored.into_vec())).collect();
+                    let stored = tokio::task::spawn_blocking(move || {
+                        n.store.store_child_audit(&peer, &entries, now_secs())
+                    })
+                    .await;
+                    match stored {
+                        Ok(Ok(next)) => session.handle_audit_stored(now(), next),
+                        Ok(Err(e)) => {
+                            session.handle_local_error(format!("storing audit entries: {e}"))
+                        }
+                        Err(e) => session.handle_local_error(format!("storing audit entries: {e}")),
                     }
                 }
                 Effect::Closed(o) => closed = Some(o),
@@ -330,6 +361,14 @@ pub async fn drive(
     .await;
     if let Ok(Err(e)) = recorded {
         tracing::error!(%peer, "recording peer state: {e}");
+    }
+    if let Some(next) = session.stats().audit_acked {
+        let n = node.clone();
+        if let Ok(Err(e)) =
+            tokio::task::spawn_blocking(move || n.store.audit_acked(&peer, next)).await
+        {
+            tracing::error!(%peer, "recording the parent's audit cursor: {e}");
+        }
     }
     let (n, r) = (node.clone(), rep.clone());
     let logged = tokio::task::spawn_blocking(move || {

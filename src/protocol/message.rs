@@ -25,6 +25,10 @@ pub const BATCHES_PER_MESSAGE_MAX: usize = 256;
 pub const MESSAGE_BODY_BYTES_TARGET: usize = 512 * 1024;
 /// Longest error message carried, in bytes.
 pub const ERROR_TEXT_MAX: usize = 1024;
+/// Most audit entries in one `Audit` message (a child sends at most this many per session).
+pub const AUDIT_ENTRIES_PER_MESSAGE_MAX: usize = 2_000;
+/// Largest audit entry carried, in bytes.
+pub const AUDIT_ENTRY_BYTES_MAX: usize = 64 * 1024;
 
 const FLAG_ZSTD: u8 = 1;
 /// The payload continues the session's zstd stream (flushed at the end of each frame).
@@ -201,6 +205,18 @@ pub enum MessageOf<B> {
     Done,
     /// The sender ends the session.
     Error { code: ErrorCode, message: String },
+    /// A child's audit log entries, for its parent's copy (sent right after `Hello`).
+    Audit { entries: Vec<AuditEntry> },
+    /// The parent stored the child's audit entries: the next entry it lacks.
+    AuditAck { next: u64 },
+}
+
+/// One entry of a node's audit log as it travels: its number and its stored bytes (link to
+/// the previous entry ‖ postcard(event)); the receiver rechecks the chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub n: u64,
+    pub stored: ByteBuf,
 }
 
 /// A protocol message, batches unpacked.
@@ -214,6 +230,8 @@ impl<B> MessageOf<B> {
             MessageOf::Ack { .. } => "ack",
             MessageOf::Done => "done",
             MessageOf::Error { .. } => "error",
+            MessageOf::Audit { .. } => "audit",
+            MessageOf::AuditAck { .. } => "audit-ack",
         }
     }
 
@@ -228,6 +246,8 @@ impl<B> MessageOf<B> {
             MessageOf::Ack { vector } => MessageOf::Ack { vector },
             MessageOf::Done => MessageOf::Done,
             MessageOf::Error { code, message } => MessageOf::Error { code, message },
+            MessageOf::Audit { entries } => MessageOf::Audit { entries },
+            MessageOf::AuditAck { next } => MessageOf::AuditAck { next },
         })
     }
 }
@@ -259,6 +279,8 @@ impl Encoder {
             MessageOf::Error { code, message } => {
                 MessageOf::Error { code: *code, message: message.clone() }
             }
+            MessageOf::Audit { entries } => MessageOf::Audit { entries: entries.clone() },
+            MessageOf::AuditAck { next } => MessageOf::AuditAck { next: *next },
         };
         let payload = postcard::to_stdvec(&packed).unwrap_or_default();
         let (flags, payload) = if zstd {
@@ -438,6 +460,17 @@ fn check_limits(message: &MessageOf<PackedBatch>) -> Result<(), CodecError> {
                 "{} batches in one message (limit {BATCHES_PER_MESSAGE_MAX})",
                 batches.len()
             )))
+        }
+        MessageOf::Audit { entries } if entries.len() > AUDIT_ENTRIES_PER_MESSAGE_MAX => {
+            Err(CodecError::Limit(format!(
+                "{} audit entries in one message (limit {AUDIT_ENTRIES_PER_MESSAGE_MAX})",
+                entries.len()
+            )))
+        }
+        MessageOf::Audit { entries }
+            if entries.iter().any(|e| e.stored.len() > AUDIT_ENTRY_BYTES_MAX) =>
+        {
+            Err(CodecError::Limit(format!("an audit entry over {AUDIT_ENTRY_BYTES_MAX} bytes")))
         }
         MessageOf::Error { message, .. } if message.len() > ERROR_TEXT_MAX => {
             Err(CodecError::Limit(format!("error text of {} bytes", message.len())))

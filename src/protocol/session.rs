@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 
-use super::message::{ErrorCode, Message, PROTOCOL_VERSION, Role, WireBatch};
+use super::message::{AuditEntry, ErrorCode, Message, PROTOCOL_VERSION, Role, WireBatch};
 use crate::id::{NodeId, Vector};
 
 /// A session ends if nothing arrives for this long (milliseconds).
@@ -58,6 +58,9 @@ pub enum Effect {
     Apply { batches: Vec<WireBatch> },
     /// The session is over; the driver closes the connection.
     Closed(Outcome),
+    /// A child's audit entries arrived (this node is its parent): store them in the child's
+    /// copy, then call [`Session::handle_audit_stored`].
+    StoreAudit { entries: Vec<AuditEntry> },
 }
 
 /// Counters a driver reports when a session ends.
@@ -67,6 +70,10 @@ pub struct SessionStats {
     pub batches_received: u64,
     pub messages_sent: u64,
     pub messages_received: u64,
+    /// Audit entries sent to the parent in this session.
+    pub audit_sent: u64,
+    /// The next audit entry the parent lacks, as it acknowledged (child side).
+    pub audit_acked: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +100,8 @@ pub struct Session {
     prepared: Option<Vec<WireBatch>>,
     awaiting_ack: bool,
     applying: bool,
+    /// A child's audit entries are being stored (parent side).
+    storing_audit: bool,
     local_done: bool,
     remote_done: bool,
     last_activity: u64,
@@ -122,6 +131,7 @@ impl Session {
             prepared: None,
             awaiting_ack: false,
             applying: false,
+            storing_audit: false,
             local_done: false,
             remote_done: false,
             last_activity: now,
@@ -193,8 +203,29 @@ impl Session {
         }
     }
 
+    /// Queues this (child) node's audit entries for its parent, right after `Hello`. The
+    /// parent's `AuditAck` (in [`SessionStats::audit_acked`]) says where the next session
+    /// starts; entries it already holds are skipped there.
+    pub fn send_audit(&mut self, entries: Vec<AuditEntry>) {
+        if self.role == Role::Child && !entries.is_empty() && self.phase != Phase::Closed {
+            self.stats.audit_sent += entries.len() as u64;
+            self.send(Message::Audit { entries });
+        }
+    }
+
+    /// The child's audit entries are stored; `next` is the first entry the copy lacks.
+    pub fn handle_audit_stored(&mut self, now: u64, next: u64) {
+        if self.phase != Phase::Running || !self.storing_audit {
+            return;
+        }
+        self.last_activity = self.last_activity.max(now);
+        self.storing_audit = false;
+        self.send(Message::AuditAck { next });
+        self.check_complete();
+    }
+
     fn check_complete(&mut self) {
-        let idle = !self.fetching && !self.awaiting_ack && !self.applying;
+        let idle = !self.fetching && !self.awaiting_ack && !self.applying && !self.storing_audit;
         if self.phase == Phase::Running && self.local_done && self.remote_done && idle {
             self.close(Outcome::Complete);
         }
@@ -228,6 +259,15 @@ impl Session {
                     None => self.fetch(),
                 }
                 self.check_complete();
+            }
+            (Phase::Running, Message::Audit { entries })
+                if self.role == Role::Parent && !self.storing_audit =>
+            {
+                self.storing_audit = true;
+                self.effects.push_back(Effect::StoreAudit { entries });
+            }
+            (Phase::Running, Message::AuditAck { next }) if self.role == Role::Child => {
+                self.stats.audit_acked = Some(next);
             }
             (Phase::Running, Message::Done) if !self.remote_done => {
                 self.remote_done = true;
@@ -364,6 +404,7 @@ mod tests {
     #[derive(Default)]
     struct Toy {
         held: BTreeMap<AuthorId, Vec<WireBatch>>,
+        audit: Vec<AuditEntry>,
     }
 
     impl Toy {
@@ -438,6 +479,11 @@ mod tests {
                             let v = me.1.vector();
                             me.0.handle_applied(0, v);
                         }
+                        Effect::StoreAudit { entries } => {
+                            me.1.audit.extend(entries);
+                            let next = me.1.audit.len() as u64;
+                            me.0.handle_audit_stored(0, next);
+                        }
                         Effect::Closed(o) => *slot = Some(o),
                     }
                 }
@@ -469,6 +515,25 @@ mod tests {
         assert_eq!(a.1.vector(), b.1.vector());
         assert_eq!(a.0.stats().batches_sent, 5);
         assert_eq!(b.0.stats().batches_sent, 3);
+    }
+
+    #[test]
+    fn a_child_sends_its_audit_entries_and_learns_where_the_next_upload_starts() {
+        let (ka, kb) = (Keypair::from_secret([1; 32]), Keypair::from_secret([2; 32]));
+        let mut ta = Toy::default();
+        ta.apply(batches(&ka, 2));
+        let (mut a, mut b) = pair(&ka, &kb, ta, Toy::default());
+        let entries: Vec<AuditEntry> =
+            (0..3).map(|n| AuditEntry { n, stored: vec![n as u8; 40].into() }).collect();
+        a.0.send_audit(entries.clone());
+        // A parent never uploads its log to its child.
+        b.0.send_audit(entries.clone());
+        let (oa, ob, _) = run(&mut a, &mut b, None);
+        assert_eq!((oa, ob), (Outcome::Complete, Outcome::Complete));
+        assert_eq!(b.1.audit, entries, "the parent stored the child's entries");
+        assert!(a.1.audit.is_empty());
+        assert_eq!(a.0.stats().audit_acked, Some(3));
+        assert_eq!(a.0.stats().audit_sent, 3);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 
 use redb::{ReadableTable, ReadableTableMetadata};
 
-use super::tables::{AUDIT, EVENTS, META};
+use super::tables::{AUDIT, AUDIT_SENT, EVENTS, META, REMOTE_AUDIT};
 use super::{StoreError, corrupt, encode};
 use crate::event::Event;
 use crate::id::NodeId;
@@ -272,4 +272,108 @@ pub(crate) fn verify(tx: &redb::ReadTransaction, node: &NodeId) -> Result<AuditR
         None => {}
     }
     Ok(report)
+}
+
+/// This node's own entries from `from` on (at most `max`), as stored, for its parent.
+pub(crate) fn since(
+    tx: &redb::ReadTransaction,
+    from: u64,
+    max: usize,
+) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    let Some(audit) = open_read(tx)? else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for item in audit.range(from..)?.take(max) {
+        let (k, v) = item?;
+        out.push((k.value(), v.value().to_vec()));
+    }
+    Ok(out)
+}
+
+/// Where this node's next audit upload to `parent` starts.
+pub(crate) fn cursor(tx: &redb::ReadTransaction, parent: &NodeId) -> Result<u64, StoreError> {
+    match tx.open_table(AUDIT_SENT) {
+        Ok(t) => Ok(t.get(&parent.0)?.map_or(0, |v| v.value())),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(crate) fn set_cursor(
+    tx: &redb::WriteTransaction,
+    parent: &NodeId,
+    next: u64,
+) -> Result<(), StoreError> {
+    tx.open_table(AUDIT_SENT)?.insert(&parent.0, next)?;
+    Ok(())
+}
+
+/// Stores a child's entries in its copy. An entry already held must be identical, and an entry
+/// must link to the one before it when that one is held: otherwise the child's log was rewritten,
+/// and the problem is returned (the held copy is kept). Returns the first entry the copy lacks
+/// after its lowest held entry, and the problems found.
+pub(crate) fn store_remote(
+    tx: &redb::WriteTransaction,
+    origin: &NodeId,
+    entries: &[(u64, Vec<u8>)],
+) -> Result<(u64, Vec<String>), StoreError> {
+    let mut problems = Vec::new();
+    {
+        let mut copy = tx.open_table(REMOTE_AUDIT)?;
+        for (n, stored) in entries {
+            let (n, stored) = (*n, stored.as_slice());
+            if stored.len() < 32 || postcard::from_bytes::<Event>(&stored[32..]).is_err() {
+                problems.push(format!("entry {n} does not decode"));
+                continue;
+            }
+            if let Some(held) = copy.get((&origin.0, n))? {
+                if held.value() != stored {
+                    problems.push(format!("entry {n} differs from the copy held here (rewritten)"));
+                }
+                continue;
+            }
+            if let Some(n1) = n.checked_sub(1)
+                && let Some(prev) = copy.get((&origin.0, n1))?
+                && stored[..32] != entry_hash(n1, prev.value())
+            {
+                problems.push(format!("entry {n} does not link to entry {n1} held here"));
+                continue;
+            }
+            copy.insert((&origin.0, n), stored)?;
+        }
+    }
+    let copy = tx.open_table(REMOTE_AUDIT)?;
+    let mut next = None;
+    for item in copy.range((&origin.0, 0)..=(&origin.0, u64::MAX))? {
+        let n = item?.0.value().1;
+        match next {
+            None => next = Some(n + 1),
+            Some(m) if m == n => next = Some(n + 1),
+            Some(_) => break,
+        }
+    }
+    Ok((next.unwrap_or(0), problems))
+}
+
+/// The last `limit` entries of a child's copy, oldest first.
+pub(crate) fn remote_entries(
+    tx: &redb::ReadTransaction,
+    origin: &NodeId,
+    limit: usize,
+) -> Result<Vec<(u64, Event)>, StoreError> {
+    let copy = match tx.open_table(REMOTE_AUDIT) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for item in copy.range((&origin.0, 0)..=(&origin.0, u64::MAX))?.rev().take(limit) {
+        let (k, v) = item?;
+        let event =
+            v.value().get(32..).ok_or_else(|| corrupt("audit copy entry", "short")).and_then(
+                |b| postcard::from_bytes(b).map_err(|e| corrupt("audit copy entry", e)),
+            )?;
+        out.push((k.value().1, event));
+    }
+    out.reverse();
+    Ok(out)
 }

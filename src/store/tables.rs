@@ -112,3 +112,12 @@ pub const CONFLICTS: TableDefinition<&str, &[u8]> = TableDefinition::new("confli
 
 /// `"type/uuid" -> postcard(Vec<conflict id>)`: the conflicts of each record.
 pub const CONFLICT_INDEX: TableDefinition<&str, &[u8]> = TableDefinition::new("conflict-index-1");
+
+/// `(origin node, n) -> stored entry` (link ‖ postcard(Event)): the copy of each child's audit
+/// log this node keeps as its parent (`store/audit.rs`).
+pub const REMOTE_AUDIT: TableDefinition<(&[u8; 32], u64), &[u8]> =
+    TableDefinition::new("remote-audit-1");
+
+/// `parent node -> n`: the first entry of this node's audit log that parent does not hold yet
+/// (from its last `AuditAck`).
+pub const AUDIT_SENT: TableDefinition<&[u8; 32], u64> = TableDefinition::new("audit-sent-1");
