@@ -137,7 +137,9 @@ async fn metrics_text(axum::extract::State(s): axum::extract::State<AppState>) -
     }
 }
 
-/// Headers on every answer: no caching, no framing, no external anything, no referrer.
+/// Headers on every answer: no caching, no framing, no external anything, no referrer beyond
+/// this view. (`no-referrer` would make browsers send `Origin: null` with this view's own
+/// forms, which the cross-site guard refuses.)
 async fn security_headers(mut response: Response) -> Response {
     let h = response.headers_mut();
     let csp = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
@@ -145,7 +147,7 @@ async fn security_headers(mut response: Response) -> Response {
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
     response
 }
