@@ -80,7 +80,7 @@ impl Driver {
             "goog:chromeOptions": {
                 "binary": CHROMIUM,
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--window-size=1280,1100", "--hide-scrollbars",
+                         "--window-size=1280,1400", "--hide-scrollbars",
                          format!("--user-data-dir={}", profile.display())]
             }
         }}});

@@ -15,6 +15,9 @@ use crate::event::{Event, EventKind};
 use crate::id::{BodyHash, EntityId};
 use crate::identity::Keypair;
 
+/// Events, newest first, and the number to continue below (if any may remain).
+pub type EventPage = (Vec<(u64, Event)>, Option<u64>);
+
 impl super::Store {
     /// Writes `value` at `path` of record `id` as one local change, sealed into a batch like
     /// any write: it supersedes every value held at that path now, concurrent ones included.
@@ -110,7 +113,7 @@ impl super::Store {
         before: Option<u64>,
         limit: usize,
         mut keep: impl FnMut(&Event) -> bool,
-    ) -> Result<(Vec<(u64, Event)>, Option<u64>), StoreError> {
+    ) -> Result<EventPage, StoreError> {
         let tx = self.db.begin_read()?;
         let events = tx.open_table(EVENTS)?;
         let mut out = Vec::new();

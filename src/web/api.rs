@@ -124,8 +124,8 @@ async fn records(State(s): State<AppState>, Query(q): Query<Params>) -> Response
     reply(s.call(move |d| d.records(ty, after.as_ref(), limit)).await)
 }
 
-fn entity(ty: &str, uuid: &str) -> Result<EntityId, Response> {
-    crate::node::entity_id(ty, uuid).map_err(|e| error(StatusCode::NOT_FOUND, &e.to_string()))
+fn entity(ty: &str, uuid: &str) -> Result<EntityId, DataError> {
+    crate::node::entity_id(ty, uuid).map_err(|e| DataError::NotFound(e.to_string()))
 }
 
 async fn record(
@@ -134,7 +134,7 @@ async fn record(
 ) -> Response {
     match entity(&ty, &uuid) {
         Ok(id) => reply(s.call(move |d| d.record(&id)).await),
-        Err(r) => r,
+        Err(e) => error(status_of(&e), &e.to_string()),
     }
 }
 
@@ -144,7 +144,7 @@ async fn record_sync(
 ) -> Response {
     match entity(&ty, &uuid) {
         Ok(id) => reply(s.call(move |d| d.sync_now(Some(&id))).await),
-        Err(r) => r,
+        Err(e) => error(status_of(&e), &e.to_string()),
     }
 }
 

@@ -30,6 +30,9 @@ pub const AUDIT_PAGE_MAX: usize = 500;
 /// Most record ids in one page.
 pub const RECORDS_PAGE_MAX: usize = 1_000;
 
+/// Roster members with their entries.
+type RosterEntries = Vec<(NodeId, Map<String, Value>)>;
+
 type Conflicts = Arc<Vec<(EntityId, Vec<FieldConflict>)>>;
 
 /// The admin data of one node.
@@ -201,10 +204,7 @@ fn summary(id: &EntityId, c: &FieldConflict) -> ConflictSummary {
 }
 
 /// The members of `owner`'s roster with their entries (role, name).
-fn roster_entries(
-    node: &Node,
-    owner: &NodeId,
-) -> Result<Vec<(NodeId, Map<String, Value>)>, DataError> {
+fn roster_entries(node: &Node, owner: &NodeId) -> Result<RosterEntries, DataError> {
     let id = EntityId::new(EntityType::Roster, crate::id::Uid::of_node(owner));
     let Some((doc, _)) = node.store.get(&id)? else { return Ok(Vec::new()) };
     let Some(members) = doc.get("members").and_then(Value::as_object) else {

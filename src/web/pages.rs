@@ -29,23 +29,25 @@ fn csrf_field(s: &AppState) -> String {
     format!("<input type=\"hidden\" name=\"csrf\" value=\"{}\">", esc(s.keys.csrf()))
 }
 
-/// Whether a form carries the CSRF token; the refusal page otherwise.
-fn check_csrf(s: &AppState, form: &Params) -> Result<(), Response> {
+/// The refusal page when a form does not carry the CSRF token.
+fn csrf_refusal(s: &AppState, form: &Params) -> Option<Response> {
     match form.get("csrf") {
-        Some(t) if s.keys.csrf_ok(t) => Ok(()),
-        _ => Err((
-            StatusCode::FORBIDDEN,
-            page(
-                s,
-                "Refused",
-                "",
-                &notice(
-                    false,
-                    "the form is stale or came from elsewhere; reload the page and try again",
+        Some(t) if s.keys.csrf_ok(t) => None,
+        _ => Some(
+            (
+                StatusCode::FORBIDDEN,
+                page(
+                    s,
+                    "Refused",
+                    "",
+                    &notice(
+                        false,
+                        "the form is stale or came from elsewhere; reload the page and try again",
+                    ),
                 ),
-            ),
-        )
-            .into_response()),
+            )
+                .into_response(),
+        ),
     }
 }
 
@@ -89,7 +91,7 @@ pub async fn login(State(s): State<AppState>, Form(form): Form<Params>) -> Respo
 }
 
 pub async fn logout(State(s): State<AppState>, Form(form): Form<Params>) -> Response {
-    if let Err(r) = check_csrf(&s, &form) {
+    if let Some(r) = csrf_refusal(&s, &form) {
         return r;
     }
     let cookie = super::auth::Keys::logout_cookie();
@@ -105,7 +107,7 @@ pub async fn overview(State(s): State<AppState>) -> Response {
 }
 
 pub async fn sync_all(State(s): State<AppState>, Form(form): Form<Params>) -> Response {
-    if let Err(r) = check_csrf(&s, &form) {
+    if let Some(r) = csrf_refusal(&s, &form) {
         return r;
     }
     let done = s.call(|d| d.sync_now(None)).await;
@@ -404,7 +406,7 @@ pub async fn retry(
     Path(id): Path<String>,
     Form(form): Form<Params>,
 ) -> Response {
-    if let Err(r) = check_csrf(&s, &form) {
+    if let Some(r) = csrf_refusal(&s, &form) {
         return r;
     }
     let (note, status) = match s.call(move |d| d.retry(&id)).await {
@@ -602,7 +604,7 @@ pub async fn resolve(
     Path(id): Path<String>,
     Form(form): Form<Params>,
 ) -> Response {
-    if let Err(r) = check_csrf(&s, &form) {
+    if let Some(r) = csrf_refusal(&s, &form) {
         return r;
     }
     let typed = form.get("value").cloned().unwrap_or_default();
@@ -701,7 +703,7 @@ pub async fn record_sync(
     Path((ty, uuid)): Path<(String, String)>,
     Form(form): Form<Params>,
 ) -> Response {
-    if let Err(r) = check_csrf(&s, &form) {
+    if let Some(r) = csrf_refusal(&s, &form) {
         return r;
     }
     let id = match entity_of(&ty, &uuid) {
@@ -807,7 +809,7 @@ async fn bundles_with(s: &AppState, note: Option<String>, status: StatusCode) ->
 }
 
 pub async fn export(State(s): State<AppState>, Form(form): Form<Params>) -> Response {
-    if let Err(r) = check_csrf(&s, &form) {
+    if let Some(r) = csrf_refusal(&s, &form) {
         return r;
     }
     let peer = match form.get("peer").map(|p| p.trim()).filter(|p| !p.is_empty()) {
@@ -870,7 +872,7 @@ pub async fn import(State(s): State<AppState>, mut multipart: Multipart) -> Resp
     if let Some(c) = csrf {
         form.insert("csrf".into(), c);
     }
-    if let Err(r) = check_csrf(&s, &form) {
+    if let Some(r) = csrf_refusal(&s, &form) {
         return r;
     }
     let Some(upload) = upload.filter(|u| u.bytes > 0) else {
