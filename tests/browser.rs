@@ -204,6 +204,9 @@ fn log_in_see_the_lag_resolve_a_conflict_in_headless_chromium() {
     child.network(None, 3600);
     parent.peer_add(&child, "child", None);
     child.peer_add(&parent, "parent", Some(&quic));
+    // A peer the parent dials where nothing listens: a failure to see and retry.
+    let gone = Node::init(tmp.path(), "region-south");
+    parent.peer_add(&gone, "peer", Some(&format!("127.0.0.1:{}", net::free_port())));
 
     let mut rec = net::patient("N", 1);
     rec["names"][0]["familyName"] = json!(admin::HOSTILE_NAME);
@@ -295,7 +298,6 @@ fn log_in_see_the_lag_resolve_a_conflict_in_headless_chromium() {
     for (path, name) in [
         (format!("/records/patient/{uuid}"), "07-record"),
         ("/audit".to_string(), "08-audit"),
-        ("/failures".to_string(), "09-failures"),
         ("/bundles".to_string(), "10-bundles"),
         ("/records".to_string(), "11-records"),
         ("/metrics".to_string(), "12-metrics"),
@@ -307,6 +309,22 @@ fn log_in_see_the_lag_resolve_a_conflict_in_headless_chromium() {
     }
     b.go(&format!("{base}/records/patient/{uuid}"));
     assert!(b.text("pre.json").contains(admin::HOSTILE_NAME), "shown as text, not run");
+    // The unreachable peer: its failure, with the reason, retried from the page.
+    let mut api = Http::new(&base);
+    api.bearer = Some(token(&parent));
+    let failed = wait_for(std::time::Duration::from_secs(40), || {
+        api.get("/api/failures").json().as_array().filter(|l| !l.is_empty()).map(|_| ())
+    });
+    assert!(failed.is_some(), "the unreachable peer shows as a failure");
+    b.go(&format!("{base}/failures"));
+    let row = format!("tr[data-failure='{}']", gone.id);
+    assert!(b.text(&row).contains("timed out"), "{}", b.text(&row));
+    b.screenshot(&shots, "09-failures");
+    b.click(&b.find(&format!("{row} button")));
+    let note = b.text_of(&b.wait(".notice"));
+    assert!(note.contains("the retry failed too") && note.contains("timed out"), "{note}");
+    b.screenshot(&shots, "09-failures-retried");
+
     // A phone's width.
     b.size(390, 844);
     b.go(&format!("{base}/"));

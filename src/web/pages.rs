@@ -353,8 +353,8 @@ fn audit_table(b: &mut String, p: &AuditPage, q: &Params, paged: bool) {
             };
             let _ = write!(
                 b,
-                "<tr><td class=\"num\">{}</td><td>{}</td><td class=\"hide-narrow\">{}</td><td>{}</td>\
-                 <td><span class=\"{tag}\">{}</span></td><td>{}</td><td>{}</td></tr>",
+                "<tr><td class=\"num\">{}</td><td class=\"nowrap\">{}</td><td class=\"hide-narrow\">{}</td>\
+                 <td>{}</td><td><span class=\"{tag}\">{}</span></td><td>{}</td><td class=\"wrap\">{}</td></tr>",
                 e.id,
                 utc(e.time),
                 short_id(&e.origin),
