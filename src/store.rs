@@ -8,6 +8,7 @@
 //! scoped workers that materialize documents in parallel inside an apply.
 
 mod admin;
+pub use admin::{ConflictScan, EventPage};
 pub mod apply;
 pub mod tables;
 

@@ -1,19 +1,39 @@
 //! Store operations for the admin view: a forced write of one field (a conflict resolution),
 //! a record's change history, a scan for conflicting fields, and paging through the event log.
 //!
-//! The conflict scan loads every document; it stands in until conflicts are recorded in their
-//! own table when changes are merged.
+//! The conflict scan reads every document's heads and loads the documents whose heads changed
+//! since the last scan; it stands in until conflicts are recorded in their own table when
+//! changes are merged.
+
+use std::collections::HashMap;
 
 use redb::{ReadableDatabase, ReadableTable};
 use serde_json::Value;
 
 use super::tables::{BODIES, DOCS, EVENTS};
-use super::{DocRecord, StoreError, append_event, apply, corrupt, decode_doc, encode, seal};
+use super::{
+    DocRecord, StoreError, append_event, apply, corrupt, decode_doc, decode_doc_heads, encode, seal,
+};
 use crate::batch::ChangeRef;
 use crate::entity::doc::{ChangeInfo, EntityDoc, FieldConflict};
 use crate::event::{Event, EventKind};
 use crate::id::{BodyHash, EntityId};
 use crate::identity::Keypair;
+
+/// The fields holding concurrent values of every document, as of its heads (a digest of them),
+/// so a rescan loads only the documents that changed since.
+#[derive(Default)]
+pub struct ConflictScan {
+    docs: HashMap<String, ([u8; 32], Vec<FieldConflict>)>,
+}
+
+fn heads_digest(heads: &[[u8; 32]]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    for head in heads {
+        h.update(head);
+    }
+    *h.finalize().as_bytes()
+}
 
 /// Events, newest first, and the number to continue below (if any may remain).
 pub type EventPage = (Vec<(u64, Event)>, Option<u64>);
@@ -83,25 +103,38 @@ impl super::Store {
         Ok(Some(EntityDoc::load(&rec.doc)?.history(limit)))
     }
 
-    /// Every record with fields holding concurrent values, in key order (loads every document
-    /// in one read transaction).
-    pub fn scan_conflicts(&self) -> Result<Vec<(EntityId, Vec<FieldConflict>)>, StoreError> {
+    /// Every record with fields holding concurrent values, in key order. Brings `scan` up to
+    /// date first: documents whose heads changed since are loaded again, the others are not.
+    pub fn scan_conflicts(
+        &self,
+        scan: &mut ConflictScan,
+    ) -> Result<Vec<(EntityId, Vec<FieldConflict>)>, StoreError> {
         let tx = self.db.begin_read()?;
         let docs = tx.open_table(DOCS)?;
+        let mut seen = HashMap::with_capacity(scan.docs.len());
         let mut out = Vec::new();
         for item in docs.iter()? {
             let (k, v) = item?;
             let key = k.value();
-            let rec = decode_doc(key, v.value())?;
-            if rec.doc.is_empty() {
+            let heads = decode_doc_heads(key, v.value())?;
+            if heads.is_empty() {
                 continue;
             }
-            let conflicts = EntityDoc::load(&rec.doc)?.conflicts();
-            if !conflicts.is_empty() {
+            let digest = heads_digest(&heads);
+            let entry = match scan.docs.remove(key) {
+                Some(known) if known.0 == digest => known,
+                _ => {
+                    let rec = decode_doc(key, v.value())?;
+                    (digest, EntityDoc::load(&rec.doc)?.conflicts())
+                }
+            };
+            if !entry.1.is_empty() {
                 let id = key.parse().map_err(|e| corrupt(format!("doc key {key:?}"), e))?;
-                out.push((id, conflicts));
+                out.push((id, entry.1.clone()));
             }
+            seen.insert(key.to_string(), entry);
         }
+        scan.docs = seen;
         Ok(out)
     }
 

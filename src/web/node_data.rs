@@ -4,8 +4,9 @@
 //!   success, last error, next retry) and the rosters (every node in the network);
 //! - audit entries from the event log (the hash-chained audit log replaces it behind
 //!   [`AdminData::audit`]);
-//! - conflicts from a scan of every record's fields holding concurrent values, cached until
-//!   the store's digest changes (a conflicts table filled at merge time replaces the scan);
+//! - conflicts from a scan of every record's fields holding concurrent values, which reloads
+//!   only the documents whose heads changed since the last scan (a conflicts table filled at
+//!   merge time replaces the scan);
 //! - retry and "sync now" through the running node's control endpoint, the way `sitesync sync
 //!   --peer` reaches it;
 //! - a resolution as one forced local write of the chosen value at the conflicting path.
@@ -22,6 +23,7 @@ use crate::event::{Event, EventKind};
 use crate::id::{EntityId, EntityType, NodeId, Vector};
 use crate::node::serve::{ControlRequest, control_request};
 use crate::node::{Node, NodeError, now_secs, status_json};
+use crate::store::ConflictScan;
 
 /// Most changes shown on a record page.
 pub const HISTORY_CHANGES_MAX: usize = 100;
@@ -33,13 +35,13 @@ pub const RECORDS_PAGE_MAX: usize = 1_000;
 /// Roster members with their entries.
 type RosterEntries = Vec<(NodeId, Map<String, Value>)>;
 
-type Conflicts = Arc<Vec<(EntityId, Vec<FieldConflict>)>>;
+type Conflicts = Vec<(EntityId, Vec<FieldConflict>)>;
 
 /// The admin data of one node.
 pub struct NodeAdmin {
     node: Arc<Node>,
-    /// The last conflict scan and the store digest it was taken at.
-    scan: Mutex<Option<(String, Conflicts)>>,
+    /// What the last conflict scan found, per document.
+    scan: Mutex<ConflictScan>,
 }
 
 impl From<NodeError> for DataError {
@@ -79,20 +81,12 @@ fn parse_conflict_id(id: &str) -> Result<(EntityId, String), DataError> {
 
 impl NodeAdmin {
     pub fn new(node: Arc<Node>) -> NodeAdmin {
-        NodeAdmin { node, scan: Mutex::new(None) }
+        NodeAdmin { node, scan: Mutex::new(ConflictScan::default()) }
     }
 
     fn cached_conflicts(&self) -> Result<Conflicts, DataError> {
-        let digest = self.node.summary()?.digest.to_hex().to_string();
         let mut scan = self.scan.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((d, found)) = scan.as_ref()
-            && *d == digest
-        {
-            return Ok(found.clone());
-        }
-        let found: Conflicts = Arc::new(self.node.store.scan_conflicts()?);
-        *scan = Some((digest, found.clone()));
-        Ok(found)
+        Ok(self.node.store.scan_conflicts(&mut scan)?)
     }
 
     /// Node names as configured here or listed in rosters, by node id (hex).
