@@ -15,6 +15,12 @@ use super::{AUDIT_PAGE_DEFAULT, AppState, RECORDS_PAGE_DEFAULT, status_of};
 use crate::id::{EntityId, EntityType, NodeId};
 use crate::node::now_secs;
 
+mod bundles;
+mod conflicts;
+
+pub use bundles::{bundles, export, import};
+pub use conflicts::{conflict, conflicts, resolve};
+
 type Params = HashMap<String, String>;
 
 fn page(s: &AppState, title: &str, active: &str, body: &str) -> Html<String> {
@@ -55,6 +61,46 @@ fn label(id: &str, name: Option<&str>) -> String {
     match name {
         Some(n) => format!("{} {}", esc(n), short_id(id)),
         None => short_id(id),
+    }
+}
+
+fn conflict_list(b: &mut String, list: &[ConflictSummary], with_record: bool) {
+    b.push_str("<div class=\"scroll\"><table><tr>");
+    if with_record {
+        b.push_str("<th>Record</th>");
+    }
+    b.push_str("<th>Field</th><th>Values</th><th class=\"hide-narrow\">Authors</th><th>Latest</th><th></th></tr>");
+    for c in list {
+        let authors: Vec<String> =
+            c.authors.iter().map(|a| a.as_deref().map_or("?".into(), short_id)).collect();
+        b.push_str("<tr class=\"conflict\">");
+        if with_record {
+            let _ = write!(
+                b,
+                "<td><a href=\"/records/{}\">{}</a></td>",
+                record_href(&c.entity),
+                esc(&c.entity)
+            );
+        }
+        let _ = write!(
+            b,
+            "<td><code>{}</code></td><td class=\"num\">{}</td><td class=\"hide-narrow\">{}</td><td>{}</td>\
+             <td><a href=\"/conflicts/{}\">Open</a></td></tr>",
+            esc(&c.path),
+            c.values,
+            authors.join(", "),
+            utc(c.time),
+            seg(&c.id)
+        );
+    }
+    b.push_str("</table></div>");
+}
+
+/// `type/uuid` as a path: each part encoded.
+fn record_href(entity: &str) -> String {
+    match entity.split_once('/') {
+        Some((t, u)) => format!("{}/{}", seg(t), seg(u)),
+        None => seg(entity),
     }
 }
 
@@ -457,182 +503,6 @@ async fn failures_with(s: &AppState, note: Option<String>, status: StatusCode) -
 }
 
 // ---------------------------------------------------------------------------------------------
-// Conflicts
-// ---------------------------------------------------------------------------------------------
-
-pub async fn conflicts(State(s): State<AppState>) -> Response {
-    conflicts_with(&s, None).await
-}
-
-async fn conflicts_with(s: &AppState, note: Option<String>) -> Response {
-    let list = match s.call(|d| d.conflicts()).await {
-        Ok(l) => l,
-        Err(e) => return error_page(s, "Conflicts", "/conflicts", &e),
-    };
-    let mut b = note.unwrap_or_default();
-    if list.is_empty() {
-        b.push_str("<p class=\"muted\" id=\"no-conflicts\">No open conflicts.</p>");
-    } else {
-        conflict_list(&mut b, &list, true);
-    }
-    page(s, "Conflicts", "/conflicts", &b).into_response()
-}
-
-fn conflict_list(b: &mut String, list: &[ConflictSummary], with_record: bool) {
-    b.push_str("<div class=\"scroll\"><table><tr>");
-    if with_record {
-        b.push_str("<th>Record</th>");
-    }
-    b.push_str("<th>Field</th><th>Values</th><th class=\"hide-narrow\">Authors</th><th>Latest</th><th></th></tr>");
-    for c in list {
-        let authors: Vec<String> =
-            c.authors.iter().map(|a| a.as_deref().map_or("?".into(), short_id)).collect();
-        b.push_str("<tr class=\"conflict\">");
-        if with_record {
-            let _ = write!(
-                b,
-                "<td><a href=\"/records/{}\">{}</a></td>",
-                record_href(&c.entity),
-                esc(&c.entity)
-            );
-        }
-        let _ = write!(
-            b,
-            "<td><code>{}</code></td><td class=\"num\">{}</td><td class=\"hide-narrow\">{}</td><td>{}</td>\
-             <td><a href=\"/conflicts/{}\">Open</a></td></tr>",
-            esc(&c.path),
-            c.values,
-            authors.join(", "),
-            utc(c.time),
-            seg(&c.id)
-        );
-    }
-    b.push_str("</table></div>");
-}
-
-/// `type/uuid` as a path: each part encoded.
-fn record_href(entity: &str) -> String {
-    match entity.split_once('/') {
-        Some((t, u)) => format!("{}/{}", seg(t), seg(u)),
-        None => seg(entity),
-    }
-}
-
-pub async fn conflict(State(s): State<AppState>, Path(id): Path<String>) -> Response {
-    conflict_with(&s, id, None, "", StatusCode::OK).await
-}
-
-async fn conflict_with(
-    s: &AppState,
-    id: String,
-    note: Option<String>,
-    typed: &str,
-    status: StatusCode,
-) -> Response {
-    let c = match s.call(move |d| d.conflict(&id)).await {
-        Ok(c) => c,
-        Err(e) => return error_page(s, "Conflict", "/conflicts", &e),
-    };
-    let mut b = note.unwrap_or_default();
-    let _ = write!(
-        b,
-        "<p>Field <code>{}</code> of <a href=\"/records/{}\">{}</a> holds {} concurrent values. \
-         Reads show value {} now (the deterministic pick, the same on every node). Keeping one \
-         writes it as a new local change, which closes the conflict on every node that receives it.</p>",
-        esc(&c.path),
-        record_href(&c.entity),
-        esc(&c.entity),
-        c.values.len(),
-        c.winner
-    );
-    let _ = write!(
-        b,
-        "<form method=\"post\" action=\"/conflicts/{}/resolve\">{}<div class=\"sides\">",
-        seg(&c.id),
-        csrf_field(s)
-    );
-    for v in &c.values {
-        let winner = v.index == c.winner;
-        let _ = write!(
-            b,
-            "<section class=\"side{}\" data-value=\"{}\"><h2>Value {}{}</h2>{}\
-             <p>by {}<br><span class=\"muted\">written {} UTC</span></p>\
-             <button name=\"take\" value=\"{}\">Keep value {}</button></section>",
-            if winner { " winner" } else { "" },
-            v.index,
-            v.index,
-            if winner { " <span class=\"tag good\">shown now</span>" } else { "" },
-            json_pre(&v.value),
-            v.node
-                .as_deref()
-                .map_or("an unknown author".into(), |n| label(n, v.node_name.as_deref())),
-            utc(v.time),
-            v.index,
-            v.index,
-        );
-    }
-    let _ = write!(
-        b,
-        "</div><h2>Or write another value</h2><label>Value as JSON (e.g. <code>\"F\"</code>, \
-         <code>42</code>, <code>true</code>)<textarea name=\"value\">{}</textarea></label>\
-         <button name=\"custom\" value=\"1\">Write this value</button></form>",
-        esc(typed)
-    );
-    (status, page(s, "Conflict", "/conflicts", &b)).into_response()
-}
-
-/// Reads a resolution from the conflict form.
-pub fn resolution(form: &Params) -> Result<Resolution, String> {
-    if let Some(t) = form.get("take").filter(|_| !form.contains_key("custom")) {
-        return t
-            .trim()
-            .parse::<usize>()
-            .map(Resolution::Take)
-            .map_err(|_| format!("{t:?} is not a value number"));
-    }
-    let text = form.get("value").map(|v| v.trim()).unwrap_or_default();
-    if text.is_empty() {
-        return Err("Pick one of the values, or enter a value as JSON.".into());
-    }
-    serde_json::from_str(text)
-        .map(Resolution::Value)
-        .map_err(|e| format!("That is not valid JSON ({e}); a text value needs quotes, e.g. \"F\". Nothing was changed."))
-}
-
-pub async fn resolve(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-    Form(form): Form<Params>,
-) -> Response {
-    if let Some(r) = csrf_refusal(&s, &form) {
-        return r;
-    }
-    let typed = form.get("value").cloned().unwrap_or_default();
-    let how = match resolution(&form) {
-        Ok(h) => h,
-        Err(m) => {
-            return conflict_with(
-                &s,
-                id,
-                Some(notice(false, &m)),
-                &typed,
-                StatusCode::UNPROCESSABLE_ENTITY,
-            )
-            .await;
-        }
-    };
-    let key = id.clone();
-    match s.call(move |d| d.resolve(&key, &how)).await {
-        Ok(r) => conflicts_with(&s, Some(notice(r.ok, &r.message))).await,
-        Err(e @ DataError::Input(_)) => {
-            let m = format!("{e}. Nothing was changed.");
-            conflict_with(&s, id, Some(notice(false, &m)), &typed, status_of(&e)).await
-        }
-        Err(e) => error_page(&s, "Conflict", "/conflicts", &e),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Records
 // ---------------------------------------------------------------------------------------------
 
@@ -766,147 +636,4 @@ async fn record_with(s: &AppState, id: EntityId, note: Option<String>) -> Respon
     }
     b.push_str("</table></div>");
     page(s, "Record", "/records", &b).into_response()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Bundles
-// ---------------------------------------------------------------------------------------------
-
-pub async fn bundles(State(s): State<AppState>) -> Response {
-    bundles_with(&s, None, StatusCode::OK).await
-}
-
-async fn bundles_with(s: &AppState, note: Option<String>, status: StatusCode) -> Response {
-    let peers = s.call(|d| d.overview()).await.map(|o| o.network).unwrap_or_default();
-    let mut b = note.unwrap_or_default();
-    let _ = write!(
-        b,
-        "<h2>Export</h2><p>A bundle carries signed batches to a node with no link: on a USB \
-         stick, imported there with <code>sitesync import</code> or this page.</p>\
-         <form method=\"post\" action=\"/bundles/export\">{}<label>For<select name=\"peer\">\
-         <option value=\"\">any node: everything this node holds</option>",
-        csrf_field(s)
-    );
-    for n in &peers {
-        let name = n.name.clone().unwrap_or_else(|| n.node_id[..12].to_string());
-        let _ = write!(
-            b,
-            "<option value=\"{}\">{} ({}): what it lacks</option>",
-            esc(&n.node_id),
-            esc(&name),
-            esc(&n.role)
-        );
-    }
-    let _ = write!(
-        b,
-        "</select></label><button>Download bundle</button></form>\
-         <h2>Import</h2><form method=\"post\" action=\"/bundles/import\" enctype=\"multipart/form-data\">{}\
-         <label>Bundle file <input type=\"file\" name=\"bundle\" required></label>\
-         <button>Import</button></form>",
-        csrf_field(s)
-    );
-    (status, page(s, "Bundles", "/bundles", &b)).into_response()
-}
-
-pub async fn export(State(s): State<AppState>, Form(form): Form<Params>) -> Response {
-    if let Some(r) = csrf_refusal(&s, &form) {
-        return r;
-    }
-    let peer = match form.get("peer").map(|p| p.trim()).filter(|p| !p.is_empty()) {
-        None => None,
-        Some(p) => match p.parse::<NodeId>() {
-            Ok(p) => Some(p),
-            Err(_) => {
-                let m = notice(false, &format!("{p:?} is not a node id"));
-                return bundles_with(&s, Some(m), StatusCode::UNPROCESSABLE_ENTITY).await;
-            }
-        },
-    };
-    match s.call(move |d| d.export_bundle(peer)).await {
-        Ok(bundle) => super::api::download(bundle).await,
-        Err(e) => bundles_with(&s, Some(notice(false, &e.to_string())), status_of(&e)).await,
-    }
-}
-
-pub async fn import(State(s): State<AppState>, mut multipart: Multipart) -> Response {
-    let mut csrf = None;
-    let mut upload = None;
-    loop {
-        match multipart.next_field().await {
-            Ok(Some(field)) if field.name() == Some("csrf") => csrf = field.text().await.ok(),
-            Ok(Some(mut field)) if field.name() == Some("bundle") => {
-                let mut sink = match super::api::UploadSink::new(&s.scratch).await {
-                    Ok(f) => f,
-                    Err(e) => return error_page(&s, "Bundles", "/bundles", &e),
-                };
-                loop {
-                    match field.chunk().await {
-                        Ok(Some(bytes)) => {
-                            if let Err(e) = sink.write(&bytes).await {
-                                return bundles_with(
-                                    &s,
-                                    Some(notice(false, &e.to_string())),
-                                    status_of(&e),
-                                )
-                                .await;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            let m = notice(false, &format!("the upload broke off: {e}"));
-                            return bundles_with(&s, Some(m), StatusCode::BAD_REQUEST).await;
-                        }
-                    }
-                }
-                upload = Some(sink);
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => break,
-            Err(e) => {
-                let m = notice(false, &format!("the upload could not be read: {e}"));
-                return bundles_with(&s, Some(m), StatusCode::BAD_REQUEST).await;
-            }
-        }
-    }
-    let mut form = Params::new();
-    if let Some(c) = csrf {
-        form.insert("csrf".into(), c);
-    }
-    if let Some(r) = csrf_refusal(&s, &form) {
-        return r;
-    }
-    let Some(upload) = upload.filter(|u| u.bytes > 0) else {
-        let m = notice(false, "Choose a bundle file to import. Nothing was changed.");
-        return bundles_with(&s, Some(m), StatusCode::UNPROCESSABLE_ENTITY).await;
-    };
-    let path = match upload.finish().await {
-        Ok(p) => p,
-        Err(e) => return error_page(&s, "Bundles", "/bundles", &e),
-    };
-    let done = s
-        .call(move |d| {
-            let r = d.import_bundle(&path);
-            drop(path);
-            r
-        })
-        .await;
-    match done {
-        Ok(r) => {
-            let mut m = format!(
-                "Imported: {} batches applied ({} changes), {} already present, {} waiting for earlier ones.",
-                r.applied_batches, r.applied_changes, r.already_present, r.waiting
-            );
-            if !r.rejected.is_empty() {
-                let _ = write!(m, " Rejected {}: {}", r.rejected.len(), r.rejected.join("; "));
-            }
-            if let Some(t) = &r.truncated {
-                let _ = write!(m, " {t}.");
-            }
-            bundles_with(&s, Some(notice(r.ok, &m)), StatusCode::OK).await
-        }
-        Err(e) => {
-            let m = format!("{e}. Nothing was changed.");
-            bundles_with(&s, Some(notice(false, &m)), status_of(&e)).await
-        }
-    }
 }
