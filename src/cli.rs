@@ -2,6 +2,7 @@
 //! Errors carry an exit code: 2 for bad input (nothing written), 1 for everything else. The
 //! network commands live in `cli/net.rs`.
 
+mod admin;
 mod fhir;
 mod net;
 
@@ -170,6 +171,11 @@ pub enum Command {
     Fhir {
         #[command(subcommand)]
         action: fhir::FhirAction,
+    },
+    /// The admin web view that `serve` runs: its token and address.
+    Admin {
+        #[command(subcommand)]
+        action: admin::AdminAction,
     },
 }
 
@@ -746,6 +752,7 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
         }
         Command::Demo => crate::demo::run()?,
         Command::Fhir { action } => return fhir::run(&cli, action),
+        Command::Admin { action } => admin::run(&cli, action)?,
     }
     Ok(0)
 }

@@ -44,6 +44,8 @@ struct RawConfig {
     /// `"type"` or `"type.field"` -> `"auto"` | `"review"` (src/conflict.rs).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     conflicts: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    admin: Option<RawAdmin>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -60,6 +62,17 @@ struct RawAudit {
 pub struct Retention {
     pub keep_days: Option<u64>,
     pub keep_entries: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    listen: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    allow_remote: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -227,6 +240,42 @@ pub struct Config {
     /// Conflict policy rules, over the built-in defaults.
     pub conflicts: crate::conflict::PolicyRules,
     pub retention: Retention,
+    pub admin: AdminConfig,
+}
+
+/// The `[admin]` section: where `serve` runs the admin web view and JSON API (default: enabled,
+/// on 127.0.0.1:7780).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    pub listen: std::net::SocketAddr,
+    /// Whether `listen` may be an address other machines reach (off by default: the view is
+    /// protected by a token only, over plain HTTP).
+    pub allow_remote: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 7780)),
+            allow_remote: false,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// Checks that a non-loopback address is allowed explicitly.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.listen.ip().is_loopback() && !self.allow_remote {
+            return Err(format!(
+                "{} is not a loopback address; the admin view serves plain HTTP, so set \
+                 allow_remote = true to serve it beyond this machine",
+                self.listen
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Parses a role name.
@@ -275,6 +324,19 @@ impl Trust for TrustSet {
     }
 }
 
+fn parse_admin(raw: Option<RawAdmin>) -> Result<AdminConfig, (&'static str, String)> {
+    let d = AdminConfig::default();
+    let Some(raw) = raw else { return Ok(d) };
+    let listen = raw.listen.as_deref().map(parse_addr).transpose().map_err(|m| ("listen", m))?;
+    let admin = AdminConfig {
+        enabled: raw.enabled.unwrap_or(d.enabled),
+        listen: listen.unwrap_or(d.listen),
+        allow_remote: raw.allow_remote.unwrap_or(d.allow_remote),
+    };
+    admin.check().map_err(|m| ("listen", m))?;
+    Ok(admin)
+}
+
 /// Checks a node name: 1 to 64 bytes of letters, digits, `-`, `_`, `.` or space.
 pub fn check_name(name: &str) -> Result<(), String> {
     let ok_chars = name.chars().all(|c| c.is_alphanumeric() || "-_. ".contains(c));
@@ -297,6 +359,7 @@ impl Config {
             peers: Vec::new(),
             conflicts: Default::default(),
             retention: Retention::default(),
+            admin: AdminConfig::default(),
         })
     }
 
@@ -382,6 +445,7 @@ impl Config {
                 format!("{sync_interval_secs} is below the minimum of {SYNC_INTERVAL_SECS_MIN}");
             return Err(invalid("network.sync_interval_secs".into(), m));
         }
+        let admin = parse_admin(raw.admin).map_err(|(f, m)| invalid(format!("admin.{f}"), m))?;
         let mut rules = Vec::new();
         for (key, policy) in &raw.conflicts {
             let at = format!("conflicts.\"{key}\"");
@@ -413,6 +477,7 @@ impl Config {
             peers,
             conflicts,
             retention,
+            admin,
         })
     }
 
@@ -430,8 +495,16 @@ impl Config {
                 listen: self.listen.map(|a| a.to_string()),
                 sync_interval_secs: Some(self.sync_interval_secs),
             });
+        let d = AdminConfig::default();
+        let a = &self.admin;
+        let admin = (*a != d).then(|| RawAdmin {
+            enabled: (a.enabled != d.enabled).then_some(a.enabled),
+            listen: (a.listen != d.listen).then(|| a.listen.to_string()),
+            allow_remote: a.allow_remote.then_some(true),
+        });
         let raw = RawConfig {
             version: CONFIG_VERSION,
+            admin,
             node: RawNode { name: self.name.clone() },
             network,
             peers: self
@@ -527,5 +600,19 @@ mod tests {
         assert!(e.to_string().contains("nam"), "{e}");
         let e = Config::parse("version = 7\n[node]\nname = \"a\"\n", "f.toml").unwrap_err();
         assert!(matches!(e, ConfigError::Version { found: 7, .. }));
+    }
+
+    #[test]
+    fn admin_section_round_trips_and_refuses_a_remote_address_unless_allowed() {
+        let mut c = Config::new("clinic-a").expect("name");
+        assert!(!c.to_toml().contains("[admin]"), "defaults are not written");
+        c.admin.listen = "127.0.0.1:9000".parse().expect("addr");
+        assert_eq!(Config::parse(&c.to_toml(), "x").expect("parses"), c);
+        let text = "version = 1\n[node]\nname = \"a\"\n[admin]\nlisten = \"0.0.0.0:7780\"\n";
+        let e = Config::parse(text, "f.toml").expect_err("a remote address needs allow_remote");
+        assert!(e.to_string().contains("admin.listen"), "{e}");
+        let c = Config::parse(&format!("{text}allow_remote = true\n"), "f.toml").expect("allowed");
+        assert!(c.admin.allow_remote && c.admin.enabled);
+        assert_eq!(Config::parse(&c.to_toml(), "x").expect("parses"), c);
     }
 }

@@ -12,6 +12,8 @@
 //! - compose: [`node`] (a node directory: key, config, store; trust and rosters; the clock and
 //!   the OS RNG) and [`node::serve`] (the running node: tokio runtime, listener, sync loops,
 //!   control endpoint, shutdown)
+//! - async I/O: [`web`] (the admin web view and JSON API, over the [`web::data::AdminData`]
+//!   trait)
 //! - async I/O: [`transport`] (QUIC endpoints, raw-key TLS pinned both ways, frame reading)
 //! - blocking: [`store`] (redb tables, local writes and sealing, durable receipt, merging dirty
 //!   documents), [`bundle`] (the bundle file format)
@@ -37,3 +39,4 @@ pub mod node;
 pub mod protocol;
 pub mod store;
 pub mod transport;
+pub mod web;

@@ -7,6 +7,8 @@
 //! instant therefore restarts with a consistent store. This module owns no threads except the
 //! scoped workers that materialize documents in parallel inside an apply.
 
+mod admin;
+pub use admin::EventPage;
 pub mod apply;
 pub mod audit;
 pub(crate) mod conflicts;

@@ -14,6 +14,9 @@ use serde_json::{Map, Value as Json};
 
 use crate::id::AuthorId;
 
+mod admin;
+pub use admin::{ChangeInfo, FieldEdit};
+
 /// An Automerge operation failed: the document or a change is malformed.
 #[derive(Debug, thiserror::Error)]
 #[error("automerge: {0}")]

@@ -826,6 +826,8 @@ async fn serve_async(node: Arc<Node>) -> Result<(), NodeError> {
     let listen = endpoint.local_addr().map_err(io)?;
     tracing::info!(node = %node.id(), %listen, peers = node.config.peers.len(), "serving");
     crate::say!("serving node {} on {listen} (Ctrl-C to stop)", node.id());
+    // The admin web view and JSON API (`[admin]` in the config), stopped with everything else.
+    tasks.spawn(crate::web::run(node.clone(), shutdown_rx.clone()));
 
     wait_for_signal().await;
     tracing::info!("shutting down");
