@@ -1,7 +1,8 @@
 //! `sitesync demo`: a district server and three clinics on loopback QUIC in a temporary folder.
 //! One clinic is cut off for a simulated week of clinic work while every site keeps writing;
 //! then the link heals and every node converges, with a same-field conflict kept and the bytes
-//! moved shown. Uses the same node operations, transport and sessions as `serve`.
+//! moved shown; the district resolves the conflict and one round closes it everywhere. Uses the
+//! same node operations, transport and sessions as `serve`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -232,6 +233,29 @@ async fn run_async() -> Result<()> {
         }
     }
 
+    step("6. The district resolves it; one round closes it everywhere");
+    let open = district.conflicts()?;
+    let c = open
+        .iter()
+        .map(|v| &v.conflict)
+        .find(|c| c.is_open() && c.entity == id)
+        .context("the conflict at the district")?;
+    say!("   district: conflict {} open ({} values); keeping value 0", c.id, c.values.len());
+    district.resolve(&c.id.clone(), crate::node::Choice::Take(0))?;
+    round(&parent, &all, &mut moved).await;
+    let mut closed = true;
+    for (name, node) in
+        std::iter::once(("district", &district)).chain(sites.iter().map(|s| (s.name, &s.node)))
+    {
+        let still =
+            node.conflicts()?.iter().any(|v| v.conflict.is_open() && v.conflict.entity == id);
+        let birthdate =
+            node.store.get(&id)?.map(|(r, _)| r["birthdate"].clone()).unwrap_or_default();
+        closed &= !still;
+        say!("   {name:<13} open: {still}, birthdate {birthdate}");
+    }
+    say!("   closed on every node: {closed}");
+
     let s = district.summary()?;
     let records: u64 = s.entities.values().sum();
     say!(
@@ -248,6 +272,9 @@ async fn run_async() -> Result<()> {
     let _ = accept.await;
     if !converged {
         anyhow::bail!("the nodes did not converge");
+    }
+    if !closed {
+        anyhow::bail!("the resolution did not close the conflict everywhere");
     }
     Ok(())
 }
