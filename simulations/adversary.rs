@@ -59,7 +59,12 @@ pub fn on_wire(
 
 /// What a sender's fetched batches become before they are encoded: tampered by a hostile
 /// relay, or joined by forged batches (a man in the middle holding the session keys).
-pub fn on_fetch(world: &mut World, conn: u64, end: usize, batches: Vec<WireBatch>) -> Vec<WireBatch> {
+pub fn on_fetch(
+    world: &mut World,
+    conn: u64,
+    end: usize,
+    batches: Vec<WireBatch>,
+) -> Vec<WireBatch> {
     let Some(c) = world.conns.get(&conn) else { return batches };
     let site = c.ends[end].site;
     if c.ends[end].hostile {
@@ -91,9 +96,12 @@ fn forged_change(world: &mut World, author: &AuthorId) -> Option<(EntityId, Vec<
         "names": [{"uuid": world.rng.uuid(), "givenName": "Mallory"}],
         "gender": "U"
     });
-    let record =
-        sitesync::entity::validate(EntityType::Patient, &input, sitesync::id::Uid::from_random([0; 16]))
-            .ok()?;
+    let record = sitesync::entity::validate(
+        EntityType::Patient,
+        &input,
+        sitesync::id::Uid::from_random([0; 16]),
+    )
+    .ok()?;
     let keyed = sitesync::store::keyed_fields(EntityType::Patient);
     let time = world.sites[0].env.now_secs();
     let mut doc = sitesync::entity::doc::EntityDoc::new();

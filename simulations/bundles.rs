@@ -37,13 +37,14 @@ fn visit(world: &mut World, site: usize, faults: bool) {
         std::mem::take(&mut world.bag).into_iter().partition(|b| b.to == site);
     world.bag = rest;
     world.rng.shuffle(&mut mine);
-    for b in mine {
-        if faults && world.rng.chance(0.2) {
+    for (n, b) in mine.into_iter().enumerate() {
+        if faults && n > 0 && world.rng.chance(0.2) {
             // Left in the bag: delivered on a later visit, after newer bundles.
             world.bag.push(b);
             continue;
         }
-        import(world, site, &b, faults);
+        // The first bundle of a visit is always damaged on the way (then often the others).
+        import(world, site, &b, faults, n == 0);
         if faults && world.rng.chance(0.2) {
             // Carried again: imported a second time later.
             world.bag.push(b);
@@ -75,13 +76,13 @@ fn export(world: &mut World, from: usize, to: usize) {
     }
 }
 
-fn import(world: &mut World, site: usize, b: &Carried, faults: bool) {
+fn import(world: &mut World, site: usize, b: &Carried, faults: bool, damage: bool) {
     let roll = if faults { world.rng.below(100) } else { 100 };
-    if roll < 30 {
+    if roll < 30 || (faults && damage) {
         let Ok(mut bytes) = std::fs::read(&b.path) else { return };
         let damaged = b.path.with_extension(format!("damaged-{}", world.bundle_seq));
         world.bundle_seq += 1;
-        let flipped = roll < 15;
+        let flipped = roll % 2 == 0;
         if flipped {
             let at = world.rng.index(bytes.len());
             bytes[at] ^= 1 << world.rng.below(8);
@@ -140,7 +141,7 @@ fn import(world: &mut World, site: usize, b: &Carried, faults: bool) {
 pub fn final_rounds(world: &mut World) {
     let left = std::mem::take(&mut world.bag);
     for b in &left {
-        import(world, b.to, b, false);
+        import(world, b.to, b, false, false);
     }
     for _ in 0..2 {
         for c in world.children.clone() {
@@ -160,6 +161,6 @@ fn deliver_all(world: &mut World, site: usize) {
         std::mem::take(&mut world.bag).into_iter().partition(|b| b.to == site);
     world.bag = rest;
     for b in mine {
-        import(world, site, &b, false);
+        import(world, site, &b, false, false);
     }
 }

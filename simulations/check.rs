@@ -172,8 +172,7 @@ fn against_oracle(
         let got: BTreeMap<String, usize> = count(&surfaced);
         if want != got || !winner.as_ref().is_some_and(|w| standing.contains(w)) {
             let writes = &rec.fields[path];
-            let lost: Vec<&Value> =
-                standing.iter().filter(|v| !surfaced.contains(v)).collect();
+            let lost: Vec<&Value> = standing.iter().filter(|v| !surfaced.contains(v)).collect();
             problems.push(format!(
                 "{site}: {id} {path}: holds {surfaced:?} (winner {winner:?}), but the writes \
                  leave {standing:?} standing ({} writes; lost: {lost:?})",

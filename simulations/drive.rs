@@ -50,6 +50,8 @@ pub struct End {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub hostile: bool,
+    /// The site's restore count when the session started.
+    pub restores: u32,
 }
 
 impl End {
@@ -85,6 +87,7 @@ impl End {
             bytes_sent: 0,
             bytes_received: 0,
             hostile: world.sites[site].kind == crate::world::Kind::Relay,
+            restores: world.sites[site].restore_count,
         })
     }
 }
@@ -252,7 +255,8 @@ impl World {
         let (site, peer) = (c.ends[i].site, c.ends[i].peer);
         let (latency, _) = self.links[&(site, peer)];
         let dir = &mut c.dirs[i];
-        let fin_at = (!dir.fin && dir.broken_at.is_none()).then(|| dir.last_arrival.max(now + latency));
+        let fin_at =
+            (!dir.fin && dir.broken_at.is_none()).then(|| dir.last_arrival.max(now + latency));
         dir.fin = true;
         let e = &c.ends[i];
         let (dialer, life) = (e.dialer, e.life);

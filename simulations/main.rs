@@ -13,6 +13,7 @@
 //! that replays it, and the process exits non-zero.
 
 mod adversary;
+mod backup;
 mod bundles;
 mod check;
 mod drive;
@@ -51,7 +52,8 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut it = std::env::args().skip(1);
     let mut explicit = false;
     while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| anyhow::anyhow!("{name} needs a value"));
+        let mut value =
+            |name: &str| it.next().ok_or_else(|| anyhow::anyhow!("{name} needs a value"));
         match arg.as_str() {
             "--scenario" => {
                 let v = value("--scenario")?;
@@ -174,18 +176,30 @@ fn run_one(opts: Options, keep: bool) -> RunResult {
 fn summary(w: &world::World, wall: f64) -> String {
     let s = &w.stats;
     let simulated = w.now as f64 / world::DAY_MS as f64;
-    let conv = w
-        .converged_at
-        .map_or("never".to_string(), |t| format!("+{}", world::fmt_ms(t.saturating_sub(w.heal_at))));
+    let conv = w.converged_at.map_or("never".to_string(), |t| {
+        format!("+{}", world::fmt_ms(t.saturating_sub(w.heal_at)))
+    });
     let mut extra = String::new();
     if s.crashes > 0 {
-        extra += &format!(" crashes={} (mid-batch {}, before merge {})", s.crashes, s.mid_batch_crashes, s.crashes_before_merge);
+        extra += &format!(
+            " crashes={} (mid-batch {}, before merge {})",
+            s.crashes, s.mid_batch_crashes, s.crashes_before_merge
+        );
     }
     if s.forged + s.tampered + s.corrupted + s.replayed + s.duplicated + s.reordered > 0 {
         extra += &format!(
             " adversary: forged={} tampered={} corrupt={} replay={} dup={} reorder={} rejected={}",
-            s.forged, s.tampered, s.corrupted, s.replayed, s.duplicated, s.reordered, s.rejected_batches
+            s.forged,
+            s.tampered,
+            s.corrupted,
+            s.replayed,
+            s.duplicated,
+            s.reordered,
+            s.rejected_batches
         );
+    }
+    if w.restores > 0 {
+        extra += &format!(" restores={} (writes lost with them {})", w.restores, w.lost_to_restore);
     }
     if s.bundles > 0 {
         extra += &format!(" bundles={} damaged={}", s.bundles, s.bundle_faults);

@@ -44,12 +44,6 @@ pub struct Conn {
     pub reset_scheduled: bool,
 }
 
-impl Conn {
-    pub fn sites(&self) -> (usize, usize) {
-        (self.ends[0].site, self.ends[1].site)
-    }
-}
-
 impl World {
     pub fn link_up(&self, a: usize, b: usize) -> bool {
         !self.down.contains(&(a, b))
@@ -74,23 +68,27 @@ impl World {
     }
 
     pub(crate) fn connected(&mut self, site: usize, peer: usize) {
-        if !(self.alive(site) && self.alive(peer) && self.link_up(site, peer))
-            || !self.link_up(peer, site)
-        {
+        let up = self.link_up(site, peer) && self.link_up(peer, site);
+        if !(self.alive(site) && self.alive(peer) && up) {
             // Cut or crashed during the handshake.
             return self.dial_failed(site, peer);
         }
         let id = self.next_conn;
         self.next_conn += 1;
-        let (a, b) = match (End::start(self, site, peer, true), End::start(self, peer, site, false)) {
+        let (a, b) = match (End::start(self, site, peer, true), End::start(self, peer, site, false))
+        {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => {
                 self.fail(format!("starting a session: {e}"));
                 return;
             }
         };
-        let conn =
-            Conn { id, ends: [a, b], dirs: [Dir::default(), Dir::default()], reset_scheduled: false };
+        let conn = Conn {
+            id,
+            ends: [a, b],
+            dirs: [Dir::default(), Dir::default()],
+            reset_scheduled: false,
+        };
         self.conns.insert(id, conn);
         self.stats.sessions += 1;
         self.trace(b"connected", &[&id.to_le_bytes()]);
@@ -234,10 +232,11 @@ impl World {
         let check_ack = genuine && self.opts.check_acks();
         let c = self.conn_mut(conn);
         let peer_site = c.ends[1 - to].site;
+        let peer_restores = c.ends[1 - to].restores;
         let end = &mut c.ends[to];
         end.bytes_received += bytes.len() as u64;
         end.last_frame = bytes.len() as u64;
-        let decoded = match bytes.get(..4).map(|p| <[u8; 4]>::try_from(p)) {
+        let decoded = match bytes.get(..4).map(<[u8; 4]>::try_from) {
             Some(Ok(prefix)) => match message::frame_len(prefix) {
                 Ok(n) if n == bytes.len() - 4 => end.dec.decode(&bytes[4..]),
                 Ok(n) => Err(message::CodecError::Decode(format!(
@@ -253,7 +252,9 @@ impl World {
                 if let (true, message::MessageOf::Ack { vector }) = (check_ack, &m) {
                     let vector = vector.clone();
                     end.session.handle_message(now, m);
-                    self.check_ack(peer_site, &vector);
+                    if self.sites[peer_site].restore_count == peer_restores {
+                        self.check_ack(peer_site, &vector);
+                    }
                 } else {
                     end.session.handle_message(now, m);
                 }
@@ -301,7 +302,8 @@ impl World {
                 .conns
                 .values()
                 .flat_map(|c| {
-                    (0..2).filter(move |&i| c.ends[i].site == x && c.ends[1 - i].site == y)
+                    (0..2)
+                        .filter(move |&i| c.ends[i].site == x && c.ends[1 - i].site == y)
                         .map(move |i| (c.id, i))
                 })
                 .collect();

@@ -78,11 +78,14 @@ pub struct Options {
     pub hot: usize,
 }
 
-/// Sizes: `(children, days, writes per day, sync interval s)` for a full run and a smoke run.
-fn sizes(s: Scenario) -> ((usize, f64, u32, u64), (usize, f64, u32, u64)) {
+/// `(children, days, writes per day, sync interval s)`.
+type Size = (usize, f64, u32, u64);
+
+/// Sizes for a full run and a smoke run.
+fn sizes(s: Scenario) -> (Size, Size) {
     match s {
         Scenario::Baseline => ((8, 2.0, 24, 600), (3, 0.5, 24, 600)),
-        Scenario::LongPartitions => ((25, 14.0, 12, 1800), (5, 3.0, 12, 1800)),
+        Scenario::LongPartitions => ((25, 14.0, 8, 3600), (5, 3.0, 8, 3600)),
         Scenario::SwizzleClog => ((8, 2.0, 24, 600), (4, 1.0, 24, 600)),
         Scenario::OneWay => ((6, 4.0, 24, 600), (3, 2.5, 12, 600)),
         Scenario::DupReorderReplay => ((6, 2.0, 24, 600), (3, 0.5, 24, 600)),
@@ -181,17 +184,41 @@ impl Options {
 #[derive(Debug)]
 pub enum Script {
     /// Crash a site with a session running during its next apply (retry later if none runs).
-    CrashIntent { tries: u32 },
+    CrashIntent {
+        tries: u32,
+    },
     /// Crash a site now and restart it after `down_ms`.
-    CrashNow { site: usize, down_ms: u64 },
+    CrashNow {
+        site: usize,
+        down_ms: u64,
+    },
     /// Crash storm: crash a random site, then schedule the next storm crash.
     Storm,
     /// Cut one direction of a child's link for `hold_ms`, in the middle of its next session.
-    OneWayCut { child: usize, hold_ms: u64 },
+    OneWayCut {
+        child: usize,
+        hold_ms: u64,
+    },
     /// Edit the focus patient at `site` (a field by path, or the shared one).
-    EditFocus { site: usize, path: Option<String> },
+    EditFocus {
+        site: usize,
+        path: Option<String>,
+    },
     /// The USB courier's next stop.
     Courier,
+    /// Back up a site's store.
+    Backup {
+        site: usize,
+    },
+    /// Crash a site and put its last backup back (as a new file, or in place + reincarnate).
+    Restore {
+        site: usize,
+        in_place: bool,
+    },
+    Install {
+        site: usize,
+        in_place: bool,
+    },
 }
 
 /// Builds the scenario's world: sites, topology, data before the faults, and the fault
@@ -238,6 +265,7 @@ pub fn build(world: &mut World) -> anyhow::Result<()> {
         Scenario::CrashStorm => {
             let first = world.rng.exp(20 * MINUTE_MS);
             world.at(first, Ev::Script(Script::Storm));
+            backups(world);
         }
         Scenario::FiveSites => five_sites(world, parent, &children),
         Scenario::UsbBundles => {
@@ -331,11 +359,34 @@ fn short_partitions(world: &mut World, children: &[usize]) {
     }
 }
 
+/// Backups of random sites every few hours; a few of them restored later (some in place).
+fn backups(world: &mut World) {
+    let active = world.opts.active_ms();
+    let mut t = world.rng.range(HOUR_MS, 3 * HOUR_MS);
+    let mut restores = 0;
+    while t + HOUR_MS < active {
+        let site = world.rng.index(world.sites.len());
+        world.at(t, Ev::Script(Script::Backup { site }));
+        if restores < 3 && world.rng.chance(0.5) {
+            let later = t + world.rng.range(10 * MINUTE_MS, 4 * HOUR_MS);
+            let in_place = world.rng.chance(0.5);
+            world.at(
+                later.min(active - 30 * MINUTE_MS),
+                Ev::Script(Script::Restore { site, in_place }),
+            );
+            restores += 1;
+        }
+        t += world.rng.range(HOUR_MS, 4 * HOUR_MS);
+    }
+}
+
 /// One patient, five clinics cut off for a day, each editing it: the same field at every site,
 /// and a field of its own that some share.
 fn five_sites(world: &mut World, parent: usize, children: &[usize]) {
     let Some(id) = crate::workload::new_patient(world, parent) else { return };
     world.focus = Some(id);
+    // Only the five clinics edit it (the background workload leaves it alone).
+    world.oracle.patients.retain(|p| *p != id);
     let start = 2 * HOUR_MS;
     let len = DAY_MS.min(world.opts.active_ms() - start - HOUR_MS);
     let paths: Vec<String> = world.oracle.records[&id].fields.keys().cloned().collect();
@@ -410,6 +461,13 @@ pub fn script(world: &mut World, s: Script) {
             }
         }
         Script::Courier => crate::bundles::courier(world),
+        Script::Backup { site } => {
+            if !world.healed {
+                world.backup(site);
+            }
+        }
+        Script::Restore { site, in_place } => world.restore(site, in_place),
+        Script::Install { site, in_place } => world.install(site, in_place),
     }
 }
 
@@ -431,14 +489,21 @@ pub fn after_run(world: &mut World) {
     };
     match o.scenario {
         Scenario::LongPartitions => {
-            want(s.mid_batch_crashes >= 5, format!("{} mid-batch crashes (< 5)", s.mid_batch_crashes));
+            want(
+                s.mid_batch_crashes >= 5,
+                format!("{} mid-batch crashes (< 5)", s.mid_batch_crashes),
+            );
             let long_min = (7 * DAY_MS).min(o.active_ms() / 2);
             let long = world.partition_max.values().filter(|&&m| m >= long_min).count();
-            want(long >= 3, format!("{long} children offline >= {} (< 3)", crate::world::fmt_ms(long_min)));
+            want(
+                long >= 3,
+                format!("{long} children offline >= {} (< 3)", crate::world::fmt_ms(long_min)),
+            );
         }
-        Scenario::DupReorderReplay => {
-            want(s.duplicated > 0 && s.reordered > 0 && s.replayed > 0, "no dup/reorder/replay".into())
-        }
+        Scenario::DupReorderReplay => want(
+            s.duplicated > 0 && s.reordered > 0 && s.replayed > 0,
+            "no dup/reorder/replay".into(),
+        ),
         Scenario::HostileRelay => {
             want(s.tampered > 0, "the relay tampered with nothing".into());
             want(s.forbidden > 0, "no session was cut for forged batches".into());

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
-use sitesync::id::{EntityId, EntityType};
+use sitesync::id::{AuthorId, EntityId, EntityType};
 
 use crate::world::{Ev, World};
 
@@ -32,12 +32,16 @@ pub struct FieldWrite {
     pub value: Value,
     /// The values the writer saw in the field (and so overwrote).
     pub saw: Vec<Value>,
+    /// The batch that carries the write: (author, seq).
+    pub batch: (AuthorId, u64),
 }
 
 /// A record the workload created.
 #[derive(Clone, Debug)]
 pub struct Rec {
     pub creator: usize,
+    /// The batch that carries the creation.
+    pub batch: (AuthorId, u64),
     /// The record as its creator read it back after the put.
     pub created: Value,
     /// Edited fields (dotted paths, keyed items by uuid) and their writes.
@@ -58,6 +62,33 @@ impl Oracle {
     fn next(&mut self) -> u64 {
         self.counter += 1;
         self.counter
+    }
+
+    /// Forgets the writes of `site` that `held` says nobody holds any more (a restored backup
+    /// lost them); returns how many.
+    pub fn forget(&mut self, site: usize, held: impl Fn(&AuthorId, u64) -> bool) -> u64 {
+        let mut lost = 0;
+        let gone: Vec<EntityId> = self
+            .records
+            .iter()
+            .filter(|(_, r)| r.creator == site && !held(&r.batch.0, r.batch.1))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &gone {
+            self.records.remove(id);
+            lost += 1;
+        }
+        for list in [&mut self.patients, &mut self.obs, &mut self.hot] {
+            list.retain(|id| !gone.contains(id));
+        }
+        for rec in self.records.values_mut() {
+            for writes in rec.fields.values_mut() {
+                let before = writes.len();
+                writes.retain(|w| w.site != site || held(&w.batch.0, w.batch.1));
+                lost += (before - writes.len()) as u64;
+            }
+        }
+        lost
     }
 
     /// The values that must still stand in `path` of `id`: those no other write saw.
@@ -176,7 +207,8 @@ pub fn new_patient(world: &mut World, site: usize) -> Option<EntityId> {
     let n = world.oracle.next();
     let tag = format!("{}-{n:06}", world.sites[site].name);
     let r = &mut world.rng;
-    let (uuid, idu, nidu, nu, au, tu) = (r.uuid(), r.uuid(), r.uuid(), r.uuid(), r.uuid(), r.uuid());
+    let (uuid, idu, nidu, nu, au, tu) =
+        (r.uuid(), r.uuid(), r.uuid(), r.uuid(), r.uuid(), r.uuid());
     let gender = ["M", "F", "U", "O"][r.index(4)];
     let birth = format!("{:04}-{:02}-{:02}", 1940 + r.below(80), 1 + r.below(12), 1 + r.below(28));
     let given = GIVEN[r.index(GIVEN.len())];
@@ -258,12 +290,14 @@ fn put_new(
         }
     };
     let read: Vec<_> = out.iter().map(|o| (o.id, node.store.get(&o.id))).collect();
+    let batch = last_batch(node);
     let mut ids = Vec::new();
     for ((id, got), (_, paths)) in read.into_iter().zip(records) {
         let created = match got {
             Ok(Some((json, _))) => json,
             other => {
-                let m = format!("{}: {id} not readable after put: {other:?}", world.sites[site].name);
+                let m =
+                    format!("{}: {id} not readable after put: {other:?}", world.sites[site].name);
                 world.fail(m);
                 continue;
             }
@@ -271,15 +305,22 @@ fn put_new(
         let mut fields = BTreeMap::new();
         for p in paths {
             let value = field_at(&created, &p).cloned().unwrap_or(Value::Null);
-            fields.insert(p, vec![FieldWrite { site, value, saw: Vec::new() }]);
+            fields.insert(p, vec![FieldWrite { site, value, saw: Vec::new(), batch }]);
         }
-        world.oracle.records.insert(id, Rec { creator: site, created, fields });
+        world.oracle.records.insert(id, Rec { creator: site, batch, created, fields });
         ids.push(id);
     }
     world.stats.writes += ids.len() as u64;
     let key: Vec<u8> = ids.iter().flat_map(|i| i.key().into_bytes()).collect();
     world.trace(b"put", &[&key]);
     ids
+}
+
+/// The batch a write just sealed: the node's author and its top seq.
+fn last_batch(node: &sitesync::node::Node) -> (AuthorId, u64) {
+    let author = node.store.author();
+    let seq = node.store.vector().map_or(0, |v| v.get(&author));
+    (author, seq)
 }
 
 /// Reads `id` at `site`, changes one edited field (`path`, or a random one) and writes it back.
@@ -316,6 +357,7 @@ pub fn edit(world: &mut World, site: usize, id: EntityId, path: Option<&str>) {
         return;
     }
     let put = node.put(id.ty, &json);
+    let batch = last_batch(node);
     // Read your own write.
     let back = node.store.get(&id).ok().flatten().and_then(|(j, _)| field_at(&j, &path).cloned());
     if let Err(e) = put {
@@ -323,11 +365,12 @@ pub fn edit(world: &mut World, site: usize, id: EntityId, path: Option<&str>) {
         return;
     }
     if back.as_ref() != Some(&value) {
-        let m = format!("{}: wrote {value} to {id} {path}, read back {back:?}", world.sites[site].name);
+        let m =
+            format!("{}: wrote {value} to {id} {path}, read back {back:?}", world.sites[site].name);
         world.fail(m);
     }
     if let Some(rec) = world.oracle.records.get_mut(&id) {
-        rec.fields.entry(path.clone()).or_default().push(FieldWrite { site, value, saw });
+        rec.fields.entry(path.clone()).or_default().push(FieldWrite { site, value, saw, batch });
     }
     world.stats.edits += 1;
     world.trace(b"edit", &[id.key().as_bytes(), path.as_bytes()]);

@@ -28,25 +28,56 @@ pub enum Ev {
     /// A site's EMR writes something (then schedules its next write).
     Write(usize),
     /// A site's sync loop dials a peer.
-    Dial { site: usize, peer: usize },
+    Dial {
+        site: usize,
+        peer: usize,
+    },
     /// The handshake of a dial finished: both ends start a session.
-    Connected { site: usize, peer: usize },
+    Connected {
+        site: usize,
+        peer: usize,
+    },
     /// A dial timed out.
-    DialFailed { site: usize, peer: usize },
+    DialFailed {
+        site: usize,
+        peer: usize,
+    },
     /// Something reaches end `to` of a connection.
-    Arrive { conn: u64, to: usize, item: Transit },
+    Arrive {
+        conn: u64,
+        to: usize,
+        item: Transit,
+    },
     /// A fetch asked by end `end` is done (the store was read).
-    Fetched { conn: u64, end: usize },
+    Fetched {
+        conn: u64,
+        end: usize,
+    },
     /// An apply asked by end `end` is due (the store writes it now).
-    Applied { conn: u64, end: usize },
+    Applied {
+        conn: u64,
+        end: usize,
+    },
     /// A session timer of end `end`.
-    Timer { conn: u64, end: usize },
+    Timer {
+        conn: u64,
+        end: usize,
+    },
     /// Merge what a finished session received (the crash window after receipt).
-    Merge { site: usize, life: u32 },
-    Crash { site: usize },
-    Restart { site: usize },
+    Merge {
+        site: usize,
+        life: u32,
+    },
+    Restart {
+        site: usize,
+    },
     /// Link state: `a -> b` (and `b -> a` when `both`) goes down or up.
-    Link { a: usize, b: usize, up: bool, both: bool },
+    Link {
+        a: usize,
+        b: usize,
+        up: bool,
+        both: bool,
+    },
     /// A scenario's own action.
     Script(Script),
     /// The end of the faulty phase: every link up, every site running, writes stop.
@@ -60,7 +91,6 @@ pub enum Ev {
 pub enum Kind {
     Parent,
     Child,
-    Peer,
     /// A configured peer that tampers with what it relays (the hostile relay).
     Relay,
 }
@@ -84,7 +114,6 @@ pub struct Site {
     pub env: Arc<SimEnv>,
     /// Increases at every crash: events of an earlier life are ignored.
     pub life: u32,
-    pub skew_secs: i64,
     /// A location uuid of this clinic.
     pub location: String,
     pub dialers: Vec<Dialer>,
@@ -94,6 +123,10 @@ pub struct Site {
     pub crash_on_apply: bool,
     pub writes_on: bool,
     pub offline_ms: u64,
+    /// Reopened from a restored backup: the vector may go back once.
+    pub restored: bool,
+    /// How many backups were restored at this site (acks sent before one are not checked).
+    pub restore_count: u32,
 }
 
 /// Counters printed after a run.
@@ -170,6 +203,10 @@ pub struct World {
     pub bundle_seq: u64,
     /// One-way cuts waiting for the child's next session: child -> how long to hold.
     pub oneway_armed: BTreeMap<usize, u64>,
+    /// The latest backup per site: the copied store file and the vector it holds.
+    pub backups: BTreeMap<usize, (PathBuf, Vector, sitesync::id::AuthorId)>,
+    pub restores: u64,
+    pub lost_to_restore: u64,
 }
 
 /// Where node directories go: `SITESYNC_SIM_DIR`, else `/dev/shm` (fsync is free there),
@@ -216,6 +253,9 @@ impl World {
             bag: Vec::new(),
             bundle_seq: 0,
             oneway_armed: BTreeMap::new(),
+            backups: BTreeMap::new(),
+            restores: 0,
+            lost_to_restore: 0,
         };
         world.trace(b"seed", &[&world.opts.seed.to_le_bytes()]);
         Ok(world)
@@ -279,13 +319,14 @@ impl World {
             node: Some(node),
             env,
             life: 0,
-            skew_secs: skew,
             location,
             dialers: Vec::new(),
             last_vector: Vector::default(),
             crash_on_apply: false,
             writes_on: true,
             offline_ms: 0,
+            restored: false,
+            restore_count: 0,
         });
         Ok(self.sites.len() - 1)
     }
@@ -298,11 +339,23 @@ impl World {
         let pname = Some(self.sites[parent].name.clone());
         if let Some(n) = self.sites[parent].node.as_mut() {
             let scope = Default::default();
-            n.config.peers.push(Peer { node_id: cid, role: Role::Child, addr: None, name: cname, scope });
+            n.config.peers.push(Peer {
+                node_id: cid,
+                role: Role::Child,
+                addr: None,
+                name: cname,
+                scope,
+            });
         }
         if let Some(n) = self.sites[child].node.as_mut() {
             let scope = Default::default();
-            n.config.peers.push(Peer { node_id: pid, role: Role::Parent, addr, name: pname, scope });
+            n.config.peers.push(Peer {
+                node_id: pid,
+                role: Role::Parent,
+                addr,
+                name: pname,
+                scope,
+            });
         }
         self.sites[child].dialers.push(Dialer { peer: parent, ..Dialer::default() });
         self.add_link(parent, child);
@@ -402,7 +455,6 @@ impl World {
             Ev::Applied { conn, end } => self.applied(conn, end),
             Ev::Timer { conn, end } => self.timer(conn, end),
             Ev::Merge { site, life } => self.merge(site, life),
-            Ev::Crash { site } => self.crash(site),
             Ev::Restart { site } => self.restart(site),
             Ev::Link { a, b, up, both } => self.set_link(a, b, up, both),
             Ev::Script(s) => crate::scenario::script(self, s),
@@ -474,6 +526,10 @@ impl World {
         };
         match node.store.vector() {
             Ok(v) if v == self.sites[site].last_vector => {}
+            Ok(v) if self.sites[site].restored => {
+                self.sites[site].restored = false;
+                self.sites[site].last_vector = v;
+            }
             Ok(v) => {
                 let m = format!(
                     "{}: came back from a crash with vector {:?}, but had committed {:?}",
@@ -512,7 +568,10 @@ impl World {
                 let name = self.sites[site].name.clone();
                 self.trace(b"merge", &[name.as_bytes(), &docs]);
                 if skipped > 0 {
-                    let m = format!("{name}: {skipped} genuine changes could not be merged: {:?}", r.skipped);
+                    let m = format!(
+                        "{name}: {skipped} genuine changes could not be merged: {:?}",
+                        r.skipped
+                    );
                     self.fail(m);
                 }
             }
@@ -536,15 +595,12 @@ impl World {
         }
         self.sites[site].last_vector = v.clone();
     }
-
-    pub fn site_name(&self, site: usize) -> &str {
-        &self.sites[site].name
-    }
 }
 
 /// `1d02h03m` style.
 pub fn fmt_ms(ms: u64) -> String {
-    let (d, h, m, s) = (ms / DAY_MS, ms % DAY_MS / HOUR_MS, ms % HOUR_MS / MINUTE_MS, ms % MINUTE_MS / 1000);
+    let (d, h, m, s) =
+        (ms / DAY_MS, ms % DAY_MS / HOUR_MS, ms % HOUR_MS / MINUTE_MS, ms % MINUTE_MS / 1000);
     match (d, h) {
         (0, 0) => format!("{m}m{s:02}s"),
         (0, _) => format!("{h}h{m:02}m"),

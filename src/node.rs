@@ -107,6 +107,14 @@ pub struct Node {
     pub store: Store,
     /// The clock and entropy this node uses ([`OsEnv`] unless opened by the simulator).
     env: std::sync::Arc<dyn Env>,
+    /// Roster members by owner, with the roster heads they were read at.
+    rosters: std::sync::Mutex<RosterCache>,
+}
+
+type RosterCache = std::collections::HashMap<NodeId, (Vec<[u8; 32]>, Vec<NodeId>)>;
+
+fn lock(m: &std::sync::Mutex<RosterCache>) -> std::sync::MutexGuard<'_, RosterCache> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Seconds since the Unix epoch.
@@ -123,7 +131,6 @@ fn env_bytes<const N: usize>(env: &dyn Env) -> Result<[u8; N], NodeError> {
     env.fill_random(&mut out)?;
     Ok(out)
 }
-
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> NodeError + '_ {
     move |source| NodeError::Io { path: path.to_path_buf(), source }
@@ -155,7 +162,7 @@ impl Node {
         config.save(&dir.join(CONFIG_FILE))?;
         let incarnation = Incarnation(u64::from_le_bytes(env_bytes(&*env)?));
         let store = Store::create(&dir.join(STORE_FILE), key.node_id(), incarnation)?;
-        Ok(Node { dir: dir.to_path_buf(), config, key, store, env })
+        Ok(Node { dir: dir.to_path_buf(), config, key, store, env, rosters: Default::default() })
     }
 
     /// Opens an existing node directory.
@@ -174,7 +181,8 @@ impl Node {
         let key = read_key(&dir.join(KEY_FILE))?;
         let fresh = Incarnation(u64::from_le_bytes(env_bytes(&*env)?));
         let store = Store::open(&dir.join(STORE_FILE), key.node_id(), fresh, env.now_secs())?;
-        let node = Node { dir: dir.to_path_buf(), config, key, store, env };
+        let rosters = Default::default();
+        let node = Node { dir: dir.to_path_buf(), config, key, store, env, rosters };
         // Changes received before a crash but not yet merged are merged now.
         if node.store.has_dirty()? {
             node.materialize()?;
@@ -209,7 +217,8 @@ impl Node {
         };
         let mut records = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
-            let record = entity::validate(ty, item, crate::id::Uid::from_random(env_bytes(&*self.env)?));
+            let record =
+                entity::validate(ty, item, crate::id::Uid::from_random(env_bytes(&*self.env)?));
             let record = match (record, input.is_array()) {
                 (Ok(r), _) => r,
                 (Err(e), true) => return Err(NodeError::Input(format!("record {i}: {e}"))),
@@ -587,9 +596,20 @@ impl Node {
     /// The members of `owner`'s roster as held here (empty if none).
     pub fn roster_members(&self, owner: &NodeId) -> Result<Vec<NodeId>, NodeError> {
         let id = EntityId::new(EntityType::Roster, crate::id::Uid::of_node(owner));
+        // Trust is computed for every received message, over every roster: the members are
+        // reused while the roster document's heads (which fix its content) stay the same.
+        let Some(heads) = self.store.heads(&id)? else { return Ok(Vec::new()) };
+        let cache =
+            |c: &mut RosterCache| c.get(owner).filter(|(h, _)| *h == heads).map(|e| e.1.clone());
+        if let Some(members) = cache(&mut lock(&self.rosters)) {
+            return Ok(members);
+        }
         let Some((doc, _)) = self.store.get(&id)? else { return Ok(Vec::new()) };
         let members = doc.get("members").and_then(Value::as_object);
-        Ok(members.map_or_else(Vec::new, |m| m.keys().filter_map(|k| k.parse().ok()).collect()))
+        let members: Vec<NodeId> =
+            members.map_or_else(Vec::new, |m| m.keys().filter_map(|k| k.parse().ok()).collect());
+        lock(&self.rosters).insert(*owner, (heads, members.clone()));
+        Ok(members)
     }
 
     /// Writes this node's roster from its config: every configured peer with its role, and the
