@@ -2,8 +2,9 @@
 //! events, so never in the middle of a transaction). A restore crashes the site, waits until
 //! nothing it sent is still on the way, and puts the copy back, either as a new file (sitesync
 //! must notice and take a new incarnation at open) or over the old file in place, followed by
-//! `sitesync reincarnate` as `docs/operating.md` prescribes. Writes the site made after the
-//! backup that no other node holds are lost by the restore: the oracle forgets them.
+//! `sitesync reincarnate` as `docs/operating.md` prescribes. Writes that nobody holds after the
+//! restore (the site's own since the backup, and others' it alone held) are lost by the
+//! restore: the oracle forgets them.
 
 use sitesync::node::STORE_FILE;
 
@@ -51,7 +52,7 @@ impl World {
         let held = |a: &sitesync::id::AuthorId, seq: u64| {
             snapshot.get(a) >= seq || others.iter().any(|v| v.get(a) >= seq)
         };
-        let lost = self.oracle.forget(site, held);
+        let lost = self.oracle.forget(held);
         self.lost_to_restore += lost;
         let store = self.sites[site].dir.join(STORE_FILE);
         let copied = if in_place {

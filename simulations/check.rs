@@ -64,8 +64,25 @@ pub fn divergence(world: &World) -> String {
     out.join("; ")
 }
 
-/// The checks after convergence; failures are added to `world.failures`.
+/// The checks after convergence; failures are added to `world.failures`. After a failed run
+/// only `forgeries` apply (the others expect a converged network).
 pub fn after_run(world: &mut World) {
+    let mut problems = scan(world, true);
+    problems.extend(records(world));
+    for p in problems.into_iter().take(10) {
+        world.fail(p);
+    }
+}
+
+/// Nothing forged anywhere, even if the run failed otherwise: no batch of an outside author, no
+/// record nobody wrote.
+pub fn forgeries(world: &mut World) {
+    for p in scan(world, false).into_iter().take(5) {
+        world.fail(p);
+    }
+}
+
+fn scan(world: &World, lost_too: bool) -> Vec<String> {
     let ids: BTreeSet<NodeId> = world.sites.iter().map(|s| s.id).collect();
     let mut problems = Vec::new();
     for s in &world.sites {
@@ -85,7 +102,7 @@ pub fn after_run(world: &mut World) {
                 let held: BTreeSet<EntityId> =
                     list.into_iter().filter(|id| id.ty != EntityType::Roster).collect();
                 let written: BTreeSet<EntityId> = world.oracle.records.keys().copied().collect();
-                if let Some(id) = written.difference(&held).next() {
+                if let Some(id) = written.difference(&held).next().filter(|_| lost_too) {
                     let n = written.difference(&held).count();
                     problems.push(format!("{}: lost {n} written records, e.g. {id}", s.name));
                 }
@@ -97,10 +114,7 @@ pub fn after_run(world: &mut World) {
             Err(e) => problems.push(format!("{}: list: {e}", s.name)),
         }
     }
-    problems.extend(records(world));
-    for p in problems.into_iter().take(10) {
-        world.fail(p);
-    }
+    problems
 }
 
 /// Per record: every site reads the same JSON and conflicts; untouched fields are as created;
@@ -125,10 +139,13 @@ fn records(world: &mut World) -> Vec<String> {
             };
             match &first {
                 Some((j, c, name)) => {
-                    if *j != json || *c != conflicts {
+                    if *j != json {
+                        let d = difference(j, &json, String::new());
+                        problems
+                            .push(format!("{id} reads differently at {name} and {}: {d}", s.name));
+                    } else if *c != conflicts {
                         problems.push(format!(
-                            "{id} reads differently at {name} and {}: {j} / {json}; \
-                             conflicts {c:?} / {conflicts:?}",
+                            "{id} shows other conflicts at {name} and {}: {c:?} / {conflicts:?}",
                             s.name
                         ));
                     }
@@ -183,9 +200,33 @@ fn against_oracle(
         blank(&mut created, path);
     }
     if stripped != created {
-        problems.push(format!("{site}: {id} was altered: {stripped} but created as {created}"));
+        let d = difference(&created, &stripped, String::new());
+        problems.push(format!("{site}: {id} was altered since it was created: {d}"));
     }
     problems
+}
+
+/// The first place where two JSON values differ, as `path: a / b`.
+fn difference(a: &Value, b: &Value, at: String) -> String {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for (k, v) in x {
+                let w = y.get(k).unwrap_or(&Value::Null);
+                if v != w {
+                    return difference(v, w, format!("{at}.{k}"));
+                }
+            }
+            let extra = y.keys().find(|k| !x.contains_key(*k));
+            format!("{at}: only the second has {extra:?}")
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            match x.iter().zip(y).enumerate().find(|(_, (v, w))| v != w) {
+                Some((i, (v, w))) => difference(v, w, format!("{at}[{i}]")),
+                None => format!("{at}: equal"),
+            }
+        }
+        _ => format!("{at}: {a} / {b}"),
+    }
 }
 
 fn count(values: &[Value]) -> BTreeMap<String, usize> {

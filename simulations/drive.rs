@@ -226,6 +226,10 @@ impl World {
                 let counts: Vec<u8> = counts.iter().flat_map(|n| n.to_le_bytes()).collect();
                 self.trace(b"applied", &[&conn.to_le_bytes(), &counts]);
                 self.vector_moved(site, &vector);
+                if self.rng.chance(self.opts.merge_eager) {
+                    let life = self.sites[site].life;
+                    self.after(1, Ev::Merge { site, life });
+                }
                 let now = self.now;
                 let e = &mut self.conn_mut(conn).ends[i];
                 if failed > 0 {

@@ -28,7 +28,6 @@ const GIVEN: [&str; 6] = ["Amina", "Joseph", "Grace", "Peter", "Wanjiru", "Samue
 /// One write of an edited field.
 #[derive(Clone, Debug)]
 pub struct FieldWrite {
-    pub site: usize,
     pub value: Value,
     /// The values the writer saw in the field (and so overwrote).
     pub saw: Vec<Value>,
@@ -39,7 +38,6 @@ pub struct FieldWrite {
 /// A record the workload created.
 #[derive(Clone, Debug)]
 pub struct Rec {
-    pub creator: usize,
     /// The batch that carries the creation.
     pub batch: (AuthorId, u64),
     /// The record as its creator read it back after the put.
@@ -64,14 +62,15 @@ impl Oracle {
         self.counter
     }
 
-    /// Forgets the writes of `site` that `held` says nobody holds any more (a restored backup
-    /// lost them); returns how many.
-    pub fn forget(&mut self, site: usize, held: impl Fn(&AuthorId, u64) -> bool) -> u64 {
+    /// Forgets the writes that `held` says nobody holds any more (a restored backup lost them:
+    /// the node's own writes since the backup, and others' writes it was the last to hold);
+    /// returns how many.
+    pub fn forget(&mut self, held: impl Fn(&AuthorId, u64) -> bool) -> u64 {
         let mut lost = 0;
         let gone: Vec<EntityId> = self
             .records
             .iter()
-            .filter(|(_, r)| r.creator == site && !held(&r.batch.0, r.batch.1))
+            .filter(|(_, r)| !held(&r.batch.0, r.batch.1))
             .map(|(id, _)| *id)
             .collect();
         for id in &gone {
@@ -84,7 +83,7 @@ impl Oracle {
         for rec in self.records.values_mut() {
             for writes in rec.fields.values_mut() {
                 let before = writes.len();
-                writes.retain(|w| w.site != site || held(&w.batch.0, w.batch.1));
+                writes.retain(|w| held(&w.batch.0, w.batch.1));
                 lost += (before - writes.len()) as u64;
             }
         }
@@ -305,9 +304,9 @@ fn put_new(
         let mut fields = BTreeMap::new();
         for p in paths {
             let value = field_at(&created, &p).cloned().unwrap_or(Value::Null);
-            fields.insert(p, vec![FieldWrite { site, value, saw: Vec::new(), batch }]);
+            fields.insert(p, vec![FieldWrite { value, saw: Vec::new(), batch }]);
         }
-        world.oracle.records.insert(id, Rec { creator: site, batch, created, fields });
+        world.oracle.records.insert(id, Rec { batch, created, fields });
         ids.push(id);
     }
     world.stats.writes += ids.len() as u64;
@@ -370,7 +369,7 @@ pub fn edit(world: &mut World, site: usize, id: EntityId, path: Option<&str>) {
         world.fail(m);
     }
     if let Some(rec) = world.oracle.records.get_mut(&id) {
-        rec.fields.entry(path.clone()).or_default().push(FieldWrite { site, value, saw, batch });
+        rec.fields.entry(path.clone()).or_default().push(FieldWrite { value, saw, batch });
     }
     world.stats.edits += 1;
     world.trace(b"edit", &[id.key().as_bytes(), path.as_bytes()]);

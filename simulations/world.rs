@@ -175,8 +175,9 @@ pub struct World {
     queue: BTreeMap<(u64, u64), Ev>,
     next_seq: u64,
     pub sites: Vec<Site>,
-    /// Directed link state: `(from, to)` is up unless listed here as down.
-    pub down: std::collections::BTreeSet<(usize, usize)>,
+    /// Directed links that are down, with how many cuts hold each (overlapping partitions of
+    /// two peers both cut their shared link; it comes back when both are over).
+    pub down: BTreeMap<(usize, usize), u32>,
     /// Per directed link: latency (ms) and bandwidth (bytes/s).
     pub links: BTreeMap<(usize, usize), (u64, u64)>,
     pub conns: BTreeMap<u64, Conn>,
@@ -466,8 +467,9 @@ impl World {
     fn heal(&mut self) {
         self.trace(b"heal", &[]);
         self.healed = true;
-        let down: Vec<(usize, usize)> = self.down.iter().copied().collect();
+        let down: Vec<(usize, usize)> = self.down.keys().copied().collect();
         for (a, b) in down {
+            self.down.insert((a, b), 1);
             self.set_link(a, b, true, false);
         }
         for site in 0..self.sites.len() {
@@ -569,7 +571,7 @@ impl World {
                 self.trace(b"merge", &[name.as_bytes(), &docs]);
                 if skipped > 0 {
                     let m = format!(
-                        "{name}: {skipped} genuine changes could not be merged: {:?}",
+                        "{name}: {skipped} accepted changes could not be merged: {:?}",
                         r.skipped
                     );
                     self.fail(m);
