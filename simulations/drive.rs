@@ -52,6 +52,9 @@ pub struct End {
     pub hostile: bool,
     /// The site's restore count when the session started.
     pub restores: u32,
+    /// `Batches` messages this end sent, and received ones it applied (durably received).
+    pub batch_messages_sent: u64,
+    pub batch_messages_applied: u64,
 }
 
 impl End {
@@ -88,6 +91,8 @@ impl End {
             bytes_received: 0,
             hostile: world.sites[site].kind == crate::world::Kind::Relay,
             restores: world.sites[site].restore_count,
+            batch_messages_sent: 0,
+            batch_messages_applied: 0,
         })
     }
 }
@@ -108,6 +113,7 @@ impl World {
                         Message::Batches { .. } => match e.ready.pop_front() {
                             Some(f) => {
                                 self.stats.batch_bytes_sent += f.len() as u64;
+                                e.batch_messages_sent += 1;
                                 f
                             }
                             None => {
@@ -204,8 +210,11 @@ impl World {
             self.stats.mid_batch_crashes += 1;
             if self.rng.chance(0.5) {
                 let node = self.sites[site].node.as_ref().expect("live end");
-                if let Err(err) = node.apply_wire(peer_id, batches) {
-                    self.fail(format!("{}: apply_wire failed: {err}", self.sites[site].name));
+                match node.apply_wire(peer_id, batches) {
+                    Ok(_) => self.conn_mut(conn).ends[i].batch_messages_applied += 1,
+                    Err(err) => {
+                        self.fail(format!("{}: apply_wire failed: {err}", self.sites[site].name))
+                    }
                 }
             }
             self.crash(site);
@@ -232,6 +241,7 @@ impl World {
                 }
                 let now = self.now;
                 let e = &mut self.conn_mut(conn).ends[i];
+                e.batch_messages_applied += 1;
                 if failed > 0 {
                     // Forged or tampered batches: the peer is cut off (what verified stays).
                     let why = report.rejected.first().map_or(String::new(), |x| x.reason.clone());
@@ -316,10 +326,27 @@ impl World {
         self.gc(conn);
     }
 
-    /// Forgets a connection both of whose ends are done.
+    /// Forgets a connection both of whose ends are done, after checking that a cut cost at
+    /// most the one `Batches` message in flight each way (a sender waits for the ack of one
+    /// message before it sends the next: no livelock, bounded retransmission).
     pub fn gc(&mut self, conn: u64) {
-        if self.conns.get(&conn).is_some_and(|c| c.ends.iter().all(|e| e.done)) {
-            self.conns.remove(&conn);
+        let Some(c) = self.conns.get(&conn).filter(|c| c.ends.iter().all(|e| e.done)) else {
+            return;
+        };
+        let mut problems = Vec::new();
+        for i in 0..2 {
+            let (sent, applied) = (c.ends[i].batch_messages_sent, c.ends[1 - i].batch_messages_applied);
+            if sent > applied + 1 {
+                let (from, to) = (&self.sites[c.ends[i].site].name, &self.sites[c.ends[1 - i].site].name);
+                problems.push(format!(
+                    "session {conn}: {from} sent {sent} batches messages to {to}, which applied \
+                     {applied}: more than the one in flight was lost"
+                ));
+            }
+        }
+        self.conns.remove(&conn);
+        for m in problems {
+            self.fail(m);
         }
     }
 }
