@@ -335,9 +335,11 @@ impl World {
         };
         let mut problems = Vec::new();
         for i in 0..2 {
-            let (sent, applied) = (c.ends[i].batch_messages_sent, c.ends[1 - i].batch_messages_applied);
+            let (sent, applied) =
+                (c.ends[i].batch_messages_sent, c.ends[1 - i].batch_messages_applied);
             if sent > applied + 1 {
-                let (from, to) = (&self.sites[c.ends[i].site].name, &self.sites[c.ends[1 - i].site].name);
+                let (from, to) =
+                    (&self.sites[c.ends[i].site].name, &self.sites[c.ends[1 - i].site].name);
                 problems.push(format!(
                     "session {conn}: {from} sent {sent} batches messages to {to}, which applied \
                      {applied}: more than the one in flight was lost"

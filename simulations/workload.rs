@@ -38,6 +38,8 @@ pub struct FieldWrite {
 /// A record the workload created.
 #[derive(Clone, Debug)]
 pub struct Rec {
+    /// The patient the record belongs to (itself for a patient): what a catchment follows.
+    pub patient: EntityId,
     /// The batch that carries the creation.
     pub batch: (AuthorId, u64),
     /// The record as its creator read it back after the put.
@@ -203,6 +205,12 @@ fn pick_patient(world: &mut World, site: usize) -> Option<EntityId> {
 
 /// Registers a new patient at `site`.
 pub fn new_patient(world: &mut World, site: usize) -> Option<EntityId> {
+    new_patient_at(world, site, &[])
+}
+
+/// Registers a new patient at `site` that also holds identifiers issued at `elsewhere`
+/// (locations of other clinics).
+pub fn new_patient_at(world: &mut World, site: usize, elsewhere: &[String]) -> Option<EntityId> {
     let n = world.oracle.next();
     let tag = format!("{}-{n:06}", world.sites[site].name);
     let r = &mut world.rng;
@@ -231,13 +239,22 @@ pub fn new_patient(world: &mut World, site: usize) -> Option<EntityId> {
                         "value": format!("p-{tag}"), "voided": false}],
         "voided": false
     });
+    let mut record = record;
+    for (k, loc) in elsewhere.iter().enumerate() {
+        let item = json!({"uuid": world.rng.uuid(), "identifier": format!("{tag}-{k}"),
+                          "identifierType": ID_TYPE, "location": loc, "preferred": false,
+                          "voided": false});
+        if let Some(list) = record["identifiers"].as_array_mut() {
+            list.push(item);
+        }
+    }
     let paths = vec![
         format!("names.{nu}.middleName"),
         format!("names.{nu}.familyName"),
         format!("addresses.{au}.address1"),
         format!("attributes.{tu}.value"),
     ];
-    let ids = put_new(world, site, EntityType::Patient, vec![(record, paths)]);
+    let ids = put_new(world, site, EntityType::Patient, None, vec![(record, paths)]);
     world.oracle.patients.extend(&ids);
     ids.first().copied()
 }
@@ -252,10 +269,10 @@ fn new_encounter(world: &mut World, site: usize) {
     let p = patient.uuid.to_string();
     let v = json!({"uuid": visit, "patient": p, "visitType": VISIT_TYPE, "startDatetime": when,
                    "location": loc, "voided": false});
-    put_new(world, site, EntityType::Visit, vec![(v, Vec::new())]);
+    put_new(world, site, EntityType::Visit, Some(patient), vec![(v, Vec::new())]);
     let e = json!({"uuid": enc, "patient": p, "encounterType": ENCOUNTER_TYPE,
                    "encounterDatetime": when, "location": loc, "visit": visit, "voided": false});
-    put_new(world, site, EntityType::Encounter, vec![(e, Vec::new())]);
+    put_new(world, site, EntityType::Encounter, Some(patient), vec![(e, Vec::new())]);
     let count = world.rng.range(1, 3);
     let mut obs = Vec::new();
     for _ in 0..count {
@@ -268,7 +285,7 @@ fn new_encounter(world: &mut World, site: usize) {
                        "voided": false});
         obs.push((o, vec!["comment".to_string()]));
     }
-    let ids = put_new(world, site, EntityType::Obs, obs);
+    let ids = put_new(world, site, EntityType::Obs, Some(patient), obs);
     world.oracle.obs.extend(ids);
 }
 
@@ -277,6 +294,7 @@ fn put_new(
     world: &mut World,
     site: usize,
     ty: EntityType,
+    patient: Option<EntityId>,
     records: Vec<(Value, Vec<String>)>,
 ) -> Vec<EntityId> {
     let Some(node) = world.sites[site].node.as_ref() else { return Vec::new() };
@@ -306,7 +324,8 @@ fn put_new(
             let value = field_at(&created, &p).cloned().unwrap_or(Value::Null);
             fields.insert(p, vec![FieldWrite { value, saw: Vec::new(), batch }]);
         }
-        world.oracle.records.insert(id, Rec { batch, created, fields });
+        let patient = patient.unwrap_or(id);
+        world.oracle.records.insert(id, Rec { patient, batch, created, fields });
         ids.push(id);
     }
     world.stats.writes += ids.len() as u64;
@@ -375,11 +394,68 @@ pub fn edit(world: &mut World, site: usize, id: EntityId, path: Option<&str>) {
     world.trace(b"edit", &[id.key().as_bytes(), path.as_bytes()]);
 }
 
-/// Creates the hot patients at `site` (usually the parent) before the faults start.
+/// Creates the hot patients at `site` (usually the parent) before the faults start; with
+/// catchments, they hold an identifier at every clinic (so every clinic edits them).
 pub fn hot_patients(world: &mut World, site: usize, count: usize) {
+    let everywhere: Vec<String> = if world.opts.catchment {
+        world.children.iter().map(|&c| world.sites[c].location.clone()).collect()
+    } else {
+        Vec::new()
+    };
     for _ in 0..count {
-        if let Some(id) = new_patient(world, site) {
+        if let Some(id) = new_patient_at(world, site, &everywhere) {
             world.oracle.hot.push(id);
         }
+    }
+}
+
+/// Whether `site` should hold `id`: everything at a site without a catchment, else records
+/// whose patient has an identifier issued at the site's clinic (as the oracle knows it).
+pub fn in_scope(world: &World, site: usize, id: &EntityId) -> bool {
+    if !world.opts.catchment || site == world.parent {
+        return true;
+    }
+    let Some(rec) = world.oracle.records.get(id) else { return false };
+    let Some(patient) = world.oracle.records.get(&rec.patient) else { return false };
+    let location = Value::String(world.sites[site].location.clone());
+    patient.created["identifiers"]
+        .as_array()
+        .is_some_and(|ids| ids.iter().any(|i| i["location"] == location))
+}
+
+/// A patient registered elsewhere is registered at `clinic` too: the parent adds an
+/// identifier issued there (a transfer). From now on the patient, and everything recorded
+/// for it before, is inside the clinic's catchment.
+pub fn transfer(world: &mut World, clinic: usize) {
+    let n = world.oracle.patients.len();
+    if n == 0 {
+        return;
+    }
+    let id = world.oracle.patients[world.rng.index(n)];
+    let site = world.parent;
+    if in_scope(world, clinic, &id) {
+        return;
+    }
+    let item = json!({"uuid": world.rng.uuid(), "identifier": format!("T-{}", world.oracle.next()),
+                      "identifierType": ID_TYPE, "location": world.sites[clinic].location,
+                      "preferred": false, "voided": false});
+    let Some(node) = world.sites[site].node.as_ref() else { return };
+    if node.store.has_dirty().unwrap_or(false) && node.materialize().is_err() {
+        return;
+    }
+    let Ok(Some((mut json, _))) = node.store.get(&id) else { return };
+    let Some(list) = json["identifiers"].as_array_mut() else { return };
+    list.push(item);
+    let put = node.put(id.ty, &json);
+    let back = node.store.get(&id).ok().flatten();
+    match (put, back) {
+        (Ok(_), Some((back, _))) => {
+            if let Some(rec) = world.oracle.records.get_mut(&id) {
+                rec.created["identifiers"] = back["identifiers"].clone();
+            }
+            world.stats.edits += 1;
+            world.trace(b"transfer", &[id.key().as_bytes()]);
+        }
+        (r, _) => world.fail(format!("parent: a transfer of {id} failed: {r:?}")),
     }
 }
