@@ -91,6 +91,8 @@ pub struct Options {
     pub merge_eager: f64,
     /// The parent limits each child to its own clinic's patients (a catchment).
     pub catchment: bool,
+    /// Three tiers: a national parent, two districts, the clinics under them.
+    pub tiers: bool,
     /// The parent registers patients of one clinic at another (transfers) during the run.
     pub transfers: u32,
 }
@@ -138,14 +140,18 @@ impl Options {
             merge_eager: 0.3,
             catchment: false,
             transfers: 0,
+            tiers: false,
         };
         match scenario {
-            Scenario::Baseline => {}
+            Scenario::Baseline => o.tiers = true,
             Scenario::LongPartitions => {
                 o.loss = 0.01;
                 o.skew_max_secs = 2 * 3600;
             }
-            Scenario::SwizzleClog => o.loss = 0.002,
+            Scenario::SwizzleClog => {
+                o.loss = 0.002;
+                o.tiers = true;
+            }
             Scenario::OneWay => o.loss = 0.002,
             Scenario::DupReorderReplay => {
                 o.duplicate = 0.03;
@@ -179,11 +185,13 @@ impl Options {
         self.sync_interval_secs * 1000
     }
 
-    /// How long after the last heal the network must have converged: two sync rounds to carry
-    /// a write up to the parent and down to every child, one more round and four longest
-    /// backoffs for sessions broken by loss, and an hour for transfers on slow links.
+    /// How long after the last heal the network must have converged: a sync round per hop to
+    /// carry a write up to the top parent and down to every clinic (two hops, four with
+    /// districts), one more round and four longest backoffs for sessions broken by loss, and
+    /// an hour for transfers on slow links.
     pub fn liveness_bound_ms(&self) -> u64 {
-        3 * self.sync_interval_ms() + 4 * BACKOFF_MAX_MS + HOUR_MS
+        let hops = if self.tiers { 4 } else { 2 };
+        (hops + 1) * self.sync_interval_ms() + 4 * BACKOFF_MAX_MS + HOUR_MS
     }
 
     /// The command that replays this run.
@@ -252,9 +260,20 @@ pub fn build(world: &mut World) -> anyhow::Result<()> {
     let o = world.opts.clone();
     let parent = world.add_site("parent", Kind::Parent)?;
     let mut children = Vec::new();
+    // With tiers, clinics hang under two districts (themselves children of the parent).
+    let mut districts = Vec::new();
+    if o.tiers {
+        for d in 0..2 {
+            let district = world.add_site(&format!("d{d}"), Kind::Child)?;
+            world.link_parent(parent, district)?;
+            districts.push(district);
+            children.push(district);
+        }
+    }
     for i in 0..o.children {
         let c = world.add_site(&format!("c{i:02}"), Kind::Child)?;
-        world.link_parent(parent, c)?;
+        let up = if districts.is_empty() { parent } else { districts[i % districts.len()] };
+        world.link_parent(up, c)?;
         children.push(c);
     }
     world.parent = parent;
@@ -390,13 +409,15 @@ fn swizzle(world: &mut World, children: &[usize]) {
         let mut order = children.to_vec();
         world.rng.shuffle(&mut order);
         for &c in &order {
-            world.at(t, Ev::Link { a: c, b: world.parent, up: false, both: true });
+            let up = world.parent_of[&c];
+            world.at(t, Ev::Link { a: c, b: up, up: false, both: true });
             t += world.rng.range(MINUTE_MS, 20 * MINUTE_MS);
         }
         t += world.rng.range(HOUR_MS, 6 * HOUR_MS);
         world.rng.shuffle(&mut order);
         for &c in &order {
-            world.at(t, Ev::Link { a: c, b: world.parent, up: true, both: true });
+            let up = world.parent_of[&c];
+            world.at(t, Ev::Link { a: c, b: up, up: true, both: true });
             t += world.rng.range(MINUTE_MS, 20 * MINUTE_MS);
         }
         t += world.rng.range(HOUR_MS, 4 * HOUR_MS);

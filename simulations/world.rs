@@ -193,8 +193,11 @@ pub struct World {
     pub captured: VecDeque<Vec<u8>>,
     pub tmp: tempfile::TempDir,
     pub offline_since: BTreeMap<usize, u64>,
+    /// The top parent, and every other site (districts and clinics).
     pub parent: usize,
     pub children: Vec<usize>,
+    /// Each child's parent.
+    pub parent_of: BTreeMap<usize, usize>,
     /// The patient a scenario watches (five sites editing one patient).
     pub focus: Option<sitesync::id::EntityId>,
     /// Longest partition scheduled per site.
@@ -249,6 +252,7 @@ impl World {
             offline_since: BTreeMap::new(),
             parent: 0,
             children: Vec::new(),
+            parent_of: BTreeMap::new(),
             focus: None,
             partition_max: BTreeMap::new(),
             bag: Vec::new(),
@@ -359,6 +363,7 @@ impl World {
             });
         }
         self.sites[child].dialers.push(Dialer { peer: parent, ..Dialer::default() });
+        self.parent_of.insert(child, parent);
         self.add_link(parent, child);
         Ok(())
     }
