@@ -10,8 +10,9 @@
 //!
 //! - edge: [`cli`] (commands, exit codes, forwarding to a running node), `main.rs`, [`demo`]
 //! - compose: [`node`] (a node directory: key, config, store; trust and rosters; the clock and
-//!   the OS RNG) and [`node::serve`] (the running node: tokio runtime, listener, sync loops,
-//!   control endpoint, shutdown)
+//!   the OS RNG, or the simulator's clock and seeded entropy through [`node::env`]) and
+//!   [`node::serve`] (the running node: tokio runtime, listener, sync loops, control endpoint,
+//!   shutdown)
 //! - async I/O: [`web`] (the admin web view and JSON API, over the [`web::data::AdminData`]
 //!   trait)
 //! - async I/O: [`transport`] (QUIC endpoints, raw-key TLS pinned both ways, frame reading)

@@ -19,9 +19,11 @@ use crate::protocol::message::{self, Role, WireBatch};
 use crate::store::apply::{ApplyContext, ApplyReport, Rejection};
 use crate::store::{PutOutcome, Store, StoreError, Summary};
 
+pub mod env;
 mod scope;
 pub mod serve;
 
+pub use env::{Env, OsEnv};
 use scope::ScopeCheck;
 
 pub const CONFIG_FILE: &str = "sitesync.toml";
@@ -121,6 +123,16 @@ pub struct Node {
     pub config: Config,
     key: Keypair,
     pub store: Store,
+    /// The clock and entropy this node uses ([`OsEnv`] unless opened by the simulator).
+    env: std::sync::Arc<dyn Env>,
+    /// Roster members by owner, with the roster heads they were read at.
+    rosters: std::sync::Mutex<RosterCache>,
+}
+
+type RosterCache = std::collections::HashMap<NodeId, (Vec<[u8; 32]>, Vec<NodeId>)>;
+
+fn lock(m: &std::sync::Mutex<RosterCache>) -> std::sync::MutexGuard<'_, RosterCache> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Seconds since the Unix epoch.
@@ -129,16 +141,13 @@ pub fn now_secs() -> i64 {
 }
 
 pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], NodeError> {
-    let mut out = [0u8; N];
-    getrandom::fill(&mut out).map_err(|e| NodeError::Io {
-        path: "/dev/urandom".into(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    Ok(out)
+    env_bytes(&OsEnv)
 }
 
-fn fresh_incarnation() -> Result<Incarnation, NodeError> {
-    Ok(Incarnation(u64::from_le_bytes(random_bytes()?)))
+fn env_bytes<const N: usize>(env: &dyn Env) -> Result<[u8; N], NodeError> {
+    let mut out = [0u8; N];
+    env.fill_random(&mut out)?;
+    Ok(out)
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> NodeError + '_ {
@@ -148,6 +157,16 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> NodeError + '_ {
 impl Node {
     /// Creates a node directory: key (mode 0600), config and store.
     pub fn init(dir: &Path, name: &str) -> Result<Node, NodeError> {
+        Node::init_with_env(dir, name, std::sync::Arc::new(OsEnv))
+    }
+
+    /// As [`Node::init`], drawing the key and the first incarnation from `env` and keeping
+    /// `env` as the node's clock and entropy (the simulator's seeded nodes).
+    pub fn init_with_env(
+        dir: &Path,
+        name: &str,
+        env: std::sync::Arc<dyn Env>,
+    ) -> Result<Node, NodeError> {
         let config = Config::new(name).map_err(|m| NodeError::Input(format!("--name: {m}")))?;
         for file in [CONFIG_FILE, KEY_FILE, STORE_FILE] {
             if dir.join(file).exists() {
@@ -155,16 +174,22 @@ impl Node {
             }
         }
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let key = Keypair::from_secret(random_bytes()?);
+        let key = Keypair::from_secret(env_bytes(&*env)?);
         let key_path = dir.join(KEY_FILE);
         write_key(&key_path, &key)?;
         config.save(&dir.join(CONFIG_FILE))?;
-        let store = Store::create(&dir.join(STORE_FILE), key.node_id(), fresh_incarnation()?)?;
-        Ok(Node { dir: dir.to_path_buf(), config, key, store })
+        let incarnation = Incarnation(u64::from_le_bytes(env_bytes(&*env)?));
+        let store = Store::create(&dir.join(STORE_FILE), key.node_id(), incarnation)?;
+        Ok(Node { dir: dir.to_path_buf(), config, key, store, env, rosters: Default::default() })
     }
 
     /// Opens an existing node directory.
     pub fn open(dir: &Path) -> Result<Node, NodeError> {
+        Node::open_with_env(dir, std::sync::Arc::new(OsEnv))
+    }
+
+    /// As [`Node::open`], with `env` as the node's clock and entropy.
+    pub fn open_with_env(dir: &Path, env: std::sync::Arc<dyn Env>) -> Result<Node, NodeError> {
         for file in [CONFIG_FILE, KEY_FILE, STORE_FILE] {
             if !dir.join(file).exists() {
                 return Err(NodeError::NotANode(dir.to_path_buf(), file));
@@ -172,9 +197,10 @@ impl Node {
         }
         let config = Config::load(&dir.join(CONFIG_FILE))?;
         let key = read_key(&dir.join(KEY_FILE))?;
-        let store =
-            Store::open(&dir.join(STORE_FILE), key.node_id(), fresh_incarnation()?, now_secs())?;
-        let node = Node { dir: dir.to_path_buf(), config, key, store };
+        let fresh = Incarnation(u64::from_le_bytes(env_bytes(&*env)?));
+        let store = Store::open(&dir.join(STORE_FILE), key.node_id(), fresh, env.now_secs())?;
+        let rosters = Default::default();
+        let node = Node { dir: dir.to_path_buf(), config, key, store, env, rosters };
         // Changes received before a crash but not yet merged are merged now.
         if node.store.has_dirty()? {
             node.materialize()?;
@@ -184,6 +210,15 @@ impl Node {
 
     pub fn id(&self) -> NodeId {
         self.key.node_id()
+    }
+
+    /// This node's clock (seconds since the Unix epoch).
+    fn now(&self) -> i64 {
+        self.env.now_secs()
+    }
+
+    fn fresh_incarnation(&self) -> Result<Incarnation, NodeError> {
+        Ok(Incarnation(u64::from_le_bytes(env_bytes(&*self.env)?)))
     }
 
     /// Validates and writes one record or a JSON list of records (one change per record that
@@ -200,7 +235,8 @@ impl Node {
         };
         let mut records = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
-            let record = entity::validate(ty, item, crate::id::Uid::from_random(random_bytes()?));
+            let record =
+                entity::validate(ty, item, crate::id::Uid::from_random(env_bytes(&*self.env)?));
             let record = match (record, input.is_array()) {
                 (Ok(r), _) => r,
                 (Err(e), true) => return Err(NodeError::Input(format!("record {i}: {e}"))),
@@ -208,7 +244,7 @@ impl Node {
             };
             records.push(record);
         }
-        Ok(self.store.put(&self.key, &records, now_secs())?)
+        Ok(self.store.put(&self.key, &records, self.now())?)
     }
 
     /// Adds (or renames) a trusted node in the config.
@@ -334,7 +370,7 @@ impl Node {
 
     /// Moves the store to a new incarnation (required after restoring a backup by hand).
     pub fn reincarnate(&self, reason: &str) -> Result<Incarnation, NodeError> {
-        Ok(self.store.reincarnate(fresh_incarnation()?, reason, now_secs())?.incarnation)
+        Ok(self.store.reincarnate(self.fresh_incarnation()?, reason, self.now())?.incarnation)
     }
 
     /// Writes the batches `since` lacks to `out`. `progress(batches_done, batches_total)`.
@@ -367,14 +403,14 @@ impl Node {
             progress(report.batches, total);
             Ok(true)
         })?;
-        report.bytes = writer.finish(self.id(), now_secs(), vector)?;
+        report.bytes = writer.finish(self.id(), self.now(), vector)?;
         let kind = EventKind::Exported {
             peer,
             batches: report.batches,
             changes: report.changes,
             bytes: report.bytes,
         };
-        self.store.record(Event { time: now_secs(), kind })?;
+        self.store.record(Event { time: self.now(), kind })?;
         tracing::info!(
             batches = report.batches,
             changes = report.changes,
@@ -484,7 +520,7 @@ impl Node {
             report.applied.unmergeable.push((entity, format!("change {hash}: {reason}")));
         }
         if report.truncated.is_none() {
-            self.store.learn_peer_vector(&scan.header.exporter, &scan.header.vector, now_secs())?;
+            self.store.learn_peer_vector(&scan.header.exporter, &scan.header.vector, self.now())?;
         }
         let a = &report.applied;
         tracing::info!(
@@ -609,8 +645,8 @@ impl Node {
             trust,
             from,
             refused,
-            fresh_incarnation: fresh_incarnation()?,
-            time: now_secs(),
+            fresh_incarnation: self.fresh_incarnation()?,
+            time: self.now(),
             threads: worker_threads(),
         };
         Ok(self.store.apply(verified, ctx)?)
@@ -664,9 +700,20 @@ impl Node {
     /// The members of `owner`'s roster as held here (empty if none).
     pub fn roster_members(&self, owner: &NodeId) -> Result<Vec<NodeId>, NodeError> {
         let id = EntityId::new(EntityType::Roster, crate::id::Uid::of_node(owner));
+        // Trust is computed for every received message, over every roster: the members are
+        // reused while the roster document's heads (which fix its content) stay the same.
+        let Some(heads) = self.store.heads(&id)? else { return Ok(Vec::new()) };
+        let cache =
+            |c: &mut RosterCache| c.get(owner).filter(|(h, _)| *h == heads).map(|e| e.1.clone());
+        if let Some(members) = cache(&mut lock(&self.rosters)) {
+            return Ok(members);
+        }
         let Some((doc, _)) = self.store.get(&id)? else { return Ok(Vec::new()) };
         let members = doc.get("members").and_then(Value::as_object);
-        Ok(members.map_or_else(Vec::new, |m| m.keys().filter_map(|k| k.parse().ok()).collect()))
+        let members: Vec<NodeId> =
+            members.map_or_else(Vec::new, |m| m.keys().filter_map(|k| k.parse().ok()).collect());
+        lock(&self.rosters).insert(*owner, (heads, members.clone()));
+        Ok(members)
     }
 
     /// Writes this node's roster from its config: every configured peer with its role, and the
@@ -706,13 +753,13 @@ impl Node {
         body.insert("owner".into(), Value::from(self.id().to_string()));
         body.insert("members".into(), Value::Object(members));
         let record = entity::Record { id: EntityId::new(EntityType::Roster, uid), body };
-        let out = self.store.put(&self.key, &[record], now_secs())?;
+        let out = self.store.put(&self.key, &[record], self.now())?;
         Ok(out.iter().any(|o| o.changed))
     }
 
     /// Merges every received but not yet merged change into its document (once per document).
     pub fn materialize(&self) -> Result<crate::store::apply::MaterializeReport, NodeError> {
-        let r = self.store.materialize_dirty(worker_threads(), now_secs())?;
+        let r = self.store.materialize_dirty(worker_threads(), self.now())?;
         if r.documents > 0 {
             tracing::info!(
                 documents = r.documents,

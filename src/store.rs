@@ -309,6 +309,17 @@ impl Store {
         Ok(Some((json, doc.conflicts())))
     }
 
+    /// The Automerge heads of a record (which fix its content), without loading its document;
+    /// `None` if the store holds no merged change of it.
+    pub fn heads(&self, id: &EntityId) -> Result<Option<Vec<[u8; 32]>>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let docs = tx.open_table(DOCS)?;
+        let key = id.key();
+        let Some(v) = docs.get(key.as_str())? else { return Ok(None) };
+        let heads = decode_doc_heads(&key, v.value())?;
+        Ok(Some(heads).filter(|h| !h.is_empty()))
+    }
+
     /// Ids of stored entities, optionally of one type, in key order.
     pub fn list(&self, ty: Option<EntityType>) -> Result<Vec<EntityId>, StoreError> {
         let tx = self.db.begin_read()?;

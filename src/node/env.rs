@@ -1,0 +1,31 @@
+//! The clock and the entropy a node draws on. A running node uses the operating system's
+//! ([`OsEnv`]); the simulator gives each node a simulated, possibly skewed clock and a seeded
+//! generator, so that one seed reproduces a whole run (keys, incarnations, change timestamps).
+//! Nothing else in a [`super::Node`] reads the clock or the OS RNG.
+
+use super::NodeError;
+
+/// Where a node reads the time and draws random bytes.
+pub trait Env: Send + Sync {
+    /// Seconds since the Unix epoch, as this site's clock reads them (write timestamps, events).
+    fn now_secs(&self) -> i64;
+    /// Fills `out` with random bytes (keys, incarnations, record uuids).
+    fn fill_random(&self, out: &mut [u8]) -> Result<(), NodeError>;
+}
+
+/// The operating system's clock and RNG.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OsEnv;
+
+impl Env for OsEnv {
+    fn now_secs(&self) -> i64 {
+        super::now_secs()
+    }
+
+    fn fill_random(&self, out: &mut [u8]) -> Result<(), NodeError> {
+        getrandom::fill(out).map_err(|e| NodeError::Io {
+            path: "/dev/urandom".into(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    }
+}
