@@ -258,9 +258,20 @@ pub enum Script {
 /// schedule; then starts the sync loops and the workload.
 pub fn build(world: &mut World) -> anyhow::Result<()> {
     let o = world.opts.clone();
+    let (parent, children) = topology(world)?;
+    configure(world, parent, &children)?;
+    world.start()?;
+    crate::workload::hot_patients(world, parent, o.hot);
+    schedule(world, parent, &children);
+    Ok(())
+}
+
+/// The sites and who syncs with whom: a parent and children (with tiers, clinics under two
+/// districts); some neighbouring clinics as peers; the hostile relay.
+fn topology(world: &mut World) -> anyhow::Result<(usize, Vec<usize>)> {
+    let o = world.opts.clone();
     let parent = world.add_site("parent", Kind::Parent)?;
     let mut children = Vec::new();
-    // With tiers, clinics hang under two districts (themselves children of the parent).
     let mut districts = Vec::new();
     if o.tiers {
         for d in 0..2 {
@@ -295,9 +306,15 @@ pub fn build(world: &mut World) -> anyhow::Result<()> {
             }
         }
     }
-    if o.catchment {
+    Ok((parent, children))
+}
+
+/// Scopes and transport: catchments on the parent's child entries; no network for the USB
+/// scenario.
+fn configure(world: &mut World, parent: usize, children: &[usize]) -> anyhow::Result<()> {
+    if world.opts.catchment {
         // The parent sends each clinic the bodies of its own patients only.
-        for &c in &children {
+        for &c in children {
             let (cid, loc) = (world.sites[c].id, world.sites[c].location.clone());
             let uid = sitesync::id::parse_uuid(&loc)?;
             if let Some(node) = world.sites[parent].node.as_mut()
@@ -307,41 +324,44 @@ pub fn build(world: &mut World) -> anyhow::Result<()> {
             }
         }
     }
-    if o.scenario == Scenario::UsbBundles {
+    if world.opts.scenario == Scenario::UsbBundles {
         // No network at all: the courier carries everything.
         for s in &mut world.sites {
             s.dialers.clear();
         }
     }
-    world.start()?;
-    crate::workload::hot_patients(world, parent, o.hot);
+    Ok(())
+}
+
+/// The scenario's faults and scripted actions.
+fn schedule(world: &mut World, parent: usize, children: &[usize]) {
+    let o = world.opts.clone();
     let active = o.active_ms();
     match o.scenario {
         Scenario::Baseline => {}
-        Scenario::LongPartitions => long_partitions(world, &children),
-        Scenario::SwizzleClog => swizzle(world, &children),
+        Scenario::LongPartitions => long_partitions(world, children),
+        Scenario::SwizzleClog => swizzle(world, children),
         Scenario::OneWay => {
             let hold = (2 * DAY_MS).min(active / 2);
-            for &c in &children {
+            for &c in children {
                 let at = world.rng.range(HOUR_MS, active.saturating_sub(hold).max(HOUR_MS + 1));
                 let ev = Ev::Script(Script::OneWayCut { child: c, hold_ms: hold });
                 world.at(at, ev);
             }
         }
-        Scenario::DupReorderReplay => short_partitions(world, &children),
+        Scenario::DupReorderReplay | Scenario::HostileRelay => short_partitions(world, children),
         Scenario::CrashStorm => {
             let first = world.rng.exp(20 * MINUTE_MS);
             world.at(first, Ev::Script(Script::Storm));
             backups(world);
         }
-        Scenario::FiveSites => five_sites(world, parent, &children),
+        Scenario::FiveSites => five_sites(world, parent, children),
         Scenario::UsbBundles => {
             let first = world.rng.range(HOUR_MS, 6 * HOUR_MS);
             world.at(first, Ev::Script(Script::Courier));
         }
-        Scenario::HostileRelay => short_partitions(world, &children),
         Scenario::Catchment | Scenario::CatchmentTransfer => {
-            short_partitions(world, &children);
+            short_partitions(world, children);
             for _ in 0..o.transfers {
                 let at = world.rng.range(HOUR_MS, active - HOUR_MS);
                 let clinic = children[world.rng.index(children.len())];
@@ -349,7 +369,6 @@ pub fn build(world: &mut World) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
 }
 
 /// Children cut off from 1 hour to 10 days (scaled down to the run's length), at least three of
