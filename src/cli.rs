@@ -151,6 +151,19 @@ pub enum Command {
         #[arg(long, value_name = "TYPE/UUID")]
         entity: Option<String>,
     },
+    /// List failed operations: syncs with a peer, batches refused on receipt, FHIR pushes. Each
+    /// keeps what is needed to run it again; `needs attention` marks those that failed
+    /// `[failures] give_up_after` times in a row.
+    Failures {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retry a failed operation now, through the running node (ID as listed by `failures`).
+    /// Automatic retries with backoff go on regardless.
+    Retry {
+        #[arg(value_name = "ID")]
+        id: String,
+    },
     /// Manage the network peers (parent, children, peers) in sitesync.toml.
     Peer {
         #[command(subcommand)]
@@ -398,6 +411,7 @@ fn forwardable(command: &Command) -> bool {
             | Command::Audit { .. }
             | Command::Conflicts { .. }
             | Command::Resolve { .. }
+            | Command::Failures { .. }
     )
 }
 
@@ -469,6 +483,13 @@ fn forward_args(command: &Command) -> Result<(Vec<String>, Option<String>), Fail
             }
             if let Some(v) = value {
                 a.extend(["--value".to_string(), v.clone()]);
+            }
+            a
+        }
+        Command::Failures { json } => {
+            let mut a = vec!["failures".to_string()];
+            if *json {
+                a.push("--json".into());
             }
             a
         }
@@ -724,6 +745,8 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
             crate::node::serve::serve(node)?;
         }
         Command::Sync { peer, entity } => net::sync(&cli, peer.as_deref(), entity.as_deref())?,
+        Command::Retry { id } => net::retry(&cli, id)?,
+        Command::Failures { json } => net::failures(&*open(&cli)?, *json)?,
         Command::Peer { action } => net::peer(&cli, action)?,
         Command::Network { listen, interval } => {
             let mut node = open(&cli)?.owned(node_dir(&cli)?)?;

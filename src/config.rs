@@ -46,6 +46,33 @@ struct RawConfig {
     conflicts: std::collections::BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     admin: Option<RawAdmin>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failures: Option<RawFailures>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawFailures {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    give_up_after: Option<u32>,
+}
+
+/// Default of `[failures] give_up_after`: with the default 60 s sync interval, about 20 minutes
+/// of failed attempts to a peer.
+pub const GIVE_UP_AFTER_DEFAULT: u32 = 20;
+
+/// The `[failures]` section: when a failing operation is marked as needing attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailuresConfig {
+    /// Failed attempts in a row after which an operation needs attention. Syncs keep retrying
+    /// after it (at the longest backoff); the mark tells an administrator to look.
+    pub give_up_after: u32,
+}
+
+impl Default for FailuresConfig {
+    fn default() -> Self {
+        FailuresConfig { give_up_after: GIVE_UP_AFTER_DEFAULT }
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -241,6 +268,7 @@ pub struct Config {
     pub conflicts: crate::conflict::PolicyRules,
     pub retention: Retention,
     pub admin: AdminConfig,
+    pub failures: FailuresConfig,
 }
 
 /// The `[admin]` section: where `serve` runs the admin web view and JSON API (default: enabled,
@@ -359,6 +387,7 @@ impl Config {
             peers: Vec::new(),
             conflicts: Default::default(),
             retention: Retention::default(),
+            failures: FailuresConfig::default(),
             admin: AdminConfig::default(),
         })
     }
@@ -469,6 +498,14 @@ impl Config {
                 Retention { keep_days: a.keep_days, keep_entries: a.keep_entries }
             }
         };
+        let failures = match raw.failures.and_then(|f| f.give_up_after) {
+            None => FailuresConfig::default(),
+            Some(0) => {
+                let m = "0: give it at least 1 failed attempt".to_string();
+                return Err(invalid("failures.give_up_after".into(), m));
+            }
+            Some(n) => FailuresConfig { give_up_after: n },
+        };
         Ok(Config {
             name: raw.node.name,
             listen,
@@ -478,6 +515,7 @@ impl Config {
             conflicts,
             retention,
             admin,
+            failures,
         })
     }
 
@@ -502,9 +540,12 @@ impl Config {
             listen: (a.listen != d.listen).then(|| a.listen.to_string()),
             allow_remote: a.allow_remote.then_some(true),
         });
+        let failures = (self.failures != FailuresConfig::default())
+            .then_some(RawFailures { give_up_after: Some(self.failures.give_up_after) });
         let raw = RawConfig {
             version: CONFIG_VERSION,
             admin,
+            failures,
             node: RawNode { name: self.name.clone() },
             network,
             peers: self

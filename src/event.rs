@@ -56,6 +56,36 @@ pub enum EventKind {
     ConflictResolved { id: String, entity: EntityId, path: String, how: String },
     /// A child's audit entries did not fit the copy held here (its log was rewritten).
     AuditCopy { origin: NodeId, problem: String },
+    /// A failed operation changed state (`store/failures.rs`): `id` is what `sitesync retry`
+    /// takes.
+    Failure { id: String, what: String, change: FailureChange, attempts: u32, reason: String },
+}
+
+/// How a failure record changed. New variants go at the end (postcard).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureChange {
+    /// The first failed attempt.
+    Failed,
+    /// An automatic retry failed too (logged at attempts 2, 4, 8, … and when the reason changes).
+    RetryFailed,
+    /// The attempts reached the give-up threshold: an administrator should look.
+    NeedsAttention,
+    /// Someone asked for a retry by hand (`sitesync retry`, the web view).
+    ManualRetry,
+    /// An attempt succeeded; the failure is closed.
+    Recovered,
+}
+
+impl FailureChange {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureChange::Failed => "failed",
+            FailureChange::RetryFailed => "retry failed",
+            FailureChange::NeedsAttention => "needs attention",
+            FailureChange::ManualRetry => "retried by hand",
+            FailureChange::Recovered => "recovered",
+        }
+    }
 }
 
 impl std::fmt::Display for EventKind {
@@ -122,6 +152,19 @@ impl std::fmt::Display for EventKind {
             EventKind::AuditCopy { origin, problem } => {
                 write!(f, "audit log of {origin}: {problem}")
             }
+            EventKind::Failure { id, what, change, attempts, reason } => match change {
+                FailureChange::Recovered => {
+                    write!(f, "failure {id} ({what}) recovered after {attempts} failed attempts")
+                }
+                FailureChange::ManualRetry => {
+                    write!(f, "failure {id} ({what}) retried by hand after {attempts} attempts")
+                }
+                _ => write!(
+                    f,
+                    "failure {id} ({what}) {}: attempt {attempts}: {reason}",
+                    change.as_str()
+                ),
+            },
         }
     }
 }

@@ -648,6 +648,7 @@ impl Node {
             fresh_incarnation: self.fresh_incarnation()?,
             time: self.now(),
             threads: worker_threads(),
+            give_up_after: self.config.failures.give_up_after,
         };
         Ok(self.store.apply(verified, ctx)?)
     }

@@ -12,6 +12,7 @@ pub use admin::EventPage;
 pub mod apply;
 pub mod audit;
 pub(crate) mod conflicts;
+pub mod failures;
 pub mod tables;
 
 use std::collections::BTreeMap;

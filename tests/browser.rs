@@ -313,11 +313,14 @@ fn log_in_see_the_lag_resolve_a_conflict_in_headless_chromium() {
     let mut api = Http::new(&base);
     api.bearer = Some(token(&parent));
     let failed = wait_for(std::time::Duration::from_secs(40), || {
-        api.get("/api/failures").json().as_array().filter(|l| !l.is_empty()).map(|_| ())
+        let list = api.get("/api/failures").json();
+        list.as_array()
+            .and_then(|l| l.iter().find(|f| f["peer"] == serde_json::json!(gone.id)))
+            .and_then(|f| f["id"].as_str().map(str::to_string))
     });
-    assert!(failed.is_some(), "the unreachable peer shows as a failure");
+    let failure_id = failed.expect("the unreachable peer shows as a failure");
     b.go(&format!("{base}/failures"));
-    let row = format!("tr[data-failure='{}']", gone.id);
+    let row = format!("tr[data-failure='{failure_id}']");
     assert!(b.text(&row).contains("timed out"), "{}", b.text(&row));
     b.screenshot(&shots, "09-failures");
     b.click(&b.find(&format!("{row} button")));

@@ -133,6 +133,7 @@ proptest! {
                 fresh_incarnation: Incarnation(1),
                 time: 0,
                 threads: 2,
+                give_up_after: 3,
             };
             let report = sink.store.apply(verified, ctx).expect("apply");
             prop_assert!(report.rejected.is_empty(), "rejected: {:?}", report.rejected);

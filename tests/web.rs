@@ -359,21 +359,32 @@ fn a_failing_peer_shows_with_its_reason_and_retries_from_the_page() {
         f.as_array().filter(|l| !l.is_empty()).cloned()
     })
     .expect("the failure shows up");
-    assert_eq!(failing[0]["id"], json!(gone.id));
+    assert_eq!(failing[0]["peer"], json!(gone.id));
+    let id = failing[0]["id"].as_str().expect("failure id").to_string();
+    assert!(id.starts_with("sync-"), "{failing:?}");
     assert!(failing[0]["reason"].as_str().is_some_and(|r| r.contains("timed out")), "{failing:?}");
     assert_eq!(failing[0]["retryable"], json!(true));
+    assert_eq!(failing[0]["needs_attention"], json!(false), "one attempt of the default 20");
     let page = web.get("/failures").text();
     assert!(page.contains("sync with parent district") && page.contains("Retry now"), "{page}");
     let overview = web.get("/").text();
     assert!(overview.contains("failing"), "{overview}");
 
     let csrf = web.csrf("/failures");
-    let r = web.post_form(&format!("/failures/{}/retry", gone.id), &[("csrf", &csrf)]);
+    let r = web.post_form(&format!("/failures/{id}/retry"), &[("csrf", &csrf)]);
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().contains("the retry failed too"), "{}", r.text());
     let status = a.status();
     let peer = net::peer_entry(&status, &gone.id);
     assert!(peer["failures"].as_u64().is_some_and(|n| n >= 2), "the retry counted: {peer}");
+    let after = web.get("/api/failures").json();
+    assert_eq!(after[0]["manual_retries"], json!(1), "{after}");
+    assert!(after[0]["attempts"].as_u64().is_some_and(|n| n >= 2), "{after}");
+    let audit = web.get("/api/audit?kind=failure").json();
+    assert!(
+        audit.to_string().contains("retried by hand"),
+        "the retry is in the audit log: {audit}"
+    );
     let r = web.post_json(&format!("/api/failures/{}/retry", "0".repeat(64)), &json!({}));
     assert_eq!(r.status, 404);
 }

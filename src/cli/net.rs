@@ -4,6 +4,7 @@ use anyhow::anyhow;
 use serde_json::Value;
 
 use super::{Cli, Failure, PeerAction, input, node_dir, open, parse_node_id};
+use crate::node::Node;
 use crate::say;
 
 pub(super) fn status(cli: &Cli, as_json: bool) -> Result<(), Failure> {
@@ -198,4 +199,79 @@ pub(super) fn peer(cli: &Cli, action: &PeerAction) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// `sitesync failures`: every standing failure, oldest first.
+pub(super) fn failures(node: &Node, json: bool) -> Result<(), Failure> {
+    let list = node.store.failures(crate::node::now_secs())?;
+    if json {
+        let out: Vec<Value> = list
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "id": f.op.id(),
+                    "what": f.op.describe(),
+                    "peer": f.op.peer().map(|p| p.to_string()),
+                    "reason": f.reason,
+                    "attempts": f.attempts,
+                    "first_failed": f.first_failed,
+                    "last_failed": f.last_failed,
+                    "next_retry": f.next_retry,
+                    "needs_attention": f.needs_attention,
+                    "manual_retries": f.manual_retries,
+                })
+            })
+            .collect();
+        say!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    if list.is_empty() {
+        say!("no failures");
+    }
+    for f in &list {
+        let mark = if f.needs_attention { "  NEEDS ATTENTION" } else { "" };
+        say!("{}  {}{mark}", f.op.id(), f.op.describe());
+        say!(
+            "    {} failed attempts since {}, last {}; next automatic retry {}",
+            f.attempts,
+            f.first_failed,
+            f.last_failed,
+            f.next_retry.map_or("when the peer next connects".to_string(), |t| t.to_string())
+        );
+        say!("    reason: {}", f.reason);
+    }
+    Ok(())
+}
+
+/// `sitesync retry ID`: runs the failed operation again in the running node.
+pub(super) fn retry(cli: &Cli, id: &str) -> Result<(), Failure> {
+    use crate::node::serve::{ControlRequest, control_request};
+    let dir = node_dir(cli)?;
+    let request = ControlRequest::Retry { id: id.to_string() };
+    let reply = control_request(dir, &request)?.ok_or_else(|| Failure {
+        code: 1,
+        error: anyhow!(
+            "no node is running in {}; retries run in the running node (`sitesync --dir {} serve`)",
+            dir.display(),
+            dir.display()
+        ),
+    })?;
+    let what = reply["what"].as_str().unwrap_or("?");
+    for s in reply["sessions"].as_array().into_iter().flatten() {
+        say!(
+            "{}: {}; sent {} batches, received {} in {} ms",
+            s["peer"].as_str().unwrap_or("?"),
+            s["outcome"].as_str().unwrap_or("?"),
+            s["batches_sent"],
+            s["batches_received"],
+            s["millis"]
+        );
+    }
+    if reply["closed"] == Value::Bool(true) {
+        say!("{id} ({what}): retried, it works now; the failure is closed");
+        Ok(())
+    } else {
+        let reason = reply["reason"].as_str().unwrap_or("unknown");
+        Err(Failure { code: 1, error: anyhow!("{id} ({what}): the retry failed too: {reason}") })
+    }
 }

@@ -21,6 +21,7 @@ use crate::config::Peer;
 use crate::id::{NodeId, Vector};
 use crate::protocol::message::{self, Message, Role, WireBatch};
 use crate::protocol::session::{Effect, Outcome, Session, SessionStats};
+use crate::store::failures::{Attempt, Operation};
 use crate::transport::{self, ReadError};
 
 /// File in the node directory with the control endpoint's address and token (mode 0600).
@@ -557,10 +558,20 @@ async fn peer_loop(
         let next = now_secs() + (delay / 1000) as i64;
         let n = node.clone();
         let (id, f) = (peer.node_id, failures);
+        let outcome = rep.clone();
         let _ = tokio::task::spawn_blocking(move || {
             n.store.update_peer_state(&id, |s| {
                 s.next_retry = next;
                 s.failures = f;
+            })?;
+            let op = Operation::Sync { peer: id };
+            let result = if outcome.complete { Ok(()) } else { Err(outcome.outcome.as_str()) };
+            n.store.record_attempt(&Attempt {
+                op: &op,
+                result,
+                time: now_secs(),
+                next_retry: Some(next),
+                give_up_after: n.config.failures.give_up_after,
             })
         })
         .await;
@@ -625,6 +636,8 @@ pub enum ControlRequest {
     /// Run a CLI command (put, get, list, export, import, vector, events, id) in the node:
     /// arguments with absolute paths, and the standard input for `put -`.
     Exec { args: Vec<String>, stdin: Option<String> },
+    /// Retry a failed operation now (`sitesync retry ID`, the web view's button).
+    Retry { id: String },
 }
 
 async fn control_loop(
@@ -689,6 +702,7 @@ async fn handle_control(
                 Err(e) => json!({"error": e.to_string()}),
             }
         }
+        ControlRequest::Retry { id } => retry(node, triggers, id).await,
         ControlRequest::Sync { peer } => {
             let targets: Vec<NodeId> = match peer {
                 Some(p) if triggers.contains_key(&p) => vec![p],
@@ -711,6 +725,69 @@ async fn handle_control(
             json!({"sessions": reports})
         }
     }
+}
+
+/// Runs a failed operation again: a sync with the peer it concerns, through that peer's loop
+/// (which records the attempt). Answers with the sessions and whether the failure is closed.
+async fn retry(
+    node: &Arc<Node>,
+    triggers: &HashMap<NodeId, mpsc::Sender<SyncReply>>,
+    id: String,
+) -> Value {
+    let n = node.clone();
+    let looked = id.clone();
+    let rec = match tokio::task::spawn_blocking(move || n.store.failure(&looked)).await {
+        Ok(Ok(Some(rec))) => rec,
+        Ok(Ok(None)) => {
+            return json!({"error": format!("no failure {id:?} (see `sitesync failures`)")});
+        }
+        Ok(Err(e)) => return json!({"error": e.to_string()}),
+        Err(e) => return json!({"error": e.to_string()}),
+    };
+    let what = rec.op.describe();
+    let trigger = match rec.op.peer() {
+        Some(p) => match triggers.get(&p) {
+            Some(t) => t.clone(),
+            None => {
+                return json!({"error": format!(
+                    "{what}: {p} dials in to this node; the retry happens when it next connects"
+                )});
+            }
+        },
+        None => {
+            return json!({"error": format!(
+                "{what}: nothing to retry from here; import the bundle or push again"
+            )});
+        }
+    };
+    let n = node.clone();
+    let noted = id.clone();
+    let _ =
+        tokio::task::spawn_blocking(move || n.store.record_manual_retry(&noted, now_secs())).await;
+    let (tx, rx) = oneshot::channel();
+    let mut sessions = Vec::new();
+    if trigger.send(tx).await.is_ok()
+        && let Ok(r) = rx.await
+    {
+        sessions.push(r);
+    }
+    let n = node.clone();
+    let looked = id.clone();
+    let standing = match tokio::task::spawn_blocking(move || {
+        n.store.failures(now_secs()).map(|all| all.into_iter().find(|r| r.op.id() == looked))
+    })
+    .await
+    {
+        Ok(Ok(r)) => r,
+        _ => None,
+    };
+    json!({
+        "retried": id,
+        "what": what,
+        "closed": standing.is_none(),
+        "reason": standing.map(|r| r.reason),
+        "sessions": sessions,
+    })
 }
 
 /// Sends a request to the running node of `dir`. `Ok(None)` if no node is running there.

@@ -65,6 +65,8 @@ pub struct ApplyContext<'a> {
     pub time: i64,
     /// Worker threads for materializing documents.
     pub threads: usize,
+    /// Refusals of one batch after which its failure record needs attention.
+    pub give_up_after: u32,
 }
 
 struct Work {
@@ -151,7 +153,7 @@ impl Store {
             append_event(&tx, Event { time: ctx.time, kind })?;
             report.reincarnated = Some(fresh);
         }
-        record_report(&tx, &report, ctx.from, ctx.time)?;
+        record_report(&tx, &report, ctx.from, ctx.time, ctx.give_up_after)?;
         tx.commit()?;
         if let Some(author) = report.reincarnated {
             self.set_author(author);
@@ -609,11 +611,23 @@ fn record_report(
     r: &ApplyReport,
     from: Option<NodeId>,
     time: i64,
+    give_up_after: u32,
 ) -> Result<(), StoreError> {
     for rej in &r.rejected {
         let kind =
             EventKind::Rejected { author: rej.author, seq: rej.seq, reason: rej.reason.clone() };
         append_event(tx, Event { time, kind })?;
+        // The refused batch stands as a failure until it is held (it comes again, or by another
+        // path); a retry syncs with the node it came from.
+        let op = super::failures::Operation::Batch { from, author: rej.author, seq: rej.seq };
+        let attempt = super::failures::Attempt {
+            op: &op,
+            result: Err(&rej.reason),
+            time,
+            next_retry: None,
+            give_up_after,
+        };
+        super::failures::attempt(tx, &attempt)?;
     }
     for (entity, reason) in &r.unmergeable {
         let kind = EventKind::Unmergeable { entity: *entity, reason: reason.clone() };

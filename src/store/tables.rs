@@ -121,3 +121,7 @@ pub const REMOTE_AUDIT: TableDefinition<(&[u8; 32], u64), &[u8]> =
 /// `parent node -> n`: the first entry of this node's audit log that parent does not hold yet
 /// (from its last `AuditAck`).
 pub const AUDIT_SENT: TableDefinition<&[u8; 32], u64> = TableDefinition::new("audit-sent-1");
+
+/// `failure id -> postcard(FailureRecord)`: every operation whose last attempt failed
+/// (`store/failures.rs`).
+pub const FAILURES: TableDefinition<&str, &[u8]> = TableDefinition::new("failures-1");

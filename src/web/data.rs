@@ -205,6 +205,12 @@ pub struct Failure {
     pub next_retry: Option<i64>,
     /// Whether `retry` can run it now (a child dials in on its own schedule).
     pub retryable: bool,
+    /// When the first attempt of this run of failures failed.
+    pub first_failed: i64,
+    /// Failed `[failures] give_up_after` times in a row: an administrator should look.
+    pub needs_attention: bool,
+    /// Retries run by hand since the first failure.
+    pub manual_retries: u32,
 }
 
 /// What an action did, in an operator's words.

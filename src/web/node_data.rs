@@ -20,10 +20,11 @@ use serde_json::{Map, Value};
 
 use super::data::*;
 use crate::entity::doc::FieldConflict;
-use crate::event::{Event, EventKind};
+use crate::event::{Event, EventKind, FailureChange};
 use crate::id::{EntityId, EntityType, NodeId, Vector};
 use crate::node::serve::{ControlRequest, control_request};
 use crate::node::{Node, NodeError, now_secs, status_json};
+use crate::store::failures::Operation;
 
 /// Most changes shown on a record page.
 pub const HISTORY_CHANGES_MAX: usize = 100;
@@ -262,10 +263,18 @@ fn classify(kind: &EventKind) -> (&'static str, &'static str, Option<NodeId>) {
         EventKind::ConflictClosed { .. } => ("conflict", "closed", None),
         EventKind::ConflictResolved { .. } => ("conflict", "resolved", None),
         EventKind::AuditCopy { origin, .. } => ("audit_copy", "error", Some(*origin)),
+        EventKind::Failure { change, .. } => (
+            "failure",
+            match change {
+                FailureChange::Recovered | FailureChange::ManualRetry => "ok",
+                _ => "error",
+            },
+            None,
+        ),
     }
 }
 
-const KINDS: [&str; 10] = [
+const KINDS: [&str; 11] = [
     "local_write",
     "received",
     "rejected",
@@ -276,6 +285,7 @@ const KINDS: [&str; 10] = [
     "config",
     "conflict",
     "audit_copy",
+    "failure",
 ];
 const OUTCOMES: [&str; 6] = ["ok", "rejected", "error", "open", "closed", "resolved"];
 
@@ -372,46 +382,68 @@ impl AdminData for NodeAdmin {
 
     fn failures(&self) -> Result<Vec<Failure>, DataError> {
         let peers = self.overview_peers()?;
-        Ok(peers
+        let records = self.node.store.failures(now_secs())?;
+        Ok(records
             .into_iter()
-            .filter_map(|p| {
-                let reason = p.last_error.clone()?;
-                let label = match &p.name {
-                    Some(n) => format!("{n} ({})", &p.node_id[..12]),
-                    None => p.node_id[..12].to_string(),
+            .map(|r| {
+                let peer = r.op.peer().map(|p| p.to_string());
+                let entry = peer.as_ref().and_then(|p| peers.iter().find(|e| &e.node_id == p));
+                let label = entry.map(|p| match &p.name {
+                    Some(n) => format!("{} {n} ({})", p.role, &p.node_id[..12]),
+                    None => format!("{} {}", p.role, &p.node_id[..12]),
+                });
+                let operation = match (&r.op, &label) {
+                    (Operation::Sync { .. }, Some(l)) => format!("sync with {l}"),
+                    (Operation::Batch { author, seq, .. }, Some(l)) => {
+                        format!("batch {author} #{seq} refused, from {l}")
+                    }
+                    _ => r.op.describe(),
                 };
-                Some(Failure {
-                    id: p.node_id.clone(),
-                    operation: format!("sync with {} {label}", p.role),
-                    peer: Some(p.node_id.clone()),
-                    reason,
-                    attempts: p.failures.max(1),
-                    last_success: p.last_success,
-                    next_retry: p.next_retry,
-                    retryable: p.addr.is_some(),
-                })
+                let retryable = entry.is_some_and(|p| p.addr.is_some());
+                Failure {
+                    id: r.op.id(),
+                    operation,
+                    peer,
+                    reason: r.reason,
+                    attempts: r.attempts,
+                    last_success: entry.and_then(|p| p.last_success),
+                    next_retry: if retryable { entry.and_then(|p| p.next_retry) } else { None },
+                    retryable,
+                    first_failed: r.first_failed,
+                    needs_attention: r.needs_attention,
+                    manual_retries: r.manual_retries,
+                }
             })
             .collect())
     }
 
     fn retry(&self, id: &str) -> Result<ActionReport, DataError> {
-        let peer: NodeId =
-            id.parse().map_err(|_| DataError::NotFound(format!("no failure {id:?}")))?;
-        let entry = self
+        let rec = self
             .node
-            .config
-            .peer(&peer)
+            .store
+            .failure(id)?
             .ok_or_else(|| DataError::NotFound(format!("no failure {id:?}")))?;
-        if entry.addr.is_none() {
-            return Err(DataError::Input(format!(
-                "{} dials in to this node; it retries on its own schedule",
-                entry.label()
-            )));
+        let dialled =
+            rec.op.peer().and_then(|p| self.node.config.peer(&p)).filter(|e| e.addr.is_some());
+        if dialled.is_none() {
+            let why = match rec.op.peer().and_then(|p| self.node.config.peer(&p)) {
+                Some(e) => {
+                    format!("{} dials in to this node; it retries on its own schedule", e.label())
+                }
+                None => format!("{}: nothing to retry from here", rec.op.describe()),
+            };
+            return Err(DataError::Input(why));
         }
-        let sessions = self.sync_round(Some(peer))?;
-        let ok = !sessions.is_empty() && sessions_ok(&sessions);
+        let reply = control_request(&self.node.dir, &ControlRequest::Retry { id: id.to_string() })?
+            .ok_or_else(|| {
+                DataError::Unavailable(
+                    "the node's sync loops are not running (start `sitesync serve`)".into(),
+                )
+            })?;
+        let sessions = reply["sessions"].as_array().cloned().unwrap_or_default();
+        let ok = reply["closed"] == Value::Bool(true);
         let message = match ok {
-            true => format!("retried: {}", describe_sessions(&sessions)),
+            true => format!("retried, it works now: {}", describe_sessions(&sessions)),
             false => format!("the retry failed too: {}", describe_sessions(&sessions)),
         };
         Ok(ActionReport { ok, message, sessions })

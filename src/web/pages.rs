@@ -486,11 +486,18 @@ async fn failures_with(s: &AppState, note: Option<String>, status: StatusCode) -
             } else {
                 "<span class=\"muted\">dials in; retries on its own schedule</span>".into()
             };
+            let attention = if f.needs_attention {
+                " <span class=\"tag bad\">needs attention</span>"
+            } else {
+                ""
+            };
             let _ = write!(
                 b,
-                "<tr data-failure=\"{}\"><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td><td>{action}</td></tr>",
+                "<tr data-failure=\"{}\"><td>{}{attention}<br><span class=\"muted\">{} · failing since {}</span></td><td>{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td><td>{action}</td></tr>",
                 esc(&f.id),
                 esc(&f.operation),
+                esc(&f.id),
+                when(Some(f.first_failed), now),
                 esc(&f.reason),
                 f.attempts,
                 when(f.last_success, now),
