@@ -403,3 +403,34 @@ fn the_admin_address_must_be_loopback_unless_allowed() {
     assert_eq!(t.len(), 64);
     assert_eq!(token(&a), t, "the token stays");
 }
+
+#[test]
+fn a_parent_filters_the_audit_log_by_child_origin() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let parent = Node::init(tmp.path(), "district");
+    let child = Node::init(tmp.path(), "clinic-c");
+    let addr = format!("127.0.0.1:{}", net::free_port());
+    parent.network(Some(&addr), 60);
+    parent.peer_add(&child, "child", None);
+    child.peer_add(&parent, "parent", Some(&addr));
+    child.put("patient", &net::patient("C", 1));
+    let (_parent_serve, base) = serve_admin(&parent);
+    let (_child_serve, _) = serve_admin(&child);
+    let r = child.sync(None);
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+
+    let mut web = Http::new(&base);
+    web.login(&token(&parent));
+    // The child's entries, as the parent keeps them: their origin is the child.
+    let page = web.get(&format!("/api/audit?origin={}&kind=local_write", child.id)).json();
+    let entries = page["entries"].as_array().cloned().unwrap_or_default();
+    assert!(!entries.is_empty(), "the child's local write is in the parent's copy: {page}");
+    assert!(entries.iter().all(|e| e["origin"] == json!(child.id) && e["kind"] == "local_write"));
+    assert!(page["origins"].as_array().is_some_and(|o| o.contains(&json!(child.id))), "{page}");
+    // Without an origin, the parent's own log (its roster is its only local write).
+    let own = web.get("/api/audit?kind=local_write").json();
+    let own = own["entries"].as_array().cloned().unwrap_or_default();
+    assert!(own.iter().all(|e| e["origin"] == json!(parent.id)), "{own:?}");
+    let html = web.get(&format!("/audit?origin={}", child.id)).text();
+    assert!(html.contains("local write") && html.contains("selected"), "{html}");
+}

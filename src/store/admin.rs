@@ -3,11 +3,11 @@
 
 use redb::{ReadableDatabase, ReadableTableMetadata};
 
-use super::tables::{AUDIT, DOCS, EVENTS};
+use super::tables::{AUDIT, DOCS, EVENTS, REMOTE_AUDIT};
 use super::{DocRecord, StoreError, corrupt, decode_doc};
 use crate::entity::doc::{ChangeInfo, EntityDoc};
 use crate::event::Event;
-use crate::id::EntityId;
+use crate::id::{EntityId, NodeId};
 
 /// Events, newest first, and the number to continue below (if any may remain).
 pub type EventPage = (Vec<(u64, Event)>, Option<u64>);
@@ -67,4 +67,84 @@ impl super::Store {
         }
         Ok((out, None))
     }
+
+    /// Like [`Self::events_page`], over the copy this node keeps of child `origin`'s audit log
+    /// (numbered as the child numbers them).
+    pub fn remote_events_page(
+        &self,
+        origin: &NodeId,
+        before: Option<u64>,
+        limit: usize,
+        mut keep: impl FnMut(&Event) -> bool,
+    ) -> Result<EventPage, StoreError> {
+        let tx = self.db.begin_read()?;
+        let copy = match tx.open_table(REMOTE_AUDIT) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok((Vec::new(), None)),
+            Err(e) => return Err(e.into()),
+        };
+        let end = before.unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        for item in copy.range((&origin.0, 0)..(&origin.0, end))?.rev() {
+            let (k, v) = item?;
+            let bytes = v.value().get(32..).ok_or_else(|| corrupt("audit copy entry", "short"))?;
+            let event: Event =
+                postcard::from_bytes(bytes).map_err(|e| corrupt("audit copy entry", e))?;
+            if !keep(&event) {
+                continue;
+            }
+            if out.len() == limit {
+                let next = out.last().map(|(n, _): &(u64, Event)| *n);
+                return Ok((out, next));
+            }
+            out.push((k.value().1, event));
+        }
+        Ok((out, None))
+    }
+
+    /// The children whose audit entries this node keeps a copy of, with how many it holds.
+    pub fn audit_origins(&self) -> Result<Vec<(NodeId, u64)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let copy = match tx.open_table(REMOTE_AUDIT) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        let mut from = [0u8; 32];
+        // One range per origin: jump past each origin's entries instead of reading them all.
+        loop {
+            let Some(first) = copy.range((&from, 0)..)?.next() else { break };
+            let origin: [u8; 32] = *first?.0.value().0;
+            let lowest = first_n(copy.range((&origin, 0)..=(&origin, u64::MAX))?.next())?;
+            let highest = first_n(copy.range((&origin, 0)..=(&origin, u64::MAX))?.next_back())?;
+            let count = highest.saturating_sub(lowest) + 1;
+            out.push((NodeId(origin), count));
+            // The next possible origin after this one.
+            let mut next = origin;
+            let mut carried = true;
+            for byte in next.iter_mut().rev() {
+                let (v, overflow) = byte.overflowing_add(1);
+                *byte = v;
+                if !overflow {
+                    carried = false;
+                    break;
+                }
+            }
+            if carried {
+                break;
+            }
+            from = next;
+        }
+        Ok(out)
+    }
+}
+
+type RemoteItem<'a> = Result<
+    (redb::AccessGuard<'a, (&'static [u8; 32], u64)>, redb::AccessGuard<'a, &'static [u8]>),
+    redb::StorageError,
+>;
+
+fn first_n(item: Option<RemoteItem<'_>>) -> Result<u64, StoreError> {
+    Ok(item.transpose()?.map_or(0, |(k, _)| k.value().1))
 }

@@ -172,6 +172,9 @@ pub struct AuditPage {
     /// The kinds and outcomes entries can have (for filter choices).
     pub kinds: Vec<String>,
     pub outcomes: Vec<String>,
+    /// The origins there are entries of: this node first, then each child whose entries this
+    /// node keeps a copy of.
+    pub origins: Vec<String>,
 }
 
 /// One audit entry. No patient data: ids, counts, bytes, reasons.

@@ -344,16 +344,8 @@ impl AdminData for NodeAdmin {
     fn audit(&self, filter: &AuditFilter) -> Result<AuditPage, DataError> {
         let own = self.node.id();
         let limit = filter.limit.clamp(1, AUDIT_PAGE_MAX);
-        let page = AuditPage {
-            entries: Vec::new(),
-            next_before: None,
-            kinds: KINDS.iter().map(|k| k.to_string()).collect(),
-            outcomes: OUTCOMES.iter().map(|k| k.to_string()).collect(),
-        };
-        // Every entry is this node's own until children forward theirs.
-        if filter.origin.is_some_and(|o| o != own) {
-            return Ok(page);
-        }
+        let mut origins = vec![own.to_string()];
+        origins.extend(self.node.store.audit_origins()?.into_iter().map(|(o, _)| o.to_string()));
         let keep = |e: &Event| {
             let (kind, outcome, _) = classify(&e.kind);
             filter.kind.as_deref().is_none_or(|k| k == kind)
@@ -361,7 +353,13 @@ impl AdminData for NodeAdmin {
                 && filter.since.is_none_or(|t| e.time >= t)
                 && filter.until.is_none_or(|t| e.time <= t)
         };
-        let (events, next_before) = self.node.store.events_page(filter.before, limit, keep)?;
+        // Without an origin, this node's own entries; with a child's, the copy kept of its log.
+        let origin = filter.origin.unwrap_or(own);
+        let (events, next_before) = if origin == own {
+            self.node.store.events_page(filter.before, limit, keep)?
+        } else {
+            self.node.store.remote_events_page(&origin, filter.before, limit, keep)?
+        };
         let entries = events
             .into_iter()
             .map(|(id, e)| {
@@ -369,7 +367,7 @@ impl AdminData for NodeAdmin {
                 AuditEntry {
                     id,
                     time: e.time,
-                    origin: own.to_string(),
+                    origin: origin.to_string(),
                     kind: kind.into(),
                     outcome: outcome.into(),
                     peer: peer.map(|p| p.to_string()),
@@ -377,7 +375,13 @@ impl AdminData for NodeAdmin {
                 }
             })
             .collect();
-        Ok(AuditPage { entries, next_before, ..page })
+        Ok(AuditPage {
+            entries,
+            next_before,
+            kinds: KINDS.iter().map(|k| k.to_string()).collect(),
+            outcomes: OUTCOMES.iter().map(|k| k.to_string()).collect(),
+            origins,
+        })
     }
 
     fn failures(&self) -> Result<Vec<Failure>, DataError> {

@@ -336,8 +336,9 @@ pub async fn audit(State(s): State<AppState>, Query(q): Query<Params>) -> Respon
         Err(_) => None,
     };
     let choices = s.call(|d| d.audit(&AuditFilter { limit: 1, ..Default::default() })).await;
-    let (kinds, outcomes) = choices.map(|p| (p.kinds, p.outcomes)).unwrap_or_default();
-    let mut b = filter_form(&q, &kinds, &outcomes);
+    let (kinds, outcomes, origins) =
+        choices.map(|p| (p.kinds, p.outcomes, p.origins)).unwrap_or_default();
+    let mut b = filter_form(&q, &kinds, &outcomes, &origins);
     let status = match (&filter, page_data) {
         (Err(m), _) => {
             b.push_str(&notice(false, m));
@@ -356,7 +357,7 @@ pub async fn audit(State(s): State<AppState>, Query(q): Query<Params>) -> Respon
     (status, page(&s, "Audit log", "/audit", &b)).into_response()
 }
 
-fn filter_form(q: &Params, kinds: &[String], outcomes: &[String]) -> String {
+fn filter_form(q: &Params, kinds: &[String], outcomes: &[String], origins: &[String]) -> String {
     let v = |k: &str| esc(q.get(k).map(String::as_str).unwrap_or_default());
     let select = |name: &str, options: &[String]| {
         let chosen = q.get(name).map(String::as_str).unwrap_or_default();
@@ -369,19 +370,34 @@ fn filter_form(q: &Params, kinds: &[String], outcomes: &[String]) -> String {
     };
     format!(
         "<form method=\"get\" action=\"/audit\" class=\"filters\">\
-         <label>Origin node<input name=\"origin\" value=\"{}\" placeholder=\"node id\" size=\"20\"></label>\
+         <label>Origin node{}</label>\
          <label>Kind{}</label><label>Outcome{}</label>\
          <label>From (UTC)<input name=\"since\" value=\"{}\" placeholder=\"YYYY-MM-DD\" size=\"16\"></label>\
          <label>To (UTC)<input name=\"until\" value=\"{}\" placeholder=\"YYYY-MM-DDTHH:MM\" size=\"16\"></label>\
          <label>Per page<input name=\"limit\" value=\"{}\" size=\"4\"></label>\
          <button>Filter</button> <a href=\"/audit\">Clear</a></form>",
-        v("origin"),
+        origin_select(q.get("origin").map(String::as_str).unwrap_or_default(), origins),
         select("kind", kinds),
         select("outcome", outcomes),
         v("since"),
         v("until"),
         v("limit"),
     )
+}
+
+/// This node (the default) and every child whose audit entries this node keeps.
+fn origin_select(chosen: &str, origins: &[String]) -> String {
+    let mut out = String::from("<select name=\"origin\"><option value=\"\">this node</option>");
+    for (i, o) in origins.iter().enumerate().skip(1) {
+        let sel = if o == chosen { " selected" } else { "" };
+        let _ =
+            write!(out, "<option value=\"{}\"{sel}>child {} ({i})</option>", esc(o), short_id(o));
+    }
+    if !chosen.is_empty() && !origins.iter().any(|o| o == chosen) {
+        let _ =
+            write!(out, "<option value=\"{}\" selected>{}</option>", esc(chosen), short_id(chosen));
+    }
+    out + "</select>"
 }
 
 fn audit_table(b: &mut String, p: &AuditPage, q: &Params, paged: bool) {
