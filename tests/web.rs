@@ -433,4 +433,18 @@ fn a_parent_filters_the_audit_log_by_child_origin() {
     assert!(own.iter().all(|e| e["origin"] == json!(parent.id)), "{own:?}");
     let html = web.get(&format!("/audit?origin={}", child.id)).text();
     assert!(html.contains("local write") && html.contains("selected"), "{html}");
+    // The overview's network table says how current each node's data is here.
+    let overview = web.get("/api/overview").json();
+    let entry = overview["network"]
+        .as_array()
+        .and_then(|n| n.iter().find(|e| e["node_id"] == json!(child.id)))
+        .cloned()
+        .unwrap_or_else(|| panic!("the child is in the network table: {overview}"));
+    let newest = entry["newest_change"].as_i64().expect("newest change time");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    assert!((now - 600..=now + 5).contains(&newest), "written just now: {entry}");
+    assert!(web.get("/").text().contains("Newest data here"));
 }

@@ -3,7 +3,7 @@
 
 use redb::{ReadableDatabase, ReadableTableMetadata};
 
-use super::tables::{AUDIT, DOCS, EVENTS, REMOTE_AUDIT};
+use super::tables::{AUDIT, BATCHES, BODIES, DOCS, EVENTS, REMOTE_AUDIT};
 use super::{DocRecord, StoreError, corrupt, decode_doc};
 use crate::entity::doc::{ChangeInfo, EntityDoc};
 use crate::event::Event;
@@ -100,6 +100,33 @@ impl super::Store {
             out.push((k.value().1, event));
         }
         Ok((out, None))
+    }
+
+    /// When node `node` wrote the newest change of its authoring that this node holds (seconds
+    /// since the Unix epoch, as the author's clock said): how fresh its data is here, for any
+    /// node of the network, however many tiers away. `None` if nothing of it is held (or only
+    /// withheld bodies).
+    pub fn newest_change_time(&self, node: &NodeId) -> Result<Option<i64>, StoreError> {
+        let vector = self.vector()?;
+        let tx = self.db.begin_read()?;
+        let (batches, bodies) = match (tx.open_table(BATCHES), tx.open_table(BODIES)) {
+            (Ok(b), Ok(d)) => (b, d),
+            _ => return Ok(None),
+        };
+        let mut newest = None;
+        for (author, seq) in vector.0.iter().filter(|(a, s)| a.node == *node && **s > 0) {
+            let Some(v) = batches.get((&author.actor_bytes(), *seq))? else { continue };
+            let (_, signed) = super::decode_batch(v.value())?;
+            let Some(last) = signed.batch.changes.last() else { continue };
+            let Some(body) = bodies.get(&last.body.0)? else { continue };
+            if body.value().is_empty() {
+                continue;
+            }
+            let change = automerge::Change::from_bytes(body.value().to_vec())
+                .map_err(|e| corrupt(format!("body {}", last.body), e))?;
+            newest = newest.max(Some(change.timestamp()));
+        }
+        Ok(newest)
     }
 
     /// The children whose audit entries this node keeps a copy of, with how many it holds.

@@ -148,6 +148,9 @@ pub struct NetworkNode {
     pub listed_by: String,
     /// Batches of its authoring this node holds.
     pub batches_held: u64,
+    /// When it wrote the newest change this node holds (its own clock): how current its data
+    /// is here, for nodes several tiers away too.
+    pub newest_change: Option<i64>,
 }
 
 /// Which audit entries to show. Times are seconds since the Unix epoch, inclusive.

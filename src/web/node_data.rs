@@ -135,21 +135,22 @@ impl NodeAdmin {
                 listed.entry(member).or_insert((role, name, owner.to_string()));
             }
         }
-        Ok(order
+        order
             .iter()
             .skip(1)
             .map(|n| {
                 let (role, name, by) =
                     listed.remove(n).unwrap_or(("member".into(), None, "?".into()));
-                NetworkNode {
+                Ok(NetworkNode {
                     node_id: n.to_string(),
                     name,
                     role,
                     listed_by: by,
                     batches_held: held(n),
-                }
+                    newest_change: node.store.newest_change_time(n)?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     fn view_value(

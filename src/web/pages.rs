@@ -266,16 +266,17 @@ fn network_table(b: &mut String, o: &Overview) {
     }
     b.push_str(
         "<div class=\"scroll\"><table><tr><th>Node</th><th>Role</th><th>Listed by</th>\
-         <th>Batches held</th></tr>",
+         <th>Batches held</th><th>Newest data here</th></tr>",
     );
     for n in &o.network {
         let by = if n.listed_by.len() == 64 { short_id(&n.listed_by) } else { esc(&n.listed_by) };
         let _ = write!(
             b,
-            "<tr><td>{}</td><td>{}</td><td>{by}</td><td class=\"num\">{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{by}</td><td class=\"num\">{}</td><td>{}</td></tr>",
             label(&n.node_id, n.name.as_deref()),
             esc(&n.role),
-            n.batches_held
+            n.batches_held,
+            when(n.newest_change, o.time)
         );
     }
     b.push_str("</table></div>");
