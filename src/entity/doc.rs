@@ -112,28 +112,22 @@ impl EntityDoc {
         time_secs: i64,
     ) -> Result<Change, String> {
         let missing = || format!("the record has no field {path}");
+        // Keys may hold dots (generic records): `locate` takes the longest matching key per step.
+        let (obj, last) = admin::locate(&self.doc, path).ok_or_else(missing)?;
+        let last = last.as_str();
         self.doc.set_actor(ActorId::from(author.actor_bytes()));
-        let segments: Vec<&str> = path.split('.').collect();
-        let (last, parents) = segments.split_last().ok_or_else(missing)?;
-        let mut obj = ROOT;
-        for seg in parents {
-            match self.doc.get(&obj, *seg) {
-                Ok(Some((Value::Object(ObjType::Map), id))) => obj = id,
-                _ => return Err(missing()),
-            }
-        }
         let mut tx = self.doc.transaction();
         let written: Result<(), DocError> = (|| {
             match value {
                 Json::Object(map) => {
-                    let child = tx.put_object(&obj, *last, ObjType::Map)?;
+                    let child = tx.put_object(&obj, last, ObjType::Map)?;
                     reconcile_map(&mut tx, &child, map, &[], false)?;
                 }
                 Json::Array(items) => {
-                    let list = tx.put_object(&obj, *last, ObjType::List)?;
+                    let list = tx.put_object(&obj, last, ObjType::List)?;
                     fill_list(&mut tx, &list, items)?;
                 }
-                scalar => tx.put(&obj, *last, scalar_from_json(scalar))?,
+                scalar => tx.put(&obj, last, scalar_from_json(scalar))?,
             }
             Ok(())
         })();

@@ -1,16 +1,14 @@
-//! What the admin view needs from a document beyond reads and reconciled writes: a forced write
-//! of one field (a resolution must supersede every concurrent value, even when the chosen value
-//! equals the current winner, which a reconciled write would skip as "nothing differs"), and
-//! the document's change history (who changed which fields, when).
+//! What the admin view needs from a document beyond reads and reconciled writes: finding the
+//! field a dotted path names (for [`EntityDoc::set_path`], the forced write of a resolution),
+//! and the document's change history (who changed which fields, when).
 //!
 //! Pure, like the rest of `doc`: time and the author are arguments.
 
 use automerge::patches::TextRepresentation;
-use automerge::transaction::{CommitOptions, Transactable};
-use automerge::{ActorId, Change, ObjId, ObjType, PatchAction, Prop, ROOT, ReadDoc, Value};
+use automerge::{ObjId, ObjType, PatchAction, Prop, ROOT, ReadDoc, Value};
 use serde_json::Value as Json;
 
-use super::{DocError, EntityDoc, fill_list, reconcile_map, scalar_from_json, value_json};
+use super::{EntityDoc, value_json};
 use crate::id::AuthorId;
 
 /// Longest value shown in a history entry, in bytes (longer ones are cut with "...").
@@ -45,34 +43,6 @@ pub struct FieldEdit {
 }
 
 impl EntityDoc {
-    /// Writes `value` at the dotted `path` as one change by `author`, unconditionally: the new
-    /// value supersedes every value held there now, concurrent ones included. Returns `None`
-    /// when the path does not name a field of the document (nothing is written).
-    pub fn overwrite(
-        &mut self,
-        author: &AuthorId,
-        path: &str,
-        value: &Json,
-        time_secs: i64,
-    ) -> Result<Option<Change>, DocError> {
-        let Some((obj, key)) = locate(&self.doc, path) else { return Ok(None) };
-        self.doc.set_actor(ActorId::from(author.actor_bytes()));
-        let mut tx = self.doc.transaction();
-        match value {
-            Json::Object(map) => {
-                let child = tx.put_object(&obj, key.as_str(), ObjType::Map)?;
-                reconcile_map(&mut tx, &child, map, &[], false)?;
-            }
-            Json::Array(items) => {
-                let list = tx.put_object(&obj, key.as_str(), ObjType::List)?;
-                fill_list(&mut tx, &list, items)?;
-            }
-            scalar => tx.put(&obj, key.as_str(), scalar_from_json(scalar))?,
-        }
-        let (hash, _) = tx.commit_with(CommitOptions::default().with_time(time_secs));
-        Ok(hash.and_then(|h| self.doc.get_change_by_hash(&h).cloned()))
-    }
-
     /// The last `limit` changes of the document in causal order (oldest first), each with
     /// the fields it set or removed (computed by diffing the change against its dependencies).
     pub fn history(&self, limit: usize) -> Vec<ChangeInfo> {
@@ -100,7 +70,7 @@ impl EntityDoc {
 
 /// Finds the map and key a dotted path names. Keys may themselves hold dots (generic records),
 /// so each step takes the longest key of the current map that the rest of the path starts with.
-fn locate(doc: &automerge::Automerge, path: &str) -> Option<(ObjId, String)> {
+pub(super) fn locate(doc: &automerge::Automerge, path: &str) -> Option<(ObjId, String)> {
     let mut obj = ROOT;
     let mut rest = path;
     for _ in 0..=super::READ_DEPTH_MAX {
@@ -240,8 +210,8 @@ mod tests {
         let winner = c.values[c.winner].value.clone();
         assert!(doc.write(&author(1), &doc.to_json(), &[], 4).expect("w").is_none());
         assert_eq!(doc.conflicts().len(), 1, "a reconciled write of the winner changes nothing");
-        let change = doc.overwrite(&author(1), "gender", &winner, 5).expect("overwrite");
-        assert!(change.is_some());
+        let change = doc.set_path(&author(1), "gender", &winner, 5).expect("overwrite");
+        assert_eq!(change.timestamp(), 5);
         assert!(doc.conflicts().is_empty());
         assert_eq!(doc.to_json()["gender"], winner);
     }
@@ -249,10 +219,11 @@ mod tests {
     #[test]
     fn overwrite_finds_nested_paths_and_refuses_unknown_ones() {
         let mut doc = conflicted();
-        assert!(doc.overwrite(&author(1), "names.n1.g", &json!("B"), 5).expect("ow").is_some());
+        assert!(doc.set_path(&author(1), "names.n1.g", &json!("B"), 5).is_ok());
         assert_eq!(doc.to_json()["names"]["n1"]["g"], json!("B"));
-        assert!(doc.overwrite(&author(1), "names.n2.g", &json!("B"), 6).expect("ow").is_none());
-        assert!(doc.overwrite(&author(1), "nope", &json!(1), 6).expect("ow").is_none());
+        let missing = doc.set_path(&author(1), "names.n2.g", &json!("B"), 6);
+        assert_eq!(missing.err().as_deref(), Some("the record has no field names.n2.g"));
+        assert!(doc.set_path(&author(1), "nope", &json!(1), 6).is_err());
     }
 
     #[test]
