@@ -46,6 +46,9 @@ struct RawConfig {
     conflicts: std::collections::BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     admin: Option<RawAdmin>,
+    /// FHIR export settings and push targets (`src/fhir/target.rs`), kept as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fhir: Option<toml::Table>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -241,6 +244,8 @@ pub struct Config {
     pub conflicts: crate::conflict::PolicyRules,
     pub retention: Retention,
     pub admin: AdminConfig,
+    /// `[fhir]`: export settings and push targets.
+    pub fhir: crate::fhir::FhirConfig,
 }
 
 /// The `[admin]` section: where `serve` runs the admin web view and JSON API (default: enabled,
@@ -360,6 +365,7 @@ impl Config {
             conflicts: Default::default(),
             retention: Retention::default(),
             admin: AdminConfig::default(),
+            fhir: Default::default(),
         })
     }
 
@@ -469,6 +475,15 @@ impl Config {
                 Retention { keep_days: a.keep_days, keep_entries: a.keep_entries }
             }
         };
+        let fhir = match raw.fhir {
+            None => Default::default(),
+            Some(table) => crate::fhir::FhirConfig::from_table(table).map_err(|e| match e {
+                crate::fhir::SettingsError::Invalid { field, message } => {
+                    invalid(format!("fhir.{field}"), message)
+                }
+                crate::fhir::SettingsError::Parse(m) => invalid("fhir".into(), m),
+            })?,
+        };
         Ok(Config {
             name: raw.node.name,
             listen,
@@ -478,6 +493,7 @@ impl Config {
             conflicts,
             retention,
             admin,
+            fhir,
         })
     }
 
@@ -542,6 +558,7 @@ impl Config {
                 .iter()
                 .map(|(k, p)| (k.clone(), p.as_str().to_string()))
                 .collect(),
+            fhir: self.fhir.raw.clone(),
         };
         let body = toml::to_string(&raw).unwrap_or_default();
         format!("# sitesync node configuration; see docs/operating.md\n{body}")

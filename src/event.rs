@@ -56,6 +56,18 @@ pub enum EventKind {
     ConflictResolved { id: String, entity: EntityId, path: String, how: String },
     /// A child's audit entries did not fit the copy held here (its log was rewritten).
     AuditCopy { origin: NodeId, problem: String },
+    /// A FHIR push run to a configured target: resources delivered, created and updated,
+    /// failed (refused, or records that cannot be valid FHIR), the last HTTP status that was
+    /// not 2xx and the server's OperationOutcome text (ids and reasons, no resource content).
+    FhirPush {
+        target: String,
+        sent: u64,
+        created: u64,
+        updated: u64,
+        failed: u64,
+        status: Option<u16>,
+        outcome_text: String,
+    },
 }
 
 impl std::fmt::Display for EventKind {
@@ -121,6 +133,25 @@ impl std::fmt::Display for EventKind {
             }
             EventKind::AuditCopy { origin, problem } => {
                 write!(f, "audit log of {origin}: {problem}")
+            }
+            EventKind::FhirPush {
+                target,
+                sent,
+                created,
+                updated,
+                failed,
+                status,
+                outcome_text,
+            } => {
+                write!(
+                    f,
+                    "fhir push to {target}: sent {sent} ({created} created, {updated} updated), \
+                     {failed} failed"
+                )?;
+                if let Some(s) = status {
+                    write!(f, ", last HTTP status {s}")?;
+                }
+                write!(f, ": {outcome_text}")
             }
         }
     }

@@ -12,6 +12,8 @@ pub use admin::EventPage;
 pub mod apply;
 pub mod audit;
 pub(crate) mod conflicts;
+mod fhir_push;
+pub use fhir_push::FhirChanges;
 pub mod tables;
 
 use std::collections::BTreeMap;

@@ -54,7 +54,7 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> SettingsErro
 }
 
 /// Settings of the FHIR export (`[fhir]`).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FhirSettings {
     /// `meta.source` of every resource. Default: `urn:uuid:<site uuid>`, the site uuid being
@@ -92,7 +92,7 @@ pub struct FhirSettings {
 }
 
 /// `[fhir.organization]`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OrganizationSettings {
     /// The Organization's resource id. Default: the site uuid.
@@ -109,7 +109,7 @@ pub struct OrganizationSettings {
 }
 
 /// `[fhir.contact_points."<attribute type uuid>"]`.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContactPointSettings {
     /// ContactPoint.system: phone, fax, email, pager, url, sms or other.

@@ -828,6 +828,8 @@ async fn serve_async(node: Arc<Node>) -> Result<(), NodeError> {
     crate::say!("serving node {} on {listen} (Ctrl-C to stop)", node.id());
     // The admin web view and JSON API (`[admin]` in the config), stopped with everything else.
     tasks.spawn(crate::web::run(node.clone(), shutdown_rx.clone()));
+    // FHIR push targets with `continuous = true`, each on its interval (src/node/push.rs).
+    crate::node::push::spawn_push_loops(&node, &mut tasks, &shutdown_rx);
 
     wait_for_signal().await;
     tracing::info!("shutting down");

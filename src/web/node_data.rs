@@ -262,10 +262,13 @@ fn classify(kind: &EventKind) -> (&'static str, &'static str, Option<NodeId>) {
         EventKind::ConflictClosed { .. } => ("conflict", "closed", None),
         EventKind::ConflictResolved { .. } => ("conflict", "resolved", None),
         EventKind::AuditCopy { origin, .. } => ("audit_copy", "error", Some(*origin)),
+        EventKind::FhirPush { failed, outcome_text, .. } => {
+            ("fhir_push", if *failed == 0 && outcome_text == "ok" { "ok" } else { "error" }, None)
+        }
     }
 }
 
-const KINDS: [&str; 10] = [
+const KINDS: [&str; 11] = [
     "local_write",
     "received",
     "rejected",
@@ -276,6 +279,7 @@ const KINDS: [&str; 10] = [
     "config",
     "conflict",
     "audit_copy",
+    "fhir_push",
 ];
 const OUTCOMES: [&str; 6] = ["ok", "rejected", "error", "open", "closed", "resolved"];
 
