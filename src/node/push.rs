@@ -52,9 +52,12 @@ pub struct PushOptions {
     pub stop: Option<watch::Receiver<bool>>,
 }
 
+/// A lock per (node directory, target name).
+type TargetLocks = BTreeMap<(PathBuf, String), Arc<Mutex<()>>>;
+
 /// One run per target at a time, across the serve loop, the admin view and the CLI.
 fn target_lock(dir: &std::path::Path, name: &str) -> Arc<Mutex<()>> {
-    static LOCKS: Mutex<BTreeMap<(PathBuf, String), Arc<Mutex<()>>>> = Mutex::new(BTreeMap::new());
+    static LOCKS: Mutex<TargetLocks> = Mutex::new(BTreeMap::new());
     let mut locks = LOCKS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     locks.entry((dir.to_path_buf(), name.to_string())).or_default().clone()
 }
@@ -246,6 +249,7 @@ impl Node {
         let keys: Vec<&str> = candidates.iter().map(|o| o.key.as_str()).collect();
         let delivered = self.store.push_delivered(name, &keys)?;
         let mut to_send = Vec::new();
+        let mut held_back = Vec::new();
         for o in candidates {
             report.considered += 1;
             if delivered.get(&o.key) == Some(&o.hash) {
@@ -258,16 +262,29 @@ impl Node {
                 .iter()
                 .any(|f| f.key == o.key && f.hash.as_deref() == Some(hex::encode(o.hash).as_str()));
             if failed_before && !opts.retry_failed {
-                report.still_failed += 1;
+                held_back.push(o);
                 continue;
             }
             to_send.push(o);
         }
         let to_send = push::order(push::dedup(to_send));
-        let delivery = self.deliver(name, &target, &to_send, &opts);
-        for key in delivered_keys(&to_send, &delivery) {
-            resolved.insert(key);
+        let mut delivery = self.deliver(name, &target, &to_send, &opts);
+        resolved.extend(delivered_keys(&to_send, &delivery));
+        // Resources refused before in this same version are tried again only when this run
+        // delivered something: it may be what they were missing (a referenced resource).
+        if delivery.error.is_none() && delivery.delivered > 0 && !held_back.is_empty() {
+            let retried = push::order(push::dedup(std::mem::take(&mut held_back)));
+            let second = self.deliver(name, &target, &retried, &opts);
+            resolved.extend(delivered_keys(&retried, &second));
+            delivery.delivered += second.delivered;
+            delivery.created += second.created;
+            delivery.updated += second.updated;
+            delivery.requests += second.requests;
+            delivery.refused.extend(second.refused.iter().cloned());
+            delivery.error = second.error.clone();
+            delivery.last_status = second.last_status.or(delivery.last_status);
         }
+        report.still_failed = held_back.len() as u64;
         for r in &delivery.refused {
             report.failed.push(FailedResource {
                 key: r.key.clone(),
