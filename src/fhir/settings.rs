@@ -1,6 +1,6 @@
-//! `FhirSettings`: what the FHIR export needs to know that the records do not say. It will be
-//! the `[fhir]` table of `sitesync.toml`; until then `sitesync fhir export --settings FILE` reads
-//! it from a TOML file (a `[fhir]` table, or the keys at the top level).
+//! `FhirSettings`: what the FHIR export needs to know that the records do not say: the
+//! `[fhir]` table of `sitesync.toml` (with the push targets, `target.rs`), or a TOML file given to
+//! `sitesync fhir export --settings FILE` (a `[fhir]` table, or the keys at the top level).
 //!
 //! Unknown keys are errors (a typo never silently does nothing). Every table is optional; the
 //! built-in defaults are listed on each field and in `docs/fhir-mapping.md`.
