@@ -180,7 +180,7 @@ pub enum Command {
     },
     /// Run the end-to-end demo in a temporary folder.
     Demo,
-    /// Export records as FHIR R4 (see docs/fhir-mapping.md).
+    /// FHIR R4: export records, push them to a FHIR server, push status (docs/fhir-mapping.md).
     Fhir {
         #[command(subcommand)]
         action: fhir::FhirAction,
@@ -368,7 +368,7 @@ pub(crate) fn open(cli: &Cli) -> Result<NodeRef, Failure> {
             code: 1,
             error: anyhow!(
                 "the node in {} is running (sitesync serve) and holds its store: stop it for this \
-                 command (put, get, list, export, import, vector, events, status and sync work \
+                 command (put, get, list, export, import, vector, events, status, sync and fhir work \
                  while it runs)",
                 dir.display()
             ),
@@ -412,10 +412,11 @@ fn forwardable(command: &Command) -> bool {
             | Command::Conflicts { .. }
             | Command::Resolve { .. }
             | Command::Failures { .. }
+            | Command::Fhir { .. }
     )
 }
 
-fn absolute(path: &Path) -> Result<String, Failure> {
+pub(crate) fn absolute(path: &Path) -> Result<String, Failure> {
     let abs = std::path::absolute(path).map_err(|e| input(format!("{}: {e}", path.display())))?;
     Ok(abs.to_string_lossy().into_owned())
 }
@@ -510,6 +511,7 @@ fn forward_args(command: &Command) -> Result<(Vec<String>, Option<String>), Fail
             }
             a
         }
+        Command::Fhir { action } => fhir::forward_args(action)?,
         _ => Vec::new(),
     };
     Ok((args, stdin))

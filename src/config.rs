@@ -48,6 +48,9 @@ struct RawConfig {
     admin: Option<RawAdmin>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     failures: Option<RawFailures>,
+    /// FHIR export settings and push targets (`src/fhir/target.rs`), kept as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fhir: Option<toml::Table>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -269,6 +272,8 @@ pub struct Config {
     pub retention: Retention,
     pub admin: AdminConfig,
     pub failures: FailuresConfig,
+    /// `[fhir]`: export settings and push targets.
+    pub fhir: crate::fhir::FhirConfig,
 }
 
 /// The `[admin]` section: where `serve` runs the admin web view and JSON API (default: enabled,
@@ -389,6 +394,7 @@ impl Config {
             retention: Retention::default(),
             failures: FailuresConfig::default(),
             admin: AdminConfig::default(),
+            fhir: Default::default(),
         })
     }
 
@@ -506,6 +512,15 @@ impl Config {
             }
             Some(n) => FailuresConfig { give_up_after: n },
         };
+        let fhir = match raw.fhir {
+            None => Default::default(),
+            Some(table) => crate::fhir::FhirConfig::from_table(table).map_err(|e| match e {
+                crate::fhir::SettingsError::Invalid { field, message } => {
+                    invalid(format!("fhir.{field}"), message)
+                }
+                crate::fhir::SettingsError::Parse(m) => invalid("fhir".into(), m),
+            })?,
+        };
         Ok(Config {
             name: raw.node.name,
             listen,
@@ -516,6 +531,7 @@ impl Config {
             retention,
             admin,
             failures,
+            fhir,
         })
     }
 
@@ -583,6 +599,7 @@ impl Config {
                 .iter()
                 .map(|(k, p)| (k.clone(), p.as_str().to_string()))
                 .collect(),
+            fhir: self.fhir.raw.clone(),
         };
         let body = toml::to_string(&raw).unwrap_or_default();
         format!("# sitesync node configuration; see docs/operating.md\n{body}")

@@ -59,6 +59,18 @@ pub enum EventKind {
     /// A failed operation changed state (`store/failures.rs`): `id` is what `sitesync retry`
     /// takes.
     Failure { id: String, what: String, change: FailureChange, attempts: u32, reason: String },
+    /// A FHIR push run to a configured target: resources delivered, created and updated,
+    /// failed (refused, or records that cannot be valid FHIR), the last HTTP status that was
+    /// not 2xx and the server's OperationOutcome text (ids and reasons, no resource content).
+    FhirPush {
+        target: String,
+        sent: u64,
+        created: u64,
+        updated: u64,
+        failed: u64,
+        status: Option<u16>,
+        outcome_text: String,
+    },
 }
 
 /// How a failure record changed. New variants go at the end (postcard).
@@ -165,6 +177,25 @@ impl std::fmt::Display for EventKind {
                     change.as_str()
                 ),
             },
+            EventKind::FhirPush {
+                target,
+                sent,
+                created,
+                updated,
+                failed,
+                status,
+                outcome_text,
+            } => {
+                write!(
+                    f,
+                    "fhir push to {target}: sent {sent} ({created} created, {updated} updated), \
+                     {failed} failed"
+                )?;
+                if let Some(s) = status {
+                    write!(f, ", last HTTP status {s}")?;
+                }
+                write!(f, ": {outcome_text}")
+            }
         }
     }
 }

@@ -3,11 +3,16 @@
 //!
 //! - [`model`]: typed resources and datatypes (only what sitesync emits; empty elements are
 //!   never serialized).
-//! - [`settings`]: [`FhirSettings`], the future `[fhir]` table of `sitesync.toml`.
+//! - [`settings`]: [`FhirSettings`], the export settings of the `[fhir]` table of `sitesync.toml`.
 //! - [`map`]: one record -> one resource ([`Mapper`]), pure: referenced records (concepts,
 //!   persons) come from a [`RecordSource`].
 //! - [`mod@export`]: many records -> NDJSON files per resource type, or a transaction Bundle, with
 //!   an [`ExportReport`] (counts, skipped records and why, warnings).
+//! - [`cursor`]: [`Cursor`], the text form of "the records changed since" for incremental
+//!   exports and pushes.
+//! - [`target`]: [`FhirConfig`], the `[fhir]` table of `sitesync.toml` with its push targets.
+//! - [`push`]: transaction Bundles to a FHIR server: ordering, retries, refusals (sans-IO; the
+//!   HTTP client and the store glue are in `node/push.rs`).
 //!
 //! `concept`, `generic` and `roster` records have no resource: concepts become codings inside
 //! the resources that use them; generic and roster records are not clinical data.
@@ -15,20 +20,28 @@
 //! Errors and warnings name records by type and uuid and fields by path, never by value, so a
 //! report can be logged without patient data.
 
+pub mod cursor;
 pub mod export;
 pub mod map;
 pub mod model;
+pub mod push;
 mod read;
 pub mod settings;
+pub mod target;
 pub mod time;
 
 use serde::Serialize;
 
 use crate::id::EntityId;
 
-pub use export::{Export, ExportError, ExportReport, export, write_bundle, write_ndjson};
+pub use cursor::{Cursor, CursorError};
+pub use export::{
+    Export, ExportError, ExportReport, export, export_indexed, write_bundle, write_ndjson,
+};
 pub use map::{Context, Mapped, Mapper, RecordSource, Site};
+pub use push::{PushReport, PushState, PushTargetStatus};
 pub use settings::{FhirSettings, SettingsError};
+pub use target::{FhirConfig, PushTarget};
 pub use time::Date;
 
 /// A record that cannot be expressed as a valid FHIR resource: which record, which field, why.

@@ -20,6 +20,7 @@ use crate::store::apply::{ApplyContext, ApplyReport, Rejection};
 use crate::store::{PutOutcome, Store, StoreError, Summary};
 
 pub mod env;
+pub mod push;
 mod scope;
 pub mod serve;
 

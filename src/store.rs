@@ -13,6 +13,8 @@ pub mod apply;
 pub mod audit;
 pub(crate) mod conflicts;
 pub mod failures;
+mod fhir_push;
+pub use fhir_push::FhirChanges;
 pub mod tables;
 
 use std::collections::BTreeMap;

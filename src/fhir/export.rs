@@ -81,9 +81,23 @@ pub fn export<I>(records: I, ctx: Context<'_>) -> Export
 where
     I: IntoIterator<Item = (EntityType, Uid, Value)>,
 {
+    export_indexed(records, &[], ctx)
+}
+
+/// As [`export`], for some of a node's records (an incremental export): `others` are records
+/// that are not exported but may be obs group members of those that are (their groups'
+/// `hasMember` needs every member).
+pub fn export_indexed<I>(
+    records: I,
+    others: &[(EntityType, Uid, Value)],
+    ctx: Context<'_>,
+) -> Export
+where
+    I: IntoIterator<Item = (EntityType, Uid, Value)>,
+{
     let records: Vec<(EntityType, Uid, Value)> = records.into_iter().collect();
     let mut mapper = Mapper::new(ctx);
-    for (ty, uuid, value) in &records {
+    for (ty, uuid, value) in records.iter().chain(others) {
         mapper.index(*ty, *uuid, value);
     }
     let mut report = ExportReport::default();

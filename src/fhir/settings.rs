@@ -1,6 +1,6 @@
-//! `FhirSettings`: what the FHIR export needs to know that the records do not say. It will be
-//! the `[fhir]` table of `sitesync.toml`; until then `sitesync fhir export --settings FILE` reads
-//! it from a TOML file (a `[fhir]` table, or the keys at the top level).
+//! `FhirSettings`: what the FHIR export needs to know that the records do not say: the
+//! `[fhir]` table of `sitesync.toml` (with the push targets, `target.rs`), or a TOML file given to
+//! `sitesync fhir export --settings FILE` (a `[fhir]` table, or the keys at the top level).
 //!
 //! Unknown keys are errors (a typo never silently does nothing). Every table is optional; the
 //! built-in defaults are listed on each field and in `docs/fhir-mapping.md`.
@@ -54,7 +54,7 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> SettingsErro
 }
 
 /// Settings of the FHIR export (`[fhir]`).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FhirSettings {
     /// `meta.source` of every resource. Default: `urn:uuid:<site uuid>`, the site uuid being
@@ -92,7 +92,7 @@ pub struct FhirSettings {
 }
 
 /// `[fhir.organization]`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OrganizationSettings {
     /// The Organization's resource id. Default: the site uuid.
@@ -109,7 +109,7 @@ pub struct OrganizationSettings {
 }
 
 /// `[fhir.contact_points."<attribute type uuid>"]`.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContactPointSettings {
     /// ContactPoint.system: phone, fax, email, pager, url, sms or other.

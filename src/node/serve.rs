@@ -745,6 +745,35 @@ async fn retry(
         Err(e) => return json!({"error": e.to_string()}),
     };
     let what = rec.op.describe();
+    if let Operation::FhirPush { target } = &rec.op {
+        let n = node.clone();
+        let (noted, target) = (id.clone(), target.clone());
+        let run = tokio::task::spawn_blocking(move || {
+            n.store.record_manual_retry(&noted, now_secs())?;
+            n.push_now(&target)
+        })
+        .await;
+        let report = match run {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return json!({"error": e.to_string()}),
+            Err(e) => return json!({"error": e.to_string()}),
+        };
+        let n = node.clone();
+        let looked = id.clone();
+        let standing = tokio::task::spawn_blocking(move || n.store.failure(&looked))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
+        return json!({
+            "retried": id,
+            "what": what,
+            "closed": standing.is_none(),
+            "reason": standing.map(|r| r.reason),
+            "sessions": [],
+            "push": serde_json::to_value(&report).unwrap_or_default(),
+        });
+    }
     let trigger = match rec.op.peer() {
         Some(p) => match triggers.get(&p) {
             Some(t) => t.clone(),
@@ -905,6 +934,8 @@ async fn serve_async(node: Arc<Node>) -> Result<(), NodeError> {
     crate::say!("serving node {} on {listen} (Ctrl-C to stop)", node.id());
     // The admin web view and JSON API (`[admin]` in the config), stopped with everything else.
     tasks.spawn(crate::web::run(node.clone(), shutdown_rx.clone()));
+    // FHIR push targets with `continuous = true`, each on its interval (src/node/push.rs).
+    crate::node::push::spawn_push_loops(&node, &mut tasks, &shutdown_rx);
 
     wait_for_signal().await;
     tracing::info!("shutting down");

@@ -206,6 +206,21 @@ impl Store {
         Ok(Some(rec))
     }
 
+    /// Sets when the next automatic attempt of a standing failure runs (nothing if none stands).
+    pub fn set_failure_next_retry(&self, id: &str, next: Option<i64>) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(FAILURES)?;
+            let rec = table.get(id)?.map(|v| decode(v.value())).transpose()?;
+            if let Some(mut rec) = rec {
+                rec.next_retry = next;
+                table.insert(id, encode(&rec).as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// One failure by id.
     pub fn failure(&self, id: &str) -> Result<Option<FailureRecord>, StoreError> {
         let tx = self.db.begin_read()?;

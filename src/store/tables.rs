@@ -125,3 +125,12 @@ pub const AUDIT_SENT: TableDefinition<&[u8; 32], u64> = TableDefinition::new("au
 /// `failure id -> postcard(FailureRecord)`: every operation whose last attempt failed
 /// (`store/failures.rs`).
 pub const FAILURES: TableDefinition<&str, &[u8]> = TableDefinition::new("failures-1");
+/// `target name -> 1 (version byte) ++ JSON(fhir::PushState)`: each FHIR push target's cursor,
+/// last attempt and success, failures and failed resources (`store/fhir_push.rs`).
+pub const FHIR_PUSH: TableDefinition<&str, &[u8]> = TableDefinition::new("fhir-push-1");
+
+/// `(target name, "Type/id") -> 1 (version byte) ++ blake3 of the resource JSON (32 B)`: the
+/// version of each resource the target acknowledged (a 2xx to the Bundle that carried it), so a
+/// run after a crash or a failure never resends what was delivered.
+pub const FHIR_PUSH_SENT: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("fhir-push-sent-1");

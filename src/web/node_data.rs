@@ -272,10 +272,13 @@ fn classify(kind: &EventKind) -> (&'static str, &'static str, Option<NodeId>) {
             },
             None,
         ),
+        EventKind::FhirPush { failed, outcome_text, .. } => {
+            ("fhir_push", if *failed == 0 && outcome_text == "ok" { "ok" } else { "error" }, None)
+        }
     }
 }
 
-const KINDS: [&str; 11] = [
+const KINDS: [&str; 12] = [
     "local_write",
     "received",
     "rejected",
@@ -287,6 +290,7 @@ const KINDS: [&str; 11] = [
     "conflict",
     "audit_copy",
     "failure",
+    "fhir_push",
 ];
 const OUTCOMES: [&str; 6] = ["ok", "rejected", "error", "open", "closed", "resolved"];
 
@@ -404,7 +408,8 @@ impl AdminData for NodeAdmin {
                     }
                     _ => r.op.describe(),
                 };
-                let retryable = entry.is_some_and(|p| p.addr.is_some());
+                let retryable = entry.is_some_and(|p| p.addr.is_some())
+                    || matches!(r.op, Operation::FhirPush { .. });
                 Failure {
                     id: r.op.id(),
                     operation,
@@ -430,7 +435,7 @@ impl AdminData for NodeAdmin {
             .ok_or_else(|| DataError::NotFound(format!("no failure {id:?}")))?;
         let dialled =
             rec.op.peer().and_then(|p| self.node.config.peer(&p)).filter(|e| e.addr.is_some());
-        if dialled.is_none() {
+        if dialled.is_none() && !matches!(rec.op, Operation::FhirPush { .. }) {
             let why = match rec.op.peer().and_then(|p| self.node.config.peer(&p)) {
                 Some(e) => {
                     format!("{} dials in to this node; it retries on its own schedule", e.label())
@@ -447,9 +452,13 @@ impl AdminData for NodeAdmin {
             })?;
         let sessions = reply["sessions"].as_array().cloned().unwrap_or_default();
         let ok = reply["closed"] == Value::Bool(true);
+        let what = match sessions.is_empty() {
+            true => reply["reason"].as_str().unwrap_or("delivered").to_string(),
+            false => describe_sessions(&sessions),
+        };
         let message = match ok {
-            true => format!("retried, it works now: {}", describe_sessions(&sessions)),
-            false => format!("the retry failed too: {}", describe_sessions(&sessions)),
+            true => format!("retried, it works now: {what}"),
+            false => format!("the retry failed too: {what}"),
         };
         Ok(ActionReport { ok, message, sessions })
     }
