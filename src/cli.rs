@@ -382,12 +382,17 @@ pub(crate) fn parse_node_id(s: &str) -> Result<NodeId, Failure> {
 }
 
 fn progress_bar(what: &str) -> indicatif::ProgressBar {
+    progress_bar_of(what, "batches")
+}
+
+/// A progress bar counting `unit` (hidden while a running node executes a forwarded command).
+pub(crate) fn progress_bar_of(what: &str, unit: &str) -> indicatif::ProgressBar {
     if CAPTURE.with(|c| c.borrow().is_some()) {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(0);
     let style = indicatif::ProgressStyle::with_template(&format!(
-        "{what} {{bar:40}} {{pos}}/{{len}} batches ({{per_sec}}, {{eta}} left)"
+        "{what} {{bar:40}} {{pos}}/{{len}} {unit} ({{per_sec}}, {{eta}} left)"
     ));
     if let Ok(style) = style {
         bar.set_style(style);

@@ -161,7 +161,13 @@ fn export(
     let types = selected_types(types)?;
     let node = open(cli)?;
     let settings = settings.as_ref().unwrap_or(node.fhir_settings());
-    let done = node.fhir_export(settings, &types, since, &Default::default())?;
+    let bar = crate::cli::progress_bar_of("reading records", "records");
+    let progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let done = node.fhir_export(settings, &types, since, &Default::default(), &progress)?;
+    bar.finish_and_clear();
     let mut export = done.export;
     let written = export.write_ndjson(out).map_err(|e| anyhow!(e))?;
     if let Some(file) = bundle {

@@ -83,6 +83,7 @@ impl Node {
         types: &[EntityType],
         since: Option<&Cursor>,
         extra: &BTreeSet<EntityId>,
+        progress: &dyn Fn(u64, u64),
     ) -> Result<FhirExport, NodeError> {
         let start = Vector::default();
         let changes =
@@ -101,7 +102,7 @@ impl Node {
                 all
             }
         };
-        let (records, others) = self.load_for_export(wanted, types, since.is_none())?;
+        let (records, others) = self.load_for_export(wanted, types, since.is_none(), progress)?;
         let site = Site { node: self.id(), name: self.config.name.clone() };
         let source = |ty: EntityType, uuid: &Uid| {
             self.store.get(&EntityId::new(ty, *uuid)).ok().flatten().map(|(value, _)| value)
@@ -120,13 +121,20 @@ impl Node {
         mut wanted: BTreeSet<EntityId>,
         types: &[EntityType],
         everything: bool,
+        progress: &dyn Fn(u64, u64),
     ) -> Result<(Vec<Rec>, Vec<Rec>), NodeError> {
         wanted.retain(|id| types.contains(&id.ty));
         let mut loaded: BTreeMap<EntityId, Value> = BTreeMap::new();
         let mut queue: Vec<EntityId> = wanted.iter().copied().collect();
+        let mut total = queue.len() as u64;
+        let mut done = 0u64;
         while let Some(id) = queue.pop() {
             if loaded.contains_key(&id) {
                 continue;
+            }
+            done += 1;
+            if done % 256 == 0 {
+                progress(done, total.max(done));
             }
             // A record whose changes are all still queued (dependencies missing) reads as none.
             let Some((value, _)) = self.store.get(&id)? else { continue };
@@ -137,6 +145,7 @@ impl Node {
                 let g = EntityId::new(EntityType::Obs, uuid);
                 if !loaded.contains_key(&g) {
                     queue.push(g);
+                    total += 1;
                 }
             }
             loaded.insert(id, value);
@@ -151,6 +160,7 @@ impl Node {
                 }
             }
         }
+        progress(done, done);
         let records = loaded.into_iter().map(|(id, v)| (id.ty, id.uuid, v)).collect();
         Ok((records, others))
     }
@@ -220,7 +230,7 @@ impl Node {
         let retry: BTreeSet<EntityId> =
             state.failed.iter().filter_map(|f| f.record.as_deref()?.parse().ok()).collect();
         let FhirExport { export, cursor } =
-            self.fhir_export(self.fhir_settings(), &types, Some(&since), &retry)?;
+            self.fhir_export(self.fhir_settings(), &types, Some(&since), &retry, &|_, _| {})?;
         let mut report = PushReport { target: name.to_string(), ..PushReport::default() };
         let mut resolved: HashSet<String> = HashSet::new();
         let mut origin: HashMap<String, String> = HashMap::new();
