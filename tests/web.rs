@@ -369,6 +369,9 @@ fn a_failing_peer_shows_with_its_reason_and_retries_from_the_page() {
     assert!(page.contains("sync with parent district") && page.contains("Retry now"), "{page}");
     let overview = web.get("/").text();
     assert!(overview.contains("failing"), "{overview}");
+    let metrics = web.get("/metrics").text();
+    assert!(metrics.lines().any(|l| l == "sitesync_failures 1"), "{metrics}");
+    assert!(metrics.lines().any(|l| l == "sitesync_failures_needing_attention 0"), "{metrics}");
 
     let csrf = web.csrf("/failures");
     let r = web.post_form(&format!("/failures/{id}/retry"), &[("csrf", &csrf)]);

@@ -93,6 +93,9 @@ pub struct Overview {
     /// nodes, and the nodes their rosters list (on a parent: every child in the network).
     pub network: Vec<NetworkNode>,
     pub open_conflicts: u64,
+    /// Standing failures (syncs, refused batches, FHIR pushes), and those needing attention.
+    pub failures: u64,
+    pub failures_needing_attention: u64,
 }
 
 /// This node.

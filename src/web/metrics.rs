@@ -36,6 +36,18 @@ pub fn from_overview(o: &Overview) -> Vec<MetricFamily> {
         o.open_conflicts as f64,
     ));
     out.push(one(
+        "sitesync_failures",
+        "gauge",
+        "Operations whose last attempt failed (syncs, refused batches, FHIR pushes).",
+        o.failures as f64,
+    ));
+    out.push(one(
+        "sitesync_failures_needing_attention",
+        "gauge",
+        "Failures that reached the give-up threshold ([failures] give_up_after).",
+        o.failures_needing_attention as f64,
+    ));
+    out.push(one(
         "sitesync_network_nodes",
         "gauge",
         "Nodes this node accepts changes from (itself excluded).",

@@ -343,7 +343,17 @@ impl AdminData for NodeAdmin {
             entities,
         };
         let open_conflicts = self.unsettled()?.len() as u64;
-        Ok(Overview { time: now_secs(), node, peers, network: self.network()?, open_conflicts })
+        let failures = self.node.store.failures_read()?;
+        Ok(Overview {
+            time: now_secs(),
+            node,
+            peers,
+            network: self.network()?,
+            open_conflicts,
+            failures: failures.len() as u64,
+            failures_needing_attention: failures.iter().filter(|f| f.needs_attention).count()
+                as u64,
+        })
     }
 
     fn audit(&self, filter: &AuditFilter) -> Result<AuditPage, DataError> {

@@ -180,6 +180,7 @@ async fn overview_with(s: &AppState, note: Option<String>) -> Response {
         (o.node.pending_batches, "batches waiting (backlog)", "/audit"),
         (lagging, "batches of lag, all peers", "#peers"),
         (failing as u64, "failing peers", "/failures"),
+        (o.failures_needing_attention, "failures needing attention", "/failures"),
         (o.open_conflicts, "open conflicts", "/conflicts"),
     ] {
         let _ = write!(
