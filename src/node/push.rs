@@ -133,7 +133,7 @@ impl Node {
                 continue;
             }
             done += 1;
-            if done % 256 == 0 {
+            if done.is_multiple_of(256) {
                 progress(done, total.max(done));
             }
             // A record whose changes are all still queued (dependencies missing) reads as none.
