@@ -51,6 +51,9 @@ impl Node {
     /// message's limits (none: nothing more to re-send). Due anchors with nothing inside the
     /// scope stop being due.
     pub fn fetch_bodies(&self, child: NodeId, scope: &Scope) -> Result<Vec<ResendBody>, NodeError> {
+        if self.store.due_withheld(&child, 1)?.is_empty() {
+            return Ok(Vec::new());
+        }
         // Scope follows the merged records.
         self.materialize()?;
         let mut check = ScopeCheck::new(self, scope);

@@ -23,6 +23,9 @@ const HASH_MAX: [u8; 32] = [0xff; 32];
 /// A body withheld from a child: the anchors its scope follows, its record and its hash.
 pub type WithheldBody = (Vec<String>, EntityId, BodyHash);
 
+/// A due anchor and the bodies withheld under it (record, body hash).
+pub type DueAnchor = (String, Vec<(EntityId, BodyHash)>);
+
 /// What a child did with the bodies of one `Bodies` message.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BodiesReport {
@@ -128,11 +131,7 @@ impl Store {
     }
 
     /// At most `max` due anchors of `child`, each with the bodies withheld under it.
-    pub fn due_withheld(
-        &self,
-        child: &NodeId,
-        max: usize,
-    ) -> Result<Vec<(String, Vec<(EntityId, BodyHash)>)>, StoreError> {
+    pub fn due_withheld(&self, child: &NodeId, max: usize) -> Result<Vec<DueAnchor>, StoreError> {
         let tx = self.db.begin_read()?;
         let (marks, table) = match (tx.open_table(RESEND_DUE), tx.open_table(WITHHELD_FOR)) {
             (Ok(m), Ok(t)) => (m, t),
