@@ -4,7 +4,11 @@
 //! is fetched (the session sends fetches in order, which keeps the encoder's tables in step with
 //! the peer's decoder); other messages encoded when sent; `Apply` answered by
 //! `Node::apply_wire`, with the session cut when a batch fails verification; the received
-//! changes merged after the session; the peer state recorded at the end.
+//! changes merged after the session; the peer state recorded at the end. The re-send of
+//! withheld bodies as `drive` does it: a child's scope checked at the start
+//! (`Node::check_child_scope`), `FetchBodies` answered by `Node::fetch_bodies`, acknowledged
+//! bodies forgotten by `Node::bodies_delivered`, `StoreBodies` answered by
+//! `Node::receive_bodies`, each carried out before the next effect.
 //!
 //! Store work takes simulated time (a fetch or an apply completes later as its own event), so
 //! a crash can fall between receipt and ack, or between receipt and merge.
@@ -69,6 +73,10 @@ impl End {
             .peer(&peer_id)
             .ok_or_else(|| NodeError::Input(format!("{peer_id} is not a configured peer")))?;
         let scope = (entry.role == Role::Child).then(|| entry.scope.clone());
+        // A child whose scope changed has every withheld body checked again.
+        if let Some(scope) = &scope {
+            node.check_child_scope(peer_id, scope)?;
+        }
         let mut session = Session::new(world.now, node.id(), entry.local_role(), peer_id, vector);
         // A child uploads its audit entries to its parent right after Hello, as `drive` does.
         if entry.local_role() == Role::Child {
@@ -173,6 +181,9 @@ impl World {
                         }
                     }
                 }
+                effect @ (Effect::FetchBodies
+                | Effect::BodiesDelivered { .. }
+                | Effect::StoreBodies { .. }) => self.bodies_effect(conn, i, effect),
                 Effect::Closed(outcome) => {
                     e.done = true;
                     self.session_ended(conn, i, outcome);
@@ -185,6 +196,43 @@ impl World {
         if let (None, Some(t)) = (e.timer_at, e.session.poll_timeout()) {
             e.timer_at = Some(t);
             self.at(t, Ev::Timer { conn, end: i });
+        }
+    }
+
+    /// Carries out an effect of the re-send of withheld bodies at once, as `drive` awaits it.
+    fn bodies_effect(&mut self, conn: u64, i: usize, effect: Effect) {
+        let (site, peer) = (self.conn_mut(conn).ends[i].site, self.conn_mut(conn).ends[i].peer);
+        let peer_id = self.sites[peer].id;
+        let scope = self.conn_mut(conn).ends[i].scope.clone();
+        let now = self.now;
+        let Some(node) = self.sites[site].node.as_ref() else { return };
+        let result = match effect {
+            Effect::FetchBodies => {
+                let fetched = match &scope {
+                    Some(scope) => node.fetch_bodies(peer_id, scope),
+                    None => Ok(Vec::new()),
+                };
+                fetched.map(|bodies| {
+                    self.stats.bodies_resent += bodies.len() as u64;
+                    let s = &mut self.conns.get_mut(&conn).expect("live end").ends[i].session;
+                    s.handle_bodies_fetched(now, bodies);
+                })
+            }
+            Effect::BodiesDelivered { items } => node.bodies_delivered(peer_id, &items),
+            Effect::StoreBodies { bodies } => node.receive_bodies(peer_id, bodies).map(|r| {
+                self.stats.bodies_stored += r.stored;
+                let s = &mut self.conns.get_mut(&conn).expect("live end").ends[i].session;
+                s.handle_bodies_stored(now, r.hashes);
+            }),
+            _ => Ok(()),
+        };
+        if let Err(err) = result {
+            let e = &mut self.conn_mut(conn).ends[i];
+            e.session.handle_local_error(format!("re-sending withheld bodies: {err}"));
+            self.fail(format!(
+                "{}: re-sending withheld bodies failed: {err}",
+                self.sites[site].name
+            ));
         }
     }
 
@@ -205,7 +253,8 @@ impl World {
         let e = &mut c.ends[i];
         let Some(node) = self.sites[e.site].node.as_ref() else { return };
         let Some(after) = e.fetch.take() else { return };
-        match node.fetch_wire(&e.order, &after, e.scope.as_ref()) {
+        let child = e.scope.as_ref().map(|s| (self.sites[e.peer].id, s));
+        match node.fetch_wire(&e.order, &after, child) {
             Ok(batches) => {
                 let batches = crate::adversary::on_fetch(self, conn, i, batches);
                 let e = &mut self.conn_mut(conn).ends[i];
@@ -336,7 +385,7 @@ impl World {
                 self.fail(m);
             }
         }
-        if stats.batches_received > 0 {
+        if stats.batches_received > 0 || stats.bodies_received > 0 {
             self.after(MERGE_DELAY_MS, Ev::Merge { site, life });
         }
         let complete = outcome == Outcome::Complete;

@@ -210,6 +210,9 @@ fn summary(w: &world::World, wall: f64) -> String {
     if s.bundles > 0 {
         extra += &format!(" bundles={} damaged={}", s.bundles, s.bundle_faults);
     }
+    if s.bodies_resent > 0 {
+        extra += &format!(" bodies_resent={} stored={}", s.bodies_resent, s.bodies_stored);
+    }
     format!(
         "trace={} sim={simulated:.1}d wall={wall:.1}s ({:.1} d/s) sites={} writes={} edits={} \
          conflicts={} sessions={} (ok {}, lost {}, forbidden {}, protocol {}) dials_failed={} \

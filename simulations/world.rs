@@ -165,6 +165,9 @@ pub struct Stats {
     pub bundle_faults: u64,
     pub events: u64,
     pub conflicts: u64,
+    /// Withheld bodies a parent re-sent, and those a child stored.
+    pub bodies_resent: u64,
+    pub bodies_stored: u64,
 }
 
 pub struct World {

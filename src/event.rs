@@ -71,6 +71,12 @@ pub enum EventKind {
         status: Option<u16>,
         outcome_text: String,
     },
+    /// Bodies withheld from a child earlier, re-sent now that their records are inside its
+    /// scope, and acknowledged by the child.
+    BodiesResent { to: NodeId, bodies: u64 },
+    /// Bodies the parent had withheld, received later: stored, held already (another path
+    /// brought them), refused (never withheld here: not stored).
+    BodiesReceived { from: NodeId, stored: u64, held: u64, refused: u64 },
 }
 
 /// How a failure record changed. New variants go at the end (postcard).
@@ -196,6 +202,14 @@ impl std::fmt::Display for EventKind {
                 }
                 write!(f, ": {outcome_text}")
             }
+            EventKind::BodiesResent { to, bodies } => {
+                write!(f, "re-sent {bodies} withheld bodies to {to} (now inside its scope)")
+            }
+            EventKind::BodiesReceived { from, stored, held, refused } => write!(
+                f,
+                "received withheld bodies from {from}: {stored} stored, {held} already held, \
+                 {refused} refused"
+            ),
         }
     }
 }

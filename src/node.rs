@@ -21,6 +21,7 @@ use crate::store::{PutOutcome, Store, StoreError, Summary};
 
 pub mod env;
 pub mod push;
+mod resend;
 mod scope;
 pub mod serve;
 
@@ -539,11 +540,13 @@ impl Node {
     /// The next batches `after` lacks, in wire form, within one message's limits.
     /// `order` is [`Node::trust_order`], taken once per session: only authors this node trusts
     /// are relayed (a node removed from every roster stops travelling), rosters first.
+    /// `child` is the receiving child and its scope, when it is one: bodies outside the scope
+    /// are withheld and remembered for a later re-send (`src/node/resend.rs`).
     pub fn fetch_wire(
         &self,
         order: &[NodeId],
         after: &Vector,
-        scope: Option<&Scope>,
+        child: Option<(NodeId, &Scope)>,
     ) -> Result<Vec<WireBatch>, NodeError> {
         let batches = self.store.fetch_after(
             order,
@@ -551,21 +554,35 @@ impl Node {
             message::BATCHES_PER_MESSAGE_MAX,
             message::MESSAGE_BODY_BYTES_TARGET,
         )?;
-        let Some(scope) = scope.filter(|s| !s.is_everything()) else {
+        let Some((child, scope)) = child.filter(|(_, s)| !s.is_everything()) else {
             return Ok(batches.into_iter().map(|(b, bodies)| WireBatch::new(b, bodies)).collect());
         };
         // Scope follows the merged records: merge what arrived since the last merge first.
         self.materialize()?;
         let mut check = ScopeCheck::new(self, scope);
         let mut out = Vec::with_capacity(batches.len());
+        let mut withheld = Vec::new();
+        let mut sent = std::collections::BTreeSet::new();
         for (signed, mut bodies) in batches {
             for (c, body) in signed.batch.changes.iter().zip(bodies.iter_mut()) {
-                if !body.is_empty() && !check.allows(&c.entity)? {
+                // An empty body is not held here (withheld by this node's parent): it cannot
+                // be re-sent from here, so it is not remembered.
+                if body.is_empty() {
+                    continue;
+                }
+                let (allowed, anchors) = check.verdict(&c.entity)?;
+                let anchors: Vec<String> = anchors.iter().map(EntityId::key).collect();
+                if allowed {
+                    sent.extend(anchors);
+                } else {
                     body.clear();
+                    withheld.push((anchors, c.entity, c.body));
                 }
             }
             out.push(WireBatch::new(signed, bodies));
         }
+        // Durable before the message leaves: a body withheld and forgotten is never re-sent.
+        self.store.note_withheld(&child, &withheld, &sent)?;
         Ok(out)
     }
 

@@ -15,6 +15,7 @@ pub(crate) mod conflicts;
 pub mod failures;
 mod fhir_push;
 pub use fhir_push::FhirChanges;
+pub mod resend;
 pub mod tables;
 
 use std::collections::BTreeMap;

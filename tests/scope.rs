@@ -163,3 +163,93 @@ fn children_receive_their_catchment_and_push_only_their_types() {
     let said = a.ok(&["export", "--out", p(&out)]);
     assert!(said.contains("left out"), "{said}");
 }
+
+fn get(n: &Node, ty: &str, record: &Value) -> Option<Value> {
+    let r = n.run(&["get", ty, record["uuid"].as_str().expect("uuid")]);
+    (r.code == Some(0)).then(|| serde_json::from_str(&r.stdout).expect("get prints JSON"))
+}
+
+/// A transfer: a patient registered at clinic A (withheld at clinic B, manifests only) is
+/// registered at clinic B's location by the district. Clinic B then holds the patient's whole
+/// history (every earlier change, its visit and observation) exactly as the district does, and
+/// nothing waits there; a patient still outside B's catchment stays withheld.
+#[test]
+fn a_patient_transferred_into_a_catchment_arrives_with_its_whole_history() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let parent = Node::init(tmp.path(), "district");
+    let a = Node::init(tmp.path(), "clinic-a");
+    let b = Node::init(tmp.path(), "clinic-b");
+    let pp = addr(free_port());
+    parent.network(Some(&pp), 1);
+    let (loc_a, loc_b) = (location("Clinic A"), location("Clinic B"));
+    let (la, lb) = (loc_a["uuid"].as_str().expect("a"), loc_b["uuid"].as_str().expect("b"));
+    parent.ok(&["peer", "add", &a.id, "--role", "child", "--name", "clinic-a", "--catchment", la]);
+    parent.ok(&["peer", "add", &b.id, "--role", "child", "--name", "clinic-b", "--catchment", lb]);
+    for n in [&a, &b] {
+        n.peer_add(&parent, "parent", Some(&pp));
+        n.network(None, 1);
+    }
+    parent.put("location", &json!([loc_a, loc_b]));
+    // Clinic A registers a patient, records a visit and an observation, then edits the patient:
+    // several changes, by clinic A, all outside clinic B's catchment.
+    let mut moved = patient_at("moved", &[la]);
+    let stays = patient_at("stays", &[la]);
+    a.put("patient", &json!([moved, stays]));
+    let visit = visit_of(&moved, la);
+    a.put("visit", &visit);
+    let obs = json!({"uuid": uuid(), "person": moved["uuid"],
+                     "concept": "e376a8ae-b11e-4d53-a00d-1bf68b98fdd7",
+                     "obsDatetime": "2024-03-05T08:55:00.000+0300", "location": la,
+                     "valueNumeric": 61.5, "status": "FINAL", "voided": false});
+    a.put("obs", &obs);
+    moved["names"][0]["familyName"] = json!("Transferred");
+    a.put("patient", &moved);
+
+    let _servers: Vec<Serve> = [&parent, &a, &b].iter().map(|n| n.serve()).collect();
+    let withheld = wait_for(WAIT_MAX, || {
+        let ready = get(&parent, "patient", &moved)
+            .is_some_and(|p| p["names"][0]["familyName"] == "Transferred")
+            && holds(&parent, "obs", &obs)
+            && vector(&b) == vector(&parent);
+        ready.then_some(())
+    });
+    assert!(withheld.is_some(), "did not settle:\nparent {}\nb {}", parent.status(), b.status());
+    assert!(!holds(&b, "patient", &moved) && !holds(&b, "visit", &visit), "withheld at B");
+
+    // The transfer: the district registers the patient at clinic B's location too.
+    let mut record = get(&parent, "patient", &moved).expect("held at the district");
+    let ids = record["identifiers"].as_array_mut().expect("identifiers");
+    ids.push(json!({"uuid": uuid(), "identifier": "moved-b", "identifierType": ID_TYPE,
+                    "location": lb, "preferred": false, "voided": false}));
+    parent.put("patient", &record);
+    let want = get(&parent, "patient", &moved).expect("transferred");
+
+    let arrived = wait_for(WAIT_MAX, || {
+        let same = get(&b, "patient", &moved).as_ref() == Some(&want)
+            && get(&b, "visit", &visit) == get(&parent, "visit", &visit)
+            && get(&b, "obs", &obs) == get(&parent, "obs", &obs)
+            && vector(&b) == vector(&parent);
+        same.then_some(())
+    });
+    assert!(
+        arrived.is_some(),
+        "clinic B did not get the transferred patient's history:\nparent {}\nb {}\nb's patient: \
+         {:?}\nb's log: {}",
+        parent.status(),
+        b.status(),
+        get(&b, "patient", &moved),
+        b.ok(&["audit", "list", "--limit", "50"])
+    );
+    assert_eq!(get(&b, "patient", &moved).as_ref(), Some(&want), "the same content");
+    assert!(get(&b, "visit", &visit).is_some() && get(&b, "obs", &obs).is_some());
+    assert_eq!(b.status()["pending_batches"], 0, "nothing waits at B");
+    // The scope still holds for everything else.
+    assert!(!holds(&b, "patient", &stays), "a patient still outside B's catchment");
+    // Both sides logged the re-send (counts only).
+    let log = b.ok(&["audit", "list", "--limit", "100000"]);
+    assert!(log.contains("received withheld bodies from") && log.contains("0 refused"), "{log}");
+    let log = parent.ok(&["audit", "list", "--limit", "100000"]);
+    assert!(log.contains("withheld bodies to"), "{log}");
+    // Clinic A is unaffected: it holds its patient as the district does.
+    assert_eq!(get(&a, "patient", &moved).as_ref().map(|p| &p["uuid"]), Some(&moved["uuid"]));
+}

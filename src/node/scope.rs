@@ -4,6 +4,12 @@
 //! its identifiers names a location in it (OpenMRS records where each identifier was issued).
 //! A record whose patient this node does not hold, or cannot read, is outside: a body withheld
 //! by mistake can be sent later, a body sent by mistake cannot be taken back.
+//!
+//! Each verdict names its **anchors**: the records whose state decided it (the patient of a
+//! patient-linked record; both persons of a relationship; else the record itself). A body
+//! withheld from a child is remembered under its anchors and checked again when one of them
+//! changes (`src/node/resend.rs`); an anchor inside the scope makes its records inside too,
+//! except for `types`, whose change re-checks everything.
 
 use std::collections::HashMap;
 
@@ -18,23 +24,65 @@ pub(crate) struct ScopeCheck<'a> {
     scope: &'a Scope,
     /// Patient uuid -> inside the catchment (`None`: no such patient here).
     patients: HashMap<Uid, Option<bool>>,
-    /// Record -> its verdict, for records changed several times in one fetch.
-    records: HashMap<EntityId, bool>,
+    /// Record -> its verdict and anchors, for records changed several times in one fetch.
+    records: HashMap<EntityId, (bool, Vec<EntityId>)>,
+    /// Patient-linked records read for a verdict, read once for its anchors too.
+    read: HashMap<EntityId, Option<Value>>,
 }
 
 impl<'a> ScopeCheck<'a> {
     pub(crate) fn new(node: &'a Node, scope: &'a Scope) -> Self {
-        ScopeCheck { node, scope, patients: HashMap::new(), records: HashMap::new() }
+        ScopeCheck {
+            node,
+            scope,
+            patients: HashMap::new(),
+            records: HashMap::new(),
+            read: HashMap::new(),
+        }
     }
 
     /// Whether the child may receive the body of a change to `entity`.
     pub(crate) fn allows(&mut self, entity: &EntityId) -> Result<bool, NodeError> {
-        if let Some(&v) = self.records.get(entity) {
-            return Ok(v);
+        Ok(self.verdict(entity)?.0)
+    }
+
+    /// Whether the child may receive the body of a change to `entity`, and its anchors.
+    pub(crate) fn verdict(
+        &mut self,
+        entity: &EntityId,
+    ) -> Result<(bool, Vec<EntityId>), NodeError> {
+        if let Some(v) = self.records.get(entity) {
+            return Ok(v.clone());
         }
-        let v = self.decide(entity)?;
-        self.records.insert(*entity, v);
+        let allowed = self.decide(entity)?;
+        let v = (allowed, self.anchors(entity)?);
+        self.records.insert(*entity, v.clone());
         Ok(v)
+    }
+
+    /// The records whose state decides whether `entity` is inside a catchment.
+    fn anchors(&mut self, entity: &EntityId) -> Result<Vec<EntityId>, NodeError> {
+        use EntityType as T;
+        let patient = |u| EntityId::new(T::Patient, u);
+        let fields: &[&str] = match entity.ty {
+            _ if self.scope.catchment.is_none() => &[],
+            T::Patient | T::Person => return Ok(vec![patient(entity.uuid)]),
+            T::Visit | T::Encounter | T::Condition | T::Allergy | T::Appointment => &["patient"],
+            T::Obs => &["person"],
+            T::Relationship => &["personA", "personB"],
+            _ => &[],
+        };
+        let record = if fields.is_empty() { None } else { self.record(entity)? };
+        let mut out: Vec<EntityId> = fields
+            .iter()
+            .filter_map(|f| record.as_ref().and_then(|r| uuid_at(r, f)))
+            .map(patient)
+            .collect();
+        out.dedup();
+        if out.is_empty() {
+            out.push(*entity);
+        }
+        Ok(out)
     }
 
     fn decide(&mut self, entity: &EntityId) -> Result<bool, NodeError> {
@@ -89,8 +137,13 @@ impl<'a> ScopeCheck<'a> {
         Ok(false)
     }
 
-    fn record(&self, entity: &EntityId) -> Result<Option<Value>, NodeError> {
-        Ok(self.node.store.get(entity)?.map(|(json, _)| json))
+    fn record(&mut self, entity: &EntityId) -> Result<Option<Value>, NodeError> {
+        if let Some(v) = self.read.get(entity) {
+            return Ok(v.clone());
+        }
+        let v = self.node.store.get(entity)?.map(|(json, _)| json);
+        self.read.insert(*entity, v.clone());
+        Ok(v)
     }
 
     fn patient(&mut self, uuid: Uid) -> Result<Option<bool>, NodeError> {

@@ -83,6 +83,57 @@ fn lock(m: &std::sync::Mutex<message::Encoder>) -> std::sync::MutexGuard<'_, mes
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The scope of `peer` if it is this node's child.
+fn child_scope(node: &Node, peer: NodeId) -> Option<crate::config::Scope> {
+    node.config
+        .peers
+        .iter()
+        .find(|p| p.node_id == peer && p.role == Role::Child)
+        .map(|p| p.scope.clone())
+}
+
+/// Carries out an effect of the re-send of withheld bodies: fetching them and forgetting the
+/// acknowledged ones (parent side), storing them (child side). Each is awaited before the next
+/// effect, so a delivery is durable before the next fetch reads what is left.
+async fn bodies_effect(
+    node: &Arc<Node>,
+    peer: NodeId,
+    session: &mut Session,
+    effect: Effect,
+    now: impl Fn() -> u64,
+) {
+    let n = node.clone();
+    match effect {
+        Effect::FetchBodies => {
+            let fetched = tokio::task::spawn_blocking(move || match child_scope(&n, peer) {
+                Some(scope) => n.fetch_bodies(peer, &scope),
+                None => Ok(Vec::new()),
+            })
+            .await;
+            match fetched {
+                Ok(Ok(bodies)) => session.handle_bodies_fetched(now(), bodies),
+                Ok(Err(e)) => session.handle_local_error(format!("reading withheld bodies: {e}")),
+                Err(e) => session.handle_local_error(format!("reading withheld bodies: {e}")),
+            }
+        }
+        Effect::BodiesDelivered { items } => {
+            match tokio::task::spawn_blocking(move || n.bodies_delivered(peer, &items)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => session.handle_local_error(format!("recording re-sent bodies: {e}")),
+                Err(e) => session.handle_local_error(format!("recording re-sent bodies: {e}")),
+            }
+        }
+        Effect::StoreBodies { bodies } => {
+            match tokio::task::spawn_blocking(move || n.receive_bodies(peer, bodies)).await {
+                Ok(Ok(r)) => session.handle_bodies_stored(now(), r.hashes),
+                Ok(Err(e)) => session.handle_local_error(format!("storing re-sent bodies: {e}")),
+                Err(e) => session.handle_local_error(format!("storing re-sent bodies: {e}")),
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Runs one session over an open bidirectional stream until it ends, then records the peer
 /// state. Writes go through their own task so that both sides can send at once.
 pub async fn drive(
@@ -105,6 +156,10 @@ pub async fn drive(
             } else {
                 Vec::new()
             };
+            // A child whose scope changed has every withheld body checked again.
+            if let Some(scope) = child_scope(&n, peer) {
+                n.check_child_scope(peer, &scope)?;
+            }
             Ok::<_, NodeError>((n.store.vector()?, n.trust_order()?, audit))
         })
         .await
@@ -209,13 +264,9 @@ pub async fn drive(
                     let (n, order, enc, ftx) =
                         (node.clone(), order.clone(), encoder.clone(), fetch_tx.clone());
                     tokio::task::spawn_blocking(move || {
-                        let scope = n
-                            .config
-                            .peers
-                            .iter()
-                            .find(|p| p.node_id == peer && p.role == Role::Child)
-                            .map(|p| &p.scope);
-                        let r = n.fetch_wire(&order, &after, scope).map(|batches| {
+                        let scope = child_scope(&n, peer);
+                        let child = scope.as_ref().map(|s| (peer, s));
+                        let r = n.fetch_wire(&order, &after, child).map(|batches| {
                             let frame = (!batches.is_empty()).then(|| {
                                 let m = Message::Batches { batches };
                                 let frame = lock(&enc).encode(&m);
@@ -270,6 +321,11 @@ pub async fn drive(
                         }
                         Err(e) => session.handle_local_error(format!("storing audit entries: {e}")),
                     }
+                }
+                e @ (Effect::FetchBodies
+                | Effect::BodiesDelivered { .. }
+                | Effect::StoreBodies { .. }) => {
+                    bodies_effect(&node, peer, &mut session, e, now).await
                 }
                 Effect::Closed(o) => closed = Some(o),
             }
@@ -326,7 +382,7 @@ pub async fn drive(
         bar.finish_and_clear();
     }
     // Merge what this session received, once per document (receipt was durable per message).
-    if session.stats().batches_received > 0 {
+    if session.stats().batches_received > 0 || session.stats().bodies_received > 0 {
         let n = node.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || n.materialize()).await {
             tracing::error!(%peer, "merging received changes: {e}");

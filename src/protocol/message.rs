@@ -29,6 +29,11 @@ pub const ERROR_TEXT_MAX: usize = 1024;
 pub const AUDIT_ENTRIES_PER_MESSAGE_MAX: usize = 2_000;
 /// Largest audit entry carried, in bytes.
 pub const AUDIT_ENTRY_BYTES_MAX: usize = 64 * 1024;
+/// Most change bodies in one `Bodies` message (and hashes in one `BodiesAck`).
+pub const BODIES_PER_MESSAGE_MAX: usize = 4_096;
+/// A sender stops adding bodies to a `Bodies` message once it holds this many bytes (a single
+/// larger body still travels alone).
+pub const BODIES_BYTES_TARGET: usize = 512 * 1024;
 
 const FLAG_ZSTD: u8 = 1;
 /// The payload continues the session's zstd stream (flushed at the end of each frame).
@@ -209,6 +214,13 @@ pub enum MessageOf<B> {
     Audit { entries: Vec<AuditEntry> },
     /// The parent stored the child's audit entries: the next entry it lacks.
     AuditAck { next: u64 },
+    /// Parent -> child: change bodies it withheld earlier whose records are now inside the
+    /// child's scope. Each body travels without its hash: the child recomputes it and accepts
+    /// the body only if the hash is one it holds as withheld (from a signed manifest).
+    Bodies { bodies: Vec<ByteBuf> },
+    /// Child -> parent: the hashes of the last `Bodies` message the child is done with (stored
+    /// durably, already held, or refused as never withheld there); not sent again.
+    BodiesAck { hashes: Vec<BodyHash> },
 }
 
 /// One entry of a node's audit log as it travels: its number and its stored bytes (link to
@@ -232,6 +244,8 @@ impl<B> MessageOf<B> {
             MessageOf::Error { .. } => "error",
             MessageOf::Audit { .. } => "audit",
             MessageOf::AuditAck { .. } => "audit-ack",
+            MessageOf::Bodies { .. } => "bodies",
+            MessageOf::BodiesAck { .. } => "bodies-ack",
         }
     }
 
@@ -248,6 +262,8 @@ impl<B> MessageOf<B> {
             MessageOf::Error { code, message } => MessageOf::Error { code, message },
             MessageOf::Audit { entries } => MessageOf::Audit { entries },
             MessageOf::AuditAck { next } => MessageOf::AuditAck { next },
+            MessageOf::Bodies { bodies } => MessageOf::Bodies { bodies },
+            MessageOf::BodiesAck { hashes } => MessageOf::BodiesAck { hashes },
         })
     }
 }
@@ -281,9 +297,19 @@ impl Encoder {
             }
             MessageOf::Audit { entries } => MessageOf::Audit { entries: entries.clone() },
             MessageOf::AuditAck { next } => MessageOf::AuditAck { next: *next },
+            MessageOf::Bodies { bodies } => MessageOf::Bodies { bodies: bodies.clone() },
+            MessageOf::BodiesAck { hashes } => MessageOf::BodiesAck { hashes: hashes.clone() },
         };
         let payload = postcard::to_stdvec(&packed).unwrap_or_default();
-        let (flags, payload) = if zstd {
+        // Bodies go in a self-contained zstd frame, not the session's stream: they are encoded
+        // when sent, while `Batches` frames are encoded ahead, when fetched.
+        let single = matches!(message, MessageOf::Bodies { .. });
+        let (flags, payload) = if single {
+            match zstd::bulk::compress(&payload, ZSTD_LEVEL) {
+                Ok(z) => (FLAG_ZSTD, z),
+                Err(_) => (0, payload),
+            }
+        } else if zstd {
             match self.compress(&payload) {
                 Ok(z) => (FLAG_ZSTD_STREAM, z),
                 // The stream is unusable: later frames go uncompressed (flags 0), which the
@@ -472,6 +498,26 @@ fn check_limits(message: &MessageOf<PackedBatch>) -> Result<(), CodecError> {
         {
             Err(CodecError::Limit(format!("an audit entry over {AUDIT_ENTRY_BYTES_MAX} bytes")))
         }
+        MessageOf::Bodies { bodies } if bodies.is_empty() => {
+            Err(CodecError::Limit("a bodies message holds no body".into()))
+        }
+        MessageOf::Bodies { bodies } if bodies.len() > BODIES_PER_MESSAGE_MAX => {
+            Err(CodecError::Limit(format!(
+                "{} bodies in one message (limit {BODIES_PER_MESSAGE_MAX})",
+                bodies.len()
+            )))
+        }
+        MessageOf::Bodies { bodies }
+            if bodies.iter().any(|b| b.is_empty() || b.len() > crate::batch::CHANGE_BYTES_MAX) =>
+        {
+            Err(CodecError::Limit("a body that is empty or over the change size limit".into()))
+        }
+        MessageOf::BodiesAck { hashes } if hashes.len() > BODIES_PER_MESSAGE_MAX => {
+            Err(CodecError::Limit(format!(
+                "{} hashes in one bodies ack (limit {BODIES_PER_MESSAGE_MAX})",
+                hashes.len()
+            )))
+        }
         MessageOf::Error { message, .. } if message.len() > ERROR_TEXT_MAX => {
             Err(CodecError::Limit(format!("error text of {} bytes", message.len())))
         }
@@ -503,6 +549,29 @@ mod tests {
         assert!(matches!(round_trip(&Message::Done), Message::Done));
         let err = Message::Error { code: ErrorCode::Version, message: "x".into() };
         assert!(matches!(round_trip(&err), Message::Error { code: ErrorCode::Version, .. }));
+        let bodies = Message::Bodies { bodies: vec![ByteBuf::from(vec![7u8; 300])] };
+        let Message::Bodies { bodies } = round_trip(&bodies) else { panic!("not bodies") };
+        assert_eq!(bodies, vec![ByteBuf::from(vec![7u8; 300])]);
+        let ack = Message::BodiesAck { hashes: vec![BodyHash([3; 32])] };
+        let Message::BodiesAck { hashes } = round_trip(&ack) else { panic!("not an ack") };
+        assert_eq!(hashes, vec![BodyHash([3; 32])]);
+    }
+
+    #[test]
+    fn bodies_limits_are_enforced() {
+        let frame = |m: &MessageOf<PackedBatch>| {
+            let mut f = vec![0];
+            f.extend(postcard::to_stdvec(m).expect("encode"));
+            f
+        };
+        let none = MessageOf::<PackedBatch>::Bodies { bodies: vec![] };
+        assert!(matches!(decode(&frame(&none)), Err(CodecError::Limit(_))));
+        let empty = MessageOf::<PackedBatch>::Bodies { bodies: vec![ByteBuf::new()] };
+        assert!(matches!(decode(&frame(&empty)), Err(CodecError::Limit(_))));
+        let many = MessageOf::<PackedBatch>::BodiesAck {
+            hashes: vec![BodyHash([1; 32]); BODIES_PER_MESSAGE_MAX + 1],
+        };
+        assert!(matches!(decode(&frame(&many)), Err(CodecError::Limit(_))));
     }
 
     #[test]
@@ -564,6 +633,28 @@ mod tests {
         #[test]
         fn any_bytes_decode_to_a_message_or_an_error(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
             let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn bodies_round_trip_and_flipped_bodies_frames_never_panic(
+            bodies in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..300), 1..8),
+            flip in 0usize..4096,
+            bit in 0u8..8,
+        ) {
+            let bodies: Vec<ByteBuf> = bodies.into_iter().map(ByteBuf::from).collect();
+            let m = Message::Bodies { bodies: bodies.clone() };
+            let Message::Bodies { bodies: back } = round_trip(&m) else { panic!("not bodies") };
+            prop_assert_eq!(back, bodies);
+            let hashes: Vec<BodyHash> = (0..3u8).map(|i| BodyHash([i; 32])).collect();
+            for m in [m, Message::BodiesAck { hashes }] {
+                let mut bytes = encode(&m);
+                let i = flip % bytes.len();
+                bytes[i] ^= 1 << bit;
+                if let Ok(len) = frame_len(bytes[..4].try_into().expect("4")) {
+                    let end = (4 + len).min(bytes.len());
+                    let _ = decode(&bytes[4..end]);
+                }
+            }
         }
 
         #[test]

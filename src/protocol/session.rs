@@ -10,11 +10,18 @@
 //! apply) before the next; then `Done`. The round ends when both sides are done and nothing is
 //! in flight. A transfer cut at any point resumes from the receiver's durable vector in the next
 //! session's `Hello`, so at most the one message in flight is sent again.
+//!
+//! A parent then re-sends, before its `Done`, the change bodies it withheld from this child
+//! earlier whose records are inside the child's scope now (`Bodies`, one message in flight,
+//! each acknowledged by `BodiesAck`). It waits for the child's `Done` first, so the batches
+//! both ways are complete before the first `Bodies`.
 
 use std::collections::VecDeque;
 
+use serde_bytes::ByteBuf;
+
 use super::message::{AuditEntry, ErrorCode, Message, PROTOCOL_VERSION, Role, WireBatch};
-use crate::id::{NodeId, Vector};
+use crate::id::{BodyHash, NodeId, Vector};
 
 /// A session ends if nothing arrives for this long (milliseconds).
 pub const SESSION_IDLE_MS: u64 = 120_000;
@@ -61,6 +68,26 @@ pub enum Effect {
     /// A child's audit entries arrived (this node is its parent): store them in the child's
     /// copy, then call [`Session::handle_audit_stored`].
     StoreAudit { entries: Vec<AuditEntry> },
+    /// Parent side: load the next bodies withheld from this child that are inside its scope
+    /// now (within the `Bodies` message limits) and call [`Session::handle_bodies_fetched`]
+    /// (none: the re-send is over).
+    FetchBodies,
+    /// Parent side: the child acknowledged these bodies; forget that they were withheld from
+    /// it (durably) before carrying out the next effect.
+    BodiesDelivered { items: Vec<ResendBody> },
+    /// Child side: bodies the parent withheld earlier arrived: store those this node holds as
+    /// withheld, then call [`Session::handle_bodies_stored`].
+    StoreBodies { bodies: Vec<Vec<u8>> },
+}
+
+/// A body a parent re-sends, with the record its scope follows (the "anchor"; opaque to the
+/// session, handed back in [`Effect::BodiesDelivered`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResendBody {
+    pub anchor: String,
+    pub hash: BodyHash,
+    /// Empty in [`Effect::BodiesDelivered`].
+    pub body: Vec<u8>,
 }
 
 /// Counters a driver reports when a session ends.
@@ -74,6 +101,21 @@ pub struct SessionStats {
     pub audit_sent: u64,
     /// The next audit entry the parent lacks, as it acknowledged (child side).
     pub audit_acked: Option<u64>,
+    /// Withheld bodies re-sent to the child (parent side) / received from the parent.
+    pub bodies_sent: u64,
+    pub bodies_received: u64,
+}
+
+/// The parent's re-send of withheld bodies, after its batches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Resend {
+    /// Waits until this side's batches are all acked and the peer is done.
+    Waiting,
+    Fetching,
+    /// One `Bodies` message in flight: what it carried.
+    AwaitingAck(Vec<ResendBody>),
+    /// Over (or never: only a parent re-sends).
+    Finished,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +144,11 @@ pub struct Session {
     applying: bool,
     /// A child's audit entries are being stored (parent side).
     storing_audit: bool,
+    /// This side fetched everything it had to send in `Batches`.
+    batches_done: bool,
+    resend: Resend,
+    /// Re-sent bodies are being stored (child side).
+    storing_bodies: bool,
     local_done: bool,
     remote_done: bool,
     last_activity: u64,
@@ -132,6 +179,9 @@ impl Session {
             awaiting_ack: false,
             applying: false,
             storing_audit: false,
+            batches_done: false,
+            resend: if role == Role::Parent { Resend::Waiting } else { Resend::Finished },
+            storing_bodies: false,
             local_done: false,
             remote_done: false,
             last_activity: now,
@@ -197,7 +247,7 @@ impl Session {
     }
 
     fn fetch(&mut self) {
-        if !self.fetching && self.prepared.is_none() && !self.local_done {
+        if !self.fetching && self.prepared.is_none() && !self.batches_done && !self.local_done {
             self.fetching = true;
             self.effects.push_back(Effect::Fetch { after: self.sent_up_to.clone() });
         }
@@ -225,7 +275,11 @@ impl Session {
     }
 
     fn check_complete(&mut self) {
-        let idle = !self.fetching && !self.awaiting_ack && !self.applying && !self.storing_audit;
+        let idle = !self.fetching
+            && !self.awaiting_ack
+            && !self.applying
+            && !self.storing_audit
+            && !self.storing_bodies;
         if self.phase == Phase::Running && self.local_done && self.remote_done && idle {
             self.close(Outcome::Complete);
         }
@@ -258,6 +312,7 @@ impl Session {
                     Some(batches) => self.send_batches(batches),
                     None => self.fetch(),
                 }
+                self.next_local_step();
                 self.check_complete();
             }
             (Phase::Running, Message::Audit { entries })
@@ -271,7 +326,40 @@ impl Session {
             }
             (Phase::Running, Message::Done) if !self.remote_done => {
                 self.remote_done = true;
+                self.next_local_step();
                 self.check_complete();
+            }
+            (Phase::Running, Message::Bodies { bodies })
+                if self.role == Role::Child && !self.storing_bodies && !self.applying =>
+            {
+                self.stats.bodies_received += bodies.len() as u64;
+                self.storing_bodies = true;
+                let bodies = bodies.into_iter().map(ByteBuf::into_vec).collect();
+                self.effects.push_back(Effect::StoreBodies { bodies });
+            }
+            (Phase::Running, Message::BodiesAck { hashes })
+                if matches!(self.resend, Resend::AwaitingAck(_)) =>
+            {
+                let Resend::AwaitingAck(sent) =
+                    std::mem::replace(&mut self.resend, Resend::Fetching)
+                else {
+                    return;
+                };
+                let acked: std::collections::HashSet<BodyHash> = hashes.into_iter().collect();
+                let items: Vec<ResendBody> = sent
+                    .into_iter()
+                    .filter(|b| acked.contains(&b.hash))
+                    .map(|b| ResendBody { body: Vec::new(), ..b })
+                    .collect();
+                if items.is_empty() {
+                    // Nothing of it acknowledged: fetching again would send the same bodies.
+                    self.resend = Resend::Finished;
+                    self.next_local_step();
+                    self.check_complete();
+                } else {
+                    self.effects.push_back(Effect::BodiesDelivered { items });
+                    self.effects.push_back(Effect::FetchBodies);
+                }
             }
             (phase, other) => {
                 let reason = format!("unexpected {} message ({phase:?})", other.kind());
@@ -315,9 +403,8 @@ impl Session {
         self.last_activity = self.last_activity.max(now);
         self.fetching = false;
         if batches.is_empty() {
-            // `Done` may follow a `Batches` still awaiting its ack: the peer reads in order.
-            self.local_done = true;
-            self.send(Message::Done);
+            self.batches_done = true;
+            self.next_local_step();
             self.check_complete();
             return;
         }
@@ -326,6 +413,65 @@ impl Session {
         } else {
             self.send_batches(batches);
         }
+    }
+
+    /// After this side's batches: a parent re-sends withheld bodies once its batches are acked
+    /// and the child is done (an old child that cannot decode `Bodies` then fails only the end
+    /// of a round whose batches are complete); then `Done`. `Done` may follow a `Batches` still
+    /// awaiting its ack: the peer reads in order.
+    fn next_local_step(&mut self) {
+        if self.phase != Phase::Running || !self.batches_done || self.local_done {
+            return;
+        }
+        match self.resend {
+            Resend::Waiting if !self.awaiting_ack && self.remote_done => {
+                self.resend = Resend::Fetching;
+                self.effects.push_back(Effect::FetchBodies);
+            }
+            Resend::Finished => {
+                self.local_done = true;
+                self.send(Message::Done);
+            }
+            _ => {}
+        }
+    }
+
+    /// The bodies the last `FetchBodies` asked for (empty: the re-send is over).
+    pub fn handle_bodies_fetched(&mut self, now: u64, bodies: Vec<ResendBody>) {
+        if self.phase != Phase::Running || self.resend != Resend::Fetching {
+            return;
+        }
+        self.last_activity = self.last_activity.max(now);
+        if bodies.is_empty() {
+            self.resend = Resend::Finished;
+            self.next_local_step();
+            self.check_complete();
+            return;
+        }
+        self.stats.bodies_sent += bodies.len() as u64;
+        let mut sent = Vec::with_capacity(bodies.len());
+        let mut wire = Vec::with_capacity(bodies.len());
+        for b in bodies {
+            sent.push(ResendBody {
+                anchor: b.anchor,
+                hash: BodyHash::of(&b.body),
+                body: Vec::new(),
+            });
+            wire.push(ByteBuf::from(b.body));
+        }
+        self.resend = Resend::AwaitingAck(sent);
+        self.send(Message::Bodies { bodies: wire });
+    }
+
+    /// The re-sent bodies are stored (child side); `hashes` are those this node is done with.
+    pub fn handle_bodies_stored(&mut self, now: u64, hashes: Vec<BodyHash>) {
+        if self.phase != Phase::Running || !self.storing_bodies {
+            return;
+        }
+        self.last_activity = self.last_activity.max(now);
+        self.storing_bodies = false;
+        self.send(Message::BodiesAck { hashes });
+        self.check_complete();
     }
 
     /// Sends one `Batches` message, then fetches the next while its ack is awaited.
@@ -405,6 +551,10 @@ mod tests {
     struct Toy {
         held: BTreeMap<AuthorId, Vec<WireBatch>>,
         audit: Vec<AuditEntry>,
+        /// Parent: bodies to re-send (one per message); child: bodies received.
+        resend: Vec<Vec<u8>>,
+        delivered: Vec<BodyHash>,
+        bodies: Vec<Vec<u8>>,
     }
 
     impl Toy {
@@ -484,6 +634,28 @@ mod tests {
                             let next = me.1.audit.len() as u64;
                             me.0.handle_audit_stored(0, next);
                         }
+                        Effect::FetchBodies => {
+                            let acked = &me.1.delivered;
+                            let next =
+                                me.1.resend.iter().find(|b| !acked.contains(&BodyHash::of(b)));
+                            let items: Vec<ResendBody> = next
+                                .map(|b| ResendBody {
+                                    anchor: "patient/x".into(),
+                                    hash: BodyHash::of(b),
+                                    body: b.clone(),
+                                })
+                                .into_iter()
+                                .collect();
+                            me.0.handle_bodies_fetched(0, items);
+                        }
+                        Effect::BodiesDelivered { items } => {
+                            me.1.delivered.extend(items.iter().map(|b| b.hash));
+                        }
+                        Effect::StoreBodies { bodies } => {
+                            let hashes = bodies.iter().map(|b| BodyHash::of(b)).collect();
+                            me.1.bodies.extend(bodies);
+                            me.0.handle_bodies_stored(0, hashes);
+                        }
                         Effect::Closed(o) => *slot = Some(o),
                     }
                 }
@@ -515,6 +687,45 @@ mod tests {
         assert_eq!(a.1.vector(), b.1.vector());
         assert_eq!(a.0.stats().batches_sent, 5);
         assert_eq!(b.0.stats().batches_sent, 3);
+    }
+
+    #[test]
+    fn a_parent_resends_withheld_bodies_after_its_batches_one_message_at_a_time() {
+        let (ka, kb) = (Keypair::from_secret([1; 32]), Keypair::from_secret([2; 32]));
+        let (mut ta, mut tb) = (Toy::default(), Toy::default());
+        ta.apply(batches(&ka, 2));
+        tb.apply(batches(&kb, 3));
+        tb.resend = vec![vec![1, 2, 3], vec![4, 5]];
+        // A child never re-sends.
+        ta.resend = vec![vec![9]];
+        let (mut a, mut b) = pair(&ka, &kb, ta, tb);
+        let (oa, ob, _) = run(&mut a, &mut b, None);
+        assert_eq!((oa, ob), (Outcome::Complete, Outcome::Complete));
+        assert_eq!(a.1.bodies, vec![vec![1, 2, 3], vec![4, 5]], "the child got both, in order");
+        assert_eq!(b.1.delivered.len(), 2, "the parent forgot both once acked");
+        assert!(b.1.bodies.is_empty() && a.1.delivered.is_empty());
+        assert_eq!((b.0.stats().bodies_sent, a.0.stats().bodies_received), (2, 2));
+        assert_eq!(a.1.vector(), b.1.vector());
+    }
+
+    #[test]
+    fn bodies_from_a_child_or_an_unexpected_ack_end_the_session() {
+        let (ka, kb) = (Keypair::from_secret([1; 32]), Keypair::from_secret([2; 32]));
+        let hello = |node: NodeId, role| Message::Hello {
+            version: 1,
+            node,
+            role,
+            vector: Vector::default(),
+        };
+        let mut parent =
+            Session::new(0, ka.node_id(), Role::Parent, kb.node_id(), Vector::default());
+        parent.handle_message(1, hello(kb.node_id(), Role::Child));
+        parent.handle_message(2, Message::Bodies { bodies: vec![ByteBuf::from(vec![1])] });
+        assert!(parent.is_closed(), "a parent takes no bodies");
+        let mut child = Session::new(0, ka.node_id(), Role::Child, kb.node_id(), Vector::default());
+        child.handle_message(1, hello(kb.node_id(), Role::Parent));
+        child.handle_message(2, Message::BodiesAck { hashes: Vec::new() });
+        assert!(child.is_closed(), "a child sent no bodies");
     }
 
     #[test]

@@ -106,6 +106,23 @@ pub const DIRTY: TableDefinition<&str, &[u8]> = TableDefinition::new("dirty-1");
 /// parent withheld their bodies (outside this node's scope). Relayed as withheld too.
 pub const WITHHELD: TableDefinition<&[u8; 32], &str> = TableDefinition::new("withheld-1");
 
+/// `(child node id, anchor "type/uuid", blake3(body)) -> "type/uuid"`: bodies this node (a
+/// parent) withheld from a child, by the record the scope decision followed (the anchor: the
+/// patient of a patient-linked record, else the record itself) (`store/resend.rs`). Only bodies
+/// held here; an entry goes when the child acknowledges the re-sent body.
+pub const WITHHELD_FOR: TableDefinition<(&[u8; 32], &str, &[u8; 32]), &str> =
+    TableDefinition::new("withheld-for-1");
+
+/// `(child node id, anchor "type/uuid") -> ()`: anchors whose withheld bodies must be checked
+/// against the child's scope again at its next session (a change of the anchor travelled with
+/// its body, or the child's scope changed).
+pub const RESEND_DUE: TableDefinition<(&[u8; 32], &str), ()> = TableDefinition::new("resend-due-1");
+
+/// `child node id -> blake3 of its scope (32 B)`: the scope the child's entries were last
+/// checked against; a different one makes every anchor of that child due.
+pub const WITHHELD_SCOPE: TableDefinition<&[u8; 32], &[u8; 32]> =
+    TableDefinition::new("withheld-scope-1");
+
 /// `conflict id -> postcard(Conflict)`: every conflict this node has seen, open or closed
 /// (`src/conflict.rs`).
 pub const CONFLICTS: TableDefinition<&str, &[u8]> = TableDefinition::new("conflicts-1");

@@ -275,10 +275,14 @@ fn classify(kind: &EventKind) -> (&'static str, &'static str, Option<NodeId>) {
         EventKind::FhirPush { failed, outcome_text, .. } => {
             ("fhir_push", if *failed == 0 && outcome_text == "ok" { "ok" } else { "error" }, None)
         }
+        EventKind::BodiesResent { to, .. } => ("bodies", "ok", Some(*to)),
+        EventKind::BodiesReceived { from, refused, .. } => {
+            ("bodies", if *refused > 0 { "rejected" } else { "ok" }, Some(*from))
+        }
     }
 }
 
-const KINDS: [&str; 12] = [
+const KINDS: [&str; 13] = [
     "local_write",
     "received",
     "rejected",
@@ -291,6 +295,7 @@ const KINDS: [&str; 12] = [
     "audit_copy",
     "failure",
     "fhir_push",
+    "bodies",
 ];
 const OUTCOMES: [&str; 6] = ["ok", "rejected", "error", "open", "closed", "resolved"];
 

@@ -1,0 +1,142 @@
+//! Re-sending withheld bodies to a child once their records are inside its scope, and taking
+//! them in as that child (docs/protocol.md "Re-sending withheld bodies").
+//!
+//! A parent remembers each body it withholds from a child under the body's anchors
+//! (`Node::fetch_wire`). An anchor becomes due when a change under it travels to the child with
+//! its body (a transfer: the patient got an identifier at the child's clinic), or when the
+//! child's scope is not the one the entries were last checked against. At the end of each
+//! session the parent checks the records of the due anchors against the child's scope as it
+//! stands and sends the bodies now inside it; each is forgotten once the child acknowledged it,
+//! so a cut session sends them again.
+
+use super::scope::ScopeCheck;
+use super::{Node, NodeError};
+use crate::config::Scope;
+use crate::id::NodeId;
+use crate::protocol::message::{BODIES_BYTES_TARGET, BODIES_PER_MESSAGE_MAX};
+use crate::protocol::session::ResendBody;
+use crate::store::resend::BodiesReport;
+
+/// Due anchors read per store transaction while looking for bodies to re-send.
+const DUE_ANCHORS_PER_READ: usize = 256;
+
+/// A stable digest of a child's scope (types and catchment, in order).
+fn scope_digest(scope: &Scope) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"sitesync scope v1\0");
+    match &scope.types {
+        None => h.update(b"types: all\0"),
+        Some(types) => types
+            .iter()
+            .fold(h.update(b"types:\0"), |h, t| h.update(t.to_string().as_bytes()).update(b"\0")),
+    };
+    match &scope.catchment {
+        None => h.update(b"catchment: everywhere\0"),
+        Some(uids) => uids.iter().fold(h.update(b"catchment:\0"), |h, u| {
+            h.update(u.to_string().as_bytes()).update(b"\0")
+        }),
+    };
+    *h.finalize().as_bytes()
+}
+
+impl Node {
+    /// At the start of a session with `child`: when its scope differs from the one its withheld
+    /// bodies were last checked against, every one of them is checked again at the end of the
+    /// session. Returns how many anchors that made due.
+    pub fn check_child_scope(&self, child: NodeId, scope: &Scope) -> Result<u64, NodeError> {
+        Ok(self.store.check_withheld_scope(&child, scope_digest(scope))?)
+    }
+
+    /// The next bodies withheld from `child` that are inside `scope` now, within one `Bodies`
+    /// message's limits (none: nothing more to re-send). Due anchors with nothing inside the
+    /// scope stop being due.
+    pub fn fetch_bodies(&self, child: NodeId, scope: &Scope) -> Result<Vec<ResendBody>, NodeError> {
+        if self.store.due_withheld(&child, 1)?.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Scope follows the merged records.
+        self.materialize()?;
+        let mut check = ScopeCheck::new(self, scope);
+        let mut out: Vec<ResendBody> = Vec::new();
+        let mut bytes = 0;
+        loop {
+            let due = self.store.due_withheld(&child, DUE_ANCHORS_PER_READ)?;
+            if due.is_empty() {
+                return Ok(out);
+            }
+            let mut idle = Vec::new();
+            for (anchor, items) in due {
+                let mut any = false;
+                for (entity, hash) in items {
+                    if !check.allows(&entity)? {
+                        continue;
+                    }
+                    let Some(body) = self.store.body(&hash)? else { continue };
+                    let full = out.len() >= BODIES_PER_MESSAGE_MAX
+                        || bytes + body.len() > BODIES_BYTES_TARGET;
+                    if !out.is_empty() && full {
+                        return Ok(out);
+                    }
+                    bytes += body.len();
+                    any = true;
+                    out.push(ResendBody { anchor: anchor.clone(), hash, body });
+                }
+                if !any {
+                    idle.push(anchor);
+                }
+            }
+            self.store.clear_due(&child, &idle)?;
+            if !out.is_empty() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// `child` acknowledged these re-sent bodies (durably forgotten as withheld from it).
+    pub fn bodies_delivered(&self, child: NodeId, items: &[ResendBody]) -> Result<(), NodeError> {
+        let items: Vec<(String, crate::id::BodyHash)> =
+            items.iter().map(|b| (b.anchor.clone(), b.hash)).collect();
+        Ok(self.store.bodies_delivered(&child, &items, self.now())?)
+    }
+
+    /// Stores the bodies a `Bodies` message from `from` carried (see
+    /// [`crate::store::Store::receive_bodies`]); only this node's parent re-sends.
+    pub fn receive_bodies(
+        &self,
+        from: NodeId,
+        bodies: Vec<Vec<u8>>,
+    ) -> Result<BodiesReport, NodeError> {
+        let parent = self
+            .config
+            .peers
+            .iter()
+            .any(|p| p.node_id == from && p.role == crate::protocol::message::Role::Parent);
+        if !parent {
+            return Err(NodeError::Input(format!("{from} is not this node's parent")));
+        }
+        let report = self.store.receive_bodies(&from, bodies, self.now())?;
+        if report.refused > 0 {
+            tracing::warn!(%from, refused = report.refused, "bodies never withheld here refused");
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scope_digest_changes_with_the_scope_only() {
+        let uid = crate::id::Uid::from_random([3; 16]);
+        let all = Scope::default();
+        let one = Scope { types: None, catchment: Some(std::iter::once(uid).collect()) };
+        assert_eq!(scope_digest(&all), scope_digest(&Scope::default()));
+        assert_ne!(scope_digest(&all), scope_digest(&one));
+        let typed = Scope {
+            types: Some(std::iter::once(crate::id::EntityType::Patient).collect()),
+            catchment: None,
+        };
+        assert_ne!(scope_digest(&all), scope_digest(&typed));
+    }
+}

@@ -1,0 +1,288 @@
+//! Bodies withheld from a child and sent later (DESIGN.md "Scope"; docs/protocol.md "Re-sending
+//! withheld bodies").
+//!
+//! Parent side: which bodies were withheld from which child, by anchor (the record the scope
+//! decision followed), which anchors must be checked again, and forgetting a body once the
+//! child acknowledged it. Child side: storing a re-sent body, only if its hash is one this node
+//! holds as withheld (that hash came in a signed manifest, so the body is the one its author
+//! signed), and marking its record for the next merge. This module decides no scope: the node
+//! layer does (`src/node/scope.rs`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use redb::{ReadableDatabase, ReadableTable};
+
+use super::tables::*;
+use super::{Store, StoreError, append_event, corrupt, encode};
+use crate::event::{Event, EventKind};
+use crate::id::{BodyHash, EntityId, NodeId};
+
+const HASH_MIN: [u8; 32] = [0; 32];
+const HASH_MAX: [u8; 32] = [0xff; 32];
+
+/// A body withheld from a child: the anchors its scope follows, its record and its hash.
+pub type WithheldBody = (Vec<String>, EntityId, BodyHash);
+
+/// A due anchor and the bodies withheld under it (record, body hash).
+pub type DueAnchor = (String, Vec<(EntityId, BodyHash)>);
+
+/// What a child did with the bodies of one `Bodies` message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BodiesReport {
+    /// Every body's hash, in order: what the child acknowledges (it is done with all of them).
+    pub hashes: Vec<BodyHash>,
+    /// Stored now (they were withheld here).
+    pub stored: u64,
+    /// Held already (another path brought them).
+    pub held: u64,
+    /// Not stored: never withheld here, or not a plain Automerge change chunk.
+    pub refused: u64,
+}
+
+impl Store {
+    /// Records the bodies withheld from `child` in one fetch, under each of their anchors, and
+    /// marks due each anchor of `sent` (records whose changes travel with their bodies now)
+    /// under which bodies were withheld from `child` before. No write transaction when there
+    /// is nothing to record.
+    pub fn note_withheld(
+        &self,
+        child: &NodeId,
+        withheld: &[WithheldBody],
+        sent: &BTreeSet<String>,
+    ) -> Result<(), StoreError> {
+        let due: Vec<&String> = {
+            let tx = self.db.begin_read()?;
+            match tx.open_table(WITHHELD_FOR) {
+                Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
+                Err(e) => return Err(e.into()),
+                Ok(table) => {
+                    let mut due = Vec::new();
+                    for anchor in sent {
+                        if has_entries(&table, child, anchor)? {
+                            due.push(anchor);
+                        }
+                    }
+                    due
+                }
+            }
+        };
+        if withheld.is_empty() && due.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(WITHHELD_FOR)?;
+            for (anchors, entity, hash) in withheld {
+                let key = entity.key();
+                for anchor in anchors {
+                    table.insert((&child.0, anchor.as_str(), &hash.0), key.as_str())?;
+                }
+            }
+            let mut marks = tx.open_table(RESEND_DUE)?;
+            for anchor in due {
+                marks.insert((&child.0, anchor.as_str()), ())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Compares `scope` (a hash of the child's scope) with the one its entries were last
+    /// checked against: if it differs, every anchor of `child` becomes due. Returns how many
+    /// anchors were made due.
+    pub fn check_withheld_scope(&self, child: &NodeId, scope: [u8; 32]) -> Result<u64, StoreError> {
+        {
+            let tx = self.db.begin_read()?;
+            match tx.open_table(WITHHELD_SCOPE) {
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(e.into()),
+                Ok(t) => {
+                    if t.get(&child.0)?.is_some_and(|v| *v.value() == scope) {
+                        return Ok(0);
+                    }
+                }
+            }
+        }
+        let tx = self.db.begin_write()?;
+        let mut count = 0;
+        {
+            let mut scopes = tx.open_table(WITHHELD_SCOPE)?;
+            let had = scopes.insert(&child.0, &scope)?.is_some();
+            if had {
+                let table = tx.open_table(WITHHELD_FOR)?;
+                let mut marks = tx.open_table(RESEND_DUE)?;
+                let mut last: Option<String> = None;
+                for item in table.range((&child.0, "", &HASH_MIN)..)? {
+                    let (k, _) = item?;
+                    let (node, anchor, _) = k.value();
+                    if node != &child.0 {
+                        break;
+                    }
+                    if last.as_deref() != Some(anchor) {
+                        marks.insert((&child.0, anchor), ())?;
+                        last = Some(anchor.to_string());
+                        count += 1;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(count)
+    }
+
+    /// At most `max` due anchors of `child`, each with the bodies withheld under it.
+    pub fn due_withheld(&self, child: &NodeId, max: usize) -> Result<Vec<DueAnchor>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let (marks, table) = match (tx.open_table(RESEND_DUE), tx.open_table(WITHHELD_FOR)) {
+            (Ok(m), Ok(t)) => (m, t),
+            (Err(redb::TableError::TableDoesNotExist(_)), _)
+            | (_, Err(redb::TableError::TableDoesNotExist(_))) => return Ok(Vec::new()),
+            (Err(e), _) | (_, Err(e)) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for item in marks.range((&child.0, "")..)? {
+            let (k, _) = item?;
+            let (node, anchor) = k.value();
+            if node != &child.0 || out.len() >= max {
+                break;
+            }
+            let mut items = Vec::new();
+            for e in table.range((&child.0, anchor, &HASH_MIN)..=(&child.0, anchor, &HASH_MAX))? {
+                let (k, v) = e?;
+                let entity: EntityId = v
+                    .value()
+                    .parse()
+                    .map_err(|e| corrupt(format!("withheld-for entry {anchor}"), e))?;
+                items.push((entity, BodyHash(*k.value().2)));
+            }
+            out.push((anchor.to_string(), items));
+        }
+        Ok(out)
+    }
+
+    /// The body of a change, if held here.
+    pub fn body(&self, hash: &BodyHash) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let bodies = tx.open_table(BODIES)?;
+        Ok(bodies.get(&hash.0)?.map(|v| v.value().to_vec()))
+    }
+
+    /// These anchors of `child` need no check before something changes again.
+    pub fn clear_due(&self, child: &NodeId, anchors: &[String]) -> Result<(), StoreError> {
+        if anchors.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write()?;
+        {
+            let mut marks = tx.open_table(RESEND_DUE)?;
+            for anchor in anchors {
+                marks.remove((&child.0, anchor.as_str()))?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// `child` acknowledged these re-sent bodies: they are no longer withheld from it. An
+    /// anchor left without entries is no longer due. The audit log counts them.
+    pub fn bodies_delivered(
+        &self,
+        child: &NodeId,
+        items: &[(String, BodyHash)],
+        time: i64,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        let mut count = 0;
+        {
+            let mut table = tx.open_table(WITHHELD_FOR)?;
+            let mut marks = tx.open_table(RESEND_DUE)?;
+            let mut anchors = BTreeSet::new();
+            for (anchor, hash) in items {
+                if table.remove((&child.0, anchor.as_str(), &hash.0))?.is_some() {
+                    count += 1;
+                }
+                anchors.insert(anchor.as_str());
+            }
+            for anchor in anchors {
+                if !has_entries(&table, child, anchor)? {
+                    marks.remove((&child.0, anchor))?;
+                }
+            }
+        }
+        if count > 0 {
+            let kind = EventKind::BodiesResent { to: *child, bodies: count };
+            append_event(&tx, Event { time, kind })?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Stores the bodies of a `Bodies` message from this node's parent `from`, in one write
+    /// transaction: each body whose hash this node holds as withheld is stored, its withheld
+    /// entry removed and its record marked for the next merge (where the changes that waited
+    /// for it apply). Bodies never withheld here are not stored. The audit log counts each.
+    pub fn receive_bodies(
+        &self,
+        from: &NodeId,
+        bodies: Vec<Vec<u8>>,
+        time: i64,
+    ) -> Result<BodiesReport, StoreError> {
+        let mut report = BodiesReport::default();
+        let tx = self.db.begin_write()?;
+        {
+            let mut withheld = tx.open_table(WITHHELD)?;
+            let mut stored = tx.open_table(BODIES)?;
+            let mut touched: BTreeMap<String, Vec<BodyHash>> = BTreeMap::new();
+            for body in bodies {
+                let hash = BodyHash::of(&body);
+                report.hashes.push(hash);
+                let key = withheld.get(&hash.0)?.map(|v| v.value().to_string());
+                match key {
+                    Some(key) if is_change_chunk(&body) => {
+                        withheld.remove(&hash.0)?;
+                        stored.insert(&hash.0, body.as_slice())?;
+                        touched.entry(key).or_default().push(hash);
+                        report.stored += 1;
+                    }
+                    None if stored.get(&hash.0)?.is_some() => report.held += 1,
+                    _ => report.refused += 1,
+                }
+            }
+            let mut dirty = tx.open_table(DIRTY)?;
+            for (key, mut hashes) in touched {
+                if let Some(v) = dirty.get(key.as_str())? {
+                    let mut old: Vec<BodyHash> = postcard::from_bytes(v.value())
+                        .map_err(|e| corrupt(format!("dirty list {key}"), e))?;
+                    old.append(&mut hashes);
+                    hashes = old;
+                }
+                dirty.insert(key.as_str(), encode(&hashes).as_slice())?;
+            }
+        }
+        let (stored, held, refused) = (report.stored, report.held, report.refused);
+        let kind = EventKind::BodiesReceived { from: *from, stored, held, refused };
+        append_event(&tx, Event { time, kind })?;
+        tx.commit()?;
+        Ok(report)
+    }
+}
+
+/// Whether bodies are withheld from `child` under `anchor`.
+fn has_entries(
+    table: &impl ReadableTable<(&'static [u8; 32], &'static str, &'static [u8; 32]), &'static str>,
+    child: &NodeId,
+    anchor: &str,
+) -> Result<bool, StoreError> {
+    let mut range = table.range((&child.0, anchor, &HASH_MIN)..=(&child.0, anchor, &HASH_MAX))?;
+    Ok(range.next().transpose()?.is_some())
+}
+
+/// A plain (uncompressed) Automerge change chunk that decodes, as batch verification requires
+/// (`src/batch.rs`): a merge must never meet a body it cannot load.
+fn is_change_chunk(body: &[u8]) -> bool {
+    if body.get(8) != Some(&1) {
+        return false;
+    }
+    let bytes = body.to_vec();
+    matches!(std::panic::catch_unwind(|| automerge::Change::from_bytes(bytes)), Ok(Ok(_)))
+}
