@@ -778,12 +778,14 @@ impl Node {
 
     /// Merges every received but not yet merged change into its document (once per document).
     pub fn materialize(&self) -> Result<crate::store::apply::MaterializeReport, NodeError> {
+        let started = std::time::Instant::now();
         let r = self.store.materialize_dirty(worker_threads(), self.now())?;
         if r.documents > 0 {
             tracing::info!(
                 documents = r.documents,
                 changes = r.changes,
                 skipped = r.skipped.len(),
+                millis = started.elapsed().as_millis() as u64,
                 "merged"
             );
         }
