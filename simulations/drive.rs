@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 
 use sitesync::config::Scope;
 use sitesync::id::{NodeId, Vector};
+use sitesync::node::serve::{SessionReport, record_session};
 use sitesync::node::{Env, NodeError};
 use sitesync::protocol::message::{Decoder, Encoder, Message, Role, WireBatch};
 use sitesync::protocol::session::{Effect, Outcome, Session};
@@ -392,24 +393,18 @@ impl World {
         let peer_id = self.sites[peer].id;
         let t = self.sites[site].env.now_secs();
         if let Some(node) = self.sites[site].node.as_ref() {
-            let r = node.store.update_peer_state(&peer_id, |s| {
-                if handshaken {
-                    s.last_contact = t;
-                    s.vector = peer_vector;
-                }
-                s.sessions += 1;
-                s.batches_sent += stats.batches_sent;
-                s.batches_received += stats.batches_received;
-                s.bytes_sent += sent;
-                s.bytes_received += received;
-                if complete {
-                    s.last_success = t;
-                    s.last_error = None;
-                    s.failures = 0;
-                } else {
-                    s.last_error = Some(text.clone());
-                }
-            });
+            let rep = SessionReport {
+                peer: peer_id.to_string(),
+                outcome: text.clone(),
+                complete,
+                batches_sent: stats.batches_sent,
+                batches_received: stats.batches_received,
+                bytes_sent: sent,
+                bytes_received: received,
+                millis: 0,
+            };
+            let vector = handshaken.then_some(peer_vector);
+            let r = node.store.update_peer_state(&peer_id, |s| record_session(s, t, vector, &rep));
             if let Err(err) = r {
                 self.fail(format!("{}: recording peer state: {err}", self.sites[site].name));
             }

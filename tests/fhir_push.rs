@@ -23,6 +23,8 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
+mod net;
+
 /// One FHIR server at a time: each takes ~300 MB and a core to load its schema.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -185,14 +187,7 @@ impl Drop for FhirServer {
 // -------------------------------------------------------------------- node ---
 
 fn sitesync(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sitesync"))
-        .arg("--dir")
-        .arg(dir)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("SITESYNC_DIR")
-        .output()
-        .expect("run sitesync")
+    net::command(Some(dir)).args(args).output().expect("run sitesync")
 }
 
 fn text(out: &Output) -> String {
@@ -651,37 +646,6 @@ fn bad_target_values_are_named() {
     );
 }
 
-/// Runs `serve` for the node until dropped (killed by PID).
-struct Serving(std::process::Child);
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child_kill();
-    }
-}
-
-impl Serving {
-    fn child_kill(&mut self) -> std::io::Result<()> {
-        self.0.kill()?;
-        self.0.wait().map(|_| ())
-    }
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !f() {
-        assert!(std::time::Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn serve_pushes_a_continuous_target_by_itself() {
     let _one = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -690,29 +654,28 @@ fn serve_pushes_a_continuous_target_by_itself() {
     let extra = "continuous = true\ninterval_secs = 1\n";
     let dir = node_with_examples(tmp.path(), &server.base, extra, true);
     let want = exported_counts(&dir, tmp.path());
-    let admin = format!("127.0.0.1:{}", free_tcp_port());
-    ok(&dir, &["admin", "set", "--listen", &admin]);
-    let log = std::fs::File::create(tmp.path().join("serve.log")).expect("log");
-    let child = Command::new(env!("CARGO_BIN_EXE_sitesync"))
-        .arg("--dir")
-        .arg(&dir)
-        .arg("serve")
-        .env_remove("RUST_LOG")
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn serve");
-    let _serving = Serving(child);
+    ok(&dir, &["admin", "set", "--enabled", "false"]);
+    let log = tmp.path().join("serve.log");
+    let out = std::fs::File::create(&log).expect("log");
+    let mut serve = net::command(Some(&dir));
+    serve.arg("serve").stdout(out.try_clone().expect("log")).stderr(out);
+    let child = serve.spawn().expect("spawn serve");
+    // Killed by PID when dropped, even if an assertion fails.
+    let _serving = net::Serve { child, name: "node".into(), log };
+    let wait_until = |what: &str, f: &mut dyn FnMut() -> bool| {
+        let done = net::wait_for(std::time::Duration::from_secs(60), || f().then_some(()));
+        assert!(done.is_some(), "timed out waiting for {what}");
+    };
 
     // Nobody runs `fhir push`: the running node delivers everything on its own.
-    wait_until("the first continuous push", || server.counts() == want);
+    wait_until("the first continuous push", &mut || server.counts() == want);
     // A record written through the running node goes out on a later round, as version 2.
-    wait_until("the control endpoint", || dir.join("control.json").exists());
+    wait_until("the control endpoint", &mut || dir.join("control.json").exists());
     let mut p = example("patient");
     p["gender"] = json!("U");
     put_json(&dir, "patient", &p);
     let key = format!("Patient/{PATIENT}");
-    wait_until("the changed patient", || server.versions(&key) == 2);
+    wait_until("the changed patient", &mut || server.versions(&key) == 2);
     let (_, patient) = server.read(&key);
     assert_eq!(patient["gender"], json!("unknown"), "{patient}");
     assert_eq!(server.versions(&format!("Location/{LOCATION}")), 1, "nothing else re-sent");

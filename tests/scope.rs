@@ -52,19 +52,30 @@ fn vector(n: &Node) -> Value {
     n.status()["vector"].clone()
 }
 
-#[test]
-fn children_receive_their_catchment_and_push_only_their_types() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let parent = Node::init(tmp.path(), "district");
-    let a = Node::init(tmp.path(), "clinic-a");
-    let b = Node::init(tmp.path(), "clinic-b");
-    let c = Node::init(tmp.path(), "lab");
+/// A district listening on loopback and two clinics as its children, each limited to its own
+/// location (the locations are returned, not yet written anywhere).
+fn district_and_two_clinics(dir: &std::path::Path) -> (Node, Node, Node, String, Value, Value) {
+    let parent = Node::init(dir, "district");
+    let a = Node::init(dir, "clinic-a");
+    let b = Node::init(dir, "clinic-b");
     let pp = addr(free_port());
     parent.network(Some(&pp), 1);
     let (loc_a, loc_b) = (location("Clinic A"), location("Clinic B"));
+    for (n, loc) in [(&a, &loc_a), (&b, &loc_b)] {
+        let l = loc["uuid"].as_str().expect("uuid");
+        parent.ok(&["peer", "add", &n.id, "--role", "child", "--name", &n.name, "--catchment", l]);
+        n.peer_add(&parent, "parent", Some(&pp));
+        n.network(None, 1);
+    }
+    (parent, a, b, pp, loc_a, loc_b)
+}
+
+#[test]
+fn children_receive_their_catchment_and_push_only_their_types() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (parent, a, b, pp, loc_a, loc_b) = district_and_two_clinics(tmp.path());
+    let c = Node::init(tmp.path(), "lab");
     let (la, lb) = (loc_a["uuid"].as_str().expect("a"), loc_b["uuid"].as_str().expect("b"));
-    parent.ok(&["peer", "add", &a.id, "--role", "child", "--name", "clinic-a", "--catchment", la]);
-    parent.ok(&["peer", "add", &b.id, "--role", "child", "--name", "clinic-b", "--catchment", lb]);
     parent.ok(&["peer", "add", &c.id, "--role", "child", "--types", "patient,location"]);
     let listed = parent.ok(&["peer", "list"]);
     assert!(
@@ -72,10 +83,8 @@ fn children_receive_their_catchment_and_push_only_their_types() {
         "peer list shows scopes: {listed}"
     );
     assert!(listed.contains("scope: patient,location; everywhere"), "{listed}");
-    for n in [&a, &b, &c] {
-        n.peer_add(&parent, "parent", Some(&pp));
-        n.network(None, 1);
-    }
+    c.peer_add(&parent, "parent", Some(&pp));
+    c.network(None, 1);
     // Bad scope input is refused with the value named, and nothing changes.
     let r = parent.run(&["peer", "add", &c.id, "--role", "peer", "--types", "patient"]);
     assert_eq!(r.code, Some(2), "{}", r.describe());
@@ -176,19 +185,8 @@ fn get(n: &Node, ty: &str, record: &Value) -> Option<Value> {
 #[test]
 fn a_patient_transferred_into_a_catchment_arrives_with_its_whole_history() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let parent = Node::init(tmp.path(), "district");
-    let a = Node::init(tmp.path(), "clinic-a");
-    let b = Node::init(tmp.path(), "clinic-b");
-    let pp = addr(free_port());
-    parent.network(Some(&pp), 1);
-    let (loc_a, loc_b) = (location("Clinic A"), location("Clinic B"));
+    let (parent, a, b, _pp, loc_a, loc_b) = district_and_two_clinics(tmp.path());
     let (la, lb) = (loc_a["uuid"].as_str().expect("a"), loc_b["uuid"].as_str().expect("b"));
-    parent.ok(&["peer", "add", &a.id, "--role", "child", "--name", "clinic-a", "--catchment", la]);
-    parent.ok(&["peer", "add", &b.id, "--role", "child", "--name", "clinic-b", "--catchment", lb]);
-    for n in [&a, &b] {
-        n.peer_add(&parent, "parent", Some(&pp));
-        n.network(None, 1);
-    }
     parent.put("location", &json!([loc_a, loc_b]));
     // Clinic A registers a patient, records a visit and an observation, then edits the patient:
     // several changes, by clinic A, all outside clinic B's catchment.

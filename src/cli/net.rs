@@ -74,6 +74,26 @@ fn print_status(s: &Value) {
     }
 }
 
+/// Prints one line per session report (as the control endpoint answers them); true if any
+/// did not complete.
+fn say_sessions(sessions: &[Value]) -> bool {
+    let mut failed = false;
+    for s in sessions {
+        failed |= s["complete"] != Value::Bool(true);
+        say!(
+            "{}: {}; sent {} batches ({} bytes), received {} batches ({} bytes) in {} ms",
+            s["peer"].as_str().unwrap_or("?"),
+            s["outcome"].as_str().unwrap_or("?"),
+            s["batches_sent"],
+            s["bytes_sent"],
+            s["batches_received"],
+            s["bytes_received"],
+            s["millis"]
+        );
+    }
+    failed
+}
+
 pub(super) fn sync(cli: &Cli, peer: Option<&str>, entity: Option<&str>) -> Result<(), Failure> {
     use crate::node::serve::{ControlRequest, control_request};
     let dir = node_dir(cli)?;
@@ -93,20 +113,7 @@ pub(super) fn sync(cli: &Cli, peer: Option<&str>, entity: Option<&str>) -> Resul
     if sessions.is_empty() {
         say!("no peer to dial (children dial in to this node on their own schedule)");
     }
-    let mut failed = false;
-    for s in &sessions {
-        failed |= s["complete"] != Value::Bool(true);
-        say!(
-            "{}: {}; sent {} batches ({} bytes), received {} batches ({} bytes) in {} ms",
-            s["peer"].as_str().unwrap_or("?"),
-            s["outcome"].as_str().unwrap_or("?"),
-            s["batches_sent"],
-            s["bytes_sent"],
-            s["batches_received"],
-            s["bytes_received"],
-            s["millis"]
-        );
-    }
+    let failed = say_sessions(&sessions);
     if let Some(id) = entity {
         say!(
             "{id}: carried by the round above (batches travel in order, so a round carries every pending change)"
@@ -257,16 +264,7 @@ pub(super) fn retry(cli: &Cli, id: &str) -> Result<(), Failure> {
         ),
     })?;
     let what = reply["what"].as_str().unwrap_or("?");
-    for s in reply["sessions"].as_array().into_iter().flatten() {
-        say!(
-            "{}: {}; sent {} batches, received {} in {} ms",
-            s["peer"].as_str().unwrap_or("?"),
-            s["outcome"].as_str().unwrap_or("?"),
-            s["batches_sent"],
-            s["batches_received"],
-            s["millis"]
-        );
-    }
+    say_sessions(reply["sessions"].as_array().map_or(&[], Vec::as_slice));
     if reply["closed"] == Value::Bool(true) {
         say!("{id} ({what}): retried, it works now; the failure is closed");
         Ok(())

@@ -22,6 +22,7 @@ use crate::id::{NodeId, Vector};
 use crate::protocol::message::{self, Message, Role, WireBatch};
 use crate::protocol::session::{Effect, Outcome, Session, SessionStats};
 use crate::store::failures::{Attempt, Operation};
+use crate::store::tables::PeerState;
 use crate::transport::{self, ReadError};
 
 /// File in the node directory with the control endpoint's address and token (mode 0600).
@@ -55,6 +56,28 @@ pub struct SessionReport {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub millis: u64,
+}
+
+/// Folds one ended session into the peer's state. `vector` is what the peer said it holds, when
+/// the session got past the handshake: it replaces the old one, never merges with it (a peer
+/// restored from a backup holds less than before).
+pub fn record_session(s: &mut PeerState, time: i64, vector: Option<Vector>, rep: &SessionReport) {
+    if let Some(v) = vector {
+        s.last_contact = time;
+        s.vector = v;
+    }
+    s.sessions += 1;
+    s.batches_sent += rep.batches_sent;
+    s.batches_received += rep.batches_received;
+    s.bytes_sent += rep.bytes_sent;
+    s.bytes_received += rep.bytes_received;
+    if rep.complete {
+        s.last_success = time;
+        s.last_error = None;
+        s.failures = 0;
+    } else {
+        s.last_error = Some(rep.outcome.clone());
+    }
 }
 
 fn report(
@@ -389,31 +412,11 @@ pub async fn drive(
         }
     }
     let rep = report(peer, &outcome, session.stats(), sent, received, started);
-    let handshaken = session.handshaken();
-    let peer_vector = session.peer_vector().clone();
+    let vector = session.handshaken().then(|| session.peer_vector().clone());
     let n = node.clone();
     let rep2 = rep.clone();
     let recorded = tokio::task::spawn_blocking(move || {
-        n.store.update_peer_state(&peer, |s| {
-            let t = now_secs();
-            if handshaken {
-                s.last_contact = t;
-                // Replace, never merge: a peer restored from a backup holds less than before.
-                s.vector = peer_vector;
-            }
-            s.sessions += 1;
-            s.batches_sent += rep2.batches_sent;
-            s.batches_received += rep2.batches_received;
-            s.bytes_sent += rep2.bytes_sent;
-            s.bytes_received += rep2.bytes_received;
-            if rep2.complete {
-                s.last_success = t;
-                s.last_error = None;
-                s.failures = 0;
-            } else {
-                s.last_error = Some(rep2.outcome.clone());
-            }
-        })
+        n.store.update_peer_state(&peer, |s| record_session(s, now_secs(), vector, &rep2))
     })
     .await;
     if let Ok(Err(e)) = recorded {
@@ -790,89 +793,76 @@ async fn retry(
     triggers: &HashMap<NodeId, mpsc::Sender<SyncReply>>,
     id: String,
 ) -> Value {
-    let n = node.clone();
-    let looked = id.clone();
-    let rec = match tokio::task::spawn_blocking(move || n.store.failure(&looked)).await {
-        Ok(Ok(Some(rec))) => rec,
-        Ok(Ok(None)) => {
-            return json!({"error": format!("no failure {id:?} (see `sitesync failures`)")});
-        }
-        Ok(Err(e)) => return json!({"error": e.to_string()}),
-        Err(e) => return json!({"error": e.to_string()}),
-    };
+    retry_op(node, triggers, id).await.unwrap_or_else(|e| json!({ "error": e }))
+}
+
+/// Runs blocking store or push work off the runtime; errors become their text.
+async fn off_runtime<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, String>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn retry_op(
+    node: &Arc<Node>,
+    triggers: &HashMap<NodeId, mpsc::Sender<SyncReply>>,
+    id: String,
+) -> Result<Value, String> {
+    let (n, looked) = (node.clone(), id.clone());
+    let rec = off_runtime(move || n.store.failure(&looked))
+        .await?
+        .ok_or_else(|| format!("no failure {id:?} (see `sitesync failures`)"))?;
     let what = rec.op.describe();
-    if let Operation::FhirPush { target } = &rec.op {
-        let n = node.clone();
-        let (noted, target) = (id.clone(), target.clone());
-        let run = tokio::task::spawn_blocking(move || {
-            n.store.record_manual_retry(&noted, now_secs())?;
-            n.push_now(&target)
-        })
-        .await;
-        let report = match run {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return json!({"error": e.to_string()}),
-            Err(e) => return json!({"error": e.to_string()}),
-        };
-        let n = node.clone();
-        let looked = id.clone();
-        let standing = tokio::task::spawn_blocking(move || n.store.failure(&looked))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten();
-        return json!({
-            "retried": id,
-            "what": what,
-            "closed": standing.is_none(),
-            "reason": standing.map(|r| r.reason),
-            "sessions": [],
-            "push": serde_json::to_value(&report).unwrap_or_default(),
-        });
-    }
-    let trigger = match rec.op.peer() {
-        Some(p) => match triggers.get(&p) {
-            Some(t) => t.clone(),
-            None => {
-                return json!({"error": format!(
-                    "{what}: {p} dials in to this node; the retry happens when it next connects"
-                )});
-            }
-        },
-        None => {
-            return json!({"error": format!(
+    // A push runs here; a sync runs in the peer's loop, which records the attempt.
+    let trigger = match (&rec.op, rec.op.peer()) {
+        (Operation::FhirPush { .. }, _) => None,
+        (_, Some(p)) => Some(triggers.get(&p).cloned().ok_or_else(|| {
+            format!("{what}: {p} dials in to this node; the retry happens when it next connects")
+        })?),
+        (_, None) => {
+            return Err(format!(
                 "{what}: nothing to retry from here; import the bundle or push again"
-            )});
+            ));
         }
     };
-    let n = node.clone();
-    let noted = id.clone();
-    let _ =
-        tokio::task::spawn_blocking(move || n.store.record_manual_retry(&noted, now_secs())).await;
-    let (tx, rx) = oneshot::channel();
+    let (n, noted) = (node.clone(), id.clone());
+    off_runtime(move || n.store.record_manual_retry(&noted, now_secs())).await?;
     let mut sessions = Vec::new();
-    if trigger.send(tx).await.is_ok()
-        && let Ok(r) = rx.await
-    {
-        sessions.push(r);
+    let mut push = Value::Null;
+    match (trigger, &rec.op) {
+        (Some(trigger), _) => {
+            let (tx, rx) = oneshot::channel();
+            if trigger.send(tx).await.is_ok()
+                && let Ok(r) = rx.await
+            {
+                sessions.push(r);
+            }
+        }
+        (None, Operation::FhirPush { target }) => {
+            let (n, target) = (node.clone(), target.clone());
+            let report = off_runtime(move || n.push_now(&target)).await?;
+            push = serde_json::to_value(&report).unwrap_or_default();
+        }
+        (None, _) => {}
     }
     let n = node.clone();
-    let looked = id.clone();
-    let standing = match tokio::task::spawn_blocking(move || {
-        n.store.failures(now_secs()).map(|all| all.into_iter().find(|r| r.op.id() == looked))
-    })
-    .await
-    {
-        Ok(Ok(r)) => r,
-        _ => None,
-    };
-    json!({
+    let standing = off_runtime(move || n.store.failures(now_secs()))
+        .await?
+        .into_iter()
+        .find(|r| r.op.id() == id);
+    Ok(json!({
         "retried": id,
         "what": what,
         "closed": standing.is_none(),
         "reason": standing.map(|r| r.reason),
         "sessions": sessions,
-    })
+        "push": push,
+    }))
 }
 
 /// Sends a request to the running node of `dir`. `Ok(None)` if no node is running there.

@@ -1,7 +1,7 @@
 //! Store operations for the admin view: a record's change history and paging through the audit
 //! log.
 
-use redb::{ReadableDatabase, ReadableTableMetadata};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use super::tables::{AUDIT, BATCHES, BODIES, DOCS, EVENTS, REMOTE_AUDIT};
 use super::{DocRecord, StoreError, corrupt, decode_doc};
@@ -129,49 +129,23 @@ impl super::Store {
         Ok(newest)
     }
 
-    /// The children whose audit entries this node keeps a copy of, with how many it holds.
-    pub fn audit_origins(&self) -> Result<Vec<(NodeId, u64)>, StoreError> {
+    /// The children whose audit entries this node keeps a copy of.
+    pub fn audit_origins(&self) -> Result<Vec<NodeId>, StoreError> {
+        use std::ops::Bound::{Excluded, Unbounded};
         let tx = self.db.begin_read()?;
         let copy = match tx.open_table(REMOTE_AUDIT) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
         };
-        let mut out = Vec::new();
-        let mut from = [0u8; 32];
-        // One range per origin: jump past each origin's entries instead of reading them all.
-        loop {
-            let Some(first) = copy.range((&from, 0)..)?.next() else { break };
-            let origin: [u8; 32] = *first?.0.value().0;
-            let lowest = first_n(copy.range((&origin, 0)..=(&origin, u64::MAX))?.next())?;
-            let highest = first_n(copy.range((&origin, 0)..=(&origin, u64::MAX))?.next_back())?;
-            let count = highest.saturating_sub(lowest) + 1;
-            out.push((NodeId(origin), count));
-            // The next possible origin after this one.
-            let mut next = origin;
-            let mut carried = true;
-            for byte in next.iter_mut().rev() {
-                let (v, overflow) = byte.overflowing_add(1);
-                *byte = v;
-                if !overflow {
-                    carried = false;
-                    break;
-                }
-            }
-            if carried {
-                break;
-            }
-            from = next;
+        let mut out: Vec<NodeId> = Vec::new();
+        // One lookup per origin: jump past each origin's entries instead of reading them all.
+        let mut first = copy.first()?.map(|(k, _)| *k.value().0);
+        while let Some(origin) = first {
+            out.push(NodeId(origin));
+            let mut after = copy.range((Excluded((&origin, u64::MAX)), Unbounded))?;
+            first = after.next().transpose()?.map(|(k, _)| *k.value().0);
         }
         Ok(out)
     }
-}
-
-type RemoteItem<'a> = Result<
-    (redb::AccessGuard<'a, (&'static [u8; 32], u64)>, redb::AccessGuard<'a, &'static [u8]>),
-    redb::StorageError,
->;
-
-fn first_n(item: Option<RemoteItem<'_>>) -> Result<u64, StoreError> {
-    Ok(item.transpose()?.map_or(0, |(k, _)| k.value().1))
 }

@@ -527,6 +527,15 @@ fn write_plan(
     for (author, seq, bytes) in &plan.to_pending {
         pending.insert((&author.actor_bytes(), *seq), bytes.as_slice())?;
     }
+    mark_dirty(tx, touched)
+}
+
+/// Appends received changes to each record's dirty list (merged later by
+/// [`Store::materialize_dirty`]).
+pub(crate) fn mark_dirty(
+    tx: &redb::WriteTransaction,
+    touched: BTreeMap<String, Vec<BodyHash>>,
+) -> Result<(), StoreError> {
     let mut dirty = tx.open_table(DIRTY)?;
     for (key, mut hashes) in touched {
         if let Some(v) = dirty.get(key.as_str())? {

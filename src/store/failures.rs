@@ -236,34 +236,20 @@ impl Store {
     /// came again, or by another path) are closed here, as recovered.
     pub fn failures(&self, time: i64) -> Result<Vec<FailureRecord>, StoreError> {
         let vector = self.vector()?;
-        let tx = self.db.begin_write()?;
-        let mut out = Vec::new();
-        let mut held = Vec::new();
-        {
-            let table = tx.open_table(FAILURES)?;
-            for item in table.iter()? {
-                let (k, v) = item?;
-                let rec = decode(v.value())?;
-                match &rec.op {
-                    Operation::Batch { author, seq, .. } if vector.get(author) >= *seq => {
-                        held.push((k.value().to_string(), rec));
-                    }
-                    _ => out.push(rec),
-                }
+        let (held, standing): (Vec<_>, Vec<_>) =
+            self.failures_read()?.into_iter().partition(|r| match &r.op {
+                Operation::Batch { author, seq, .. } => vector.get(author) >= *seq,
+                _ => false,
+            });
+        if !held.is_empty() {
+            let tx = self.db.begin_write()?;
+            for rec in &held {
+                tx.open_table(FAILURES)?.remove(rec.op.id().as_str())?;
+                log(&tx, time, rec, FailureChange::Recovered)?;
             }
-        }
-        let changed = !held.is_empty();
-        for (id, rec) in held {
-            tx.open_table(FAILURES)?.remove(id.as_str())?;
-            log(&tx, time, &rec, FailureChange::Recovered)?;
-        }
-        if changed {
             tx.commit()?;
-        } else {
-            tx.abort()?;
         }
-        out.sort_by_key(|r| (r.first_failed, r.op.id()));
-        Ok(out)
+        Ok(standing)
     }
 
     /// Standing failures without writing anything (for read-only views).

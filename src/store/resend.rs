@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::tables::*;
-use super::{Store, StoreError, append_event, corrupt, encode};
+use super::{Store, StoreError, append_event, corrupt};
 use crate::event::{Event, EventKind};
 use crate::id::{BodyHash, EntityId, NodeId};
 
@@ -248,16 +248,7 @@ impl Store {
                     _ => report.refused += 1,
                 }
             }
-            let mut dirty = tx.open_table(DIRTY)?;
-            for (key, mut hashes) in touched {
-                if let Some(v) = dirty.get(key.as_str())? {
-                    let mut old: Vec<BodyHash> = postcard::from_bytes(v.value())
-                        .map_err(|e| corrupt(format!("dirty list {key}"), e))?;
-                    old.append(&mut hashes);
-                    hashes = old;
-                }
-                dirty.insert(key.as_str(), encode(&hashes).as_slice())?;
-            }
+            super::apply::mark_dirty(&tx, touched)?;
         }
         let (stored, held, refused) = (report.stored, report.held, report.refused);
         let kind = EventKind::BodiesReceived { from: *from, stored, held, refused };

@@ -365,7 +365,7 @@ impl AdminData for NodeAdmin {
         let own = self.node.id();
         let limit = filter.limit.clamp(1, AUDIT_PAGE_MAX);
         let mut origins = vec![own.to_string()];
-        origins.extend(self.node.store.audit_origins()?.into_iter().map(|(o, _)| o.to_string()));
+        origins.extend(self.node.store.audit_origins()?.iter().map(NodeId::to_string));
         let keep = |e: &Event| {
             let (kind, outcome, _) = classify(&e.kind);
             filter.kind.as_deref().is_none_or(|k| k == kind)
@@ -405,41 +405,49 @@ impl AdminData for NodeAdmin {
     }
 
     fn failures(&self) -> Result<Vec<Failure>, DataError> {
-        let peers = self.overview_peers()?;
         let records = self.node.store.failures(now_secs())?;
-        Ok(records
-            .into_iter()
-            .map(|r| {
-                let peer = r.op.peer().map(|p| p.to_string());
-                let entry = peer.as_ref().and_then(|p| peers.iter().find(|e| &e.node_id == p));
-                let label = entry.map(|p| match &p.name {
-                    Some(n) => format!("{} {n} ({})", p.role, &p.node_id[..12]),
-                    None => format!("{} {}", p.role, &p.node_id[..12]),
-                });
-                let operation = match (&r.op, &label) {
-                    (Operation::Sync { .. }, Some(l)) => format!("sync with {l}"),
-                    (Operation::Batch { author, seq, .. }, Some(l)) => {
-                        format!("batch {author} #{seq} refused, from {l}")
-                    }
-                    _ => r.op.describe(),
-                };
-                let retryable = entry.is_some_and(|p| p.addr.is_some())
-                    || matches!(r.op, Operation::FhirPush { .. });
-                Failure {
-                    id: r.op.id(),
-                    operation,
-                    peer,
-                    reason: r.reason,
-                    attempts: r.attempts,
-                    last_success: entry.and_then(|p| p.last_success),
-                    next_retry: if retryable { entry.and_then(|p| p.next_retry) } else { None },
-                    retryable,
-                    first_failed: r.first_failed,
-                    needs_attention: r.needs_attention,
-                    manual_retries: r.manual_retries,
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            // The configured peer it concerns, if any: its name, role and whether it is dialled.
+            let entry = r.op.peer().and_then(|p| self.node.config.peer(&p));
+            let label = entry.map(|p| {
+                let role = crate::config::role_name(p.role);
+                let id = p.node_id.to_string();
+                match &p.name {
+                    Some(n) => format!("{role} {n} ({})", &id[..12]),
+                    None => format!("{role} {}", &id[..12]),
                 }
-            })
-            .collect())
+            });
+            let operation = match (&r.op, &label) {
+                (Operation::Sync { .. }, Some(l)) => format!("sync with {l}"),
+                (Operation::Batch { author, seq, .. }, Some(l)) => {
+                    format!("batch {author} #{seq} refused, from {l}")
+                }
+                _ => r.op.describe(),
+            };
+            let retryable = entry.is_some_and(|p| p.addr.is_some())
+                || matches!(r.op, Operation::FhirPush { .. });
+            let last_success = match entry {
+                Some(p) => {
+                    Some(self.node.store.peer_state(&p.node_id)?.last_success).filter(|t| *t > 0)
+                }
+                None => None,
+            };
+            out.push(Failure {
+                id: r.op.id(),
+                operation,
+                peer: r.op.peer().map(|p| p.to_string()),
+                reason: r.reason,
+                attempts: r.attempts,
+                last_success,
+                next_retry: if retryable { r.next_retry } else { None },
+                retryable,
+                first_failed: r.first_failed,
+                needs_attention: r.needs_attention,
+                manual_retries: r.manual_retries,
+            });
+        }
+        Ok(out)
     }
 
     fn retry(&self, id: &str) -> Result<ActionReport, DataError> {
@@ -676,11 +684,6 @@ impl AdminData for NodeAdmin {
 }
 
 impl NodeAdmin {
-    fn overview_peers(&self) -> Result<Vec<PeerView>, DataError> {
-        let s = status_json(&self.node)?;
-        serde_json::from_value(s["peers"].clone()).map_err(internal)
-    }
-
     /// What `peer` holds as last known: from its last session, else from its last bundle.
     fn known_vector(&self, peer: &NodeId) -> Result<Vector, DataError> {
         let state = self.node.store.peer_state(peer)?;
