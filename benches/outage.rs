@@ -11,10 +11,11 @@
 //! and edit becomes one change of a `generic` record; edits merge `set` into the document as
 //! the format says). Then a real `sitesync serve` runs for each side; the child dials the parent
 //! at start. Wall time runs from starting the child until the parent's digest equals the
-//! child's (every batch durably received and every document merged; status is polled every
-//! 25 ms through the running node). It prints one JSON line: wall seconds, the session's own
-//! seconds (durable receipt of everything), bytes on the wire each way (protocol frames, from the
-//! child's session log line), peak RSS of each process, and whether both digests are equal.
+//! child's (every batch durably received and every document merged; the parent's status is
+//! read through the running node each time it logs a merge, and every 500 ms). It prints one
+//! JSON line: wall seconds, the session's own seconds (durable receipt of everything), the
+//! parent's merge seconds, bytes on the wire each way (protocol frames, from the child's session
+//! log line), peak RSS of each process, and whether both digests are equal.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

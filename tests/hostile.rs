@@ -117,6 +117,29 @@ fn a_change_on_an_unknown_object_is_left_out_and_the_record_stays_readable() {
 }
 
 #[test]
+fn a_poisoned_document_among_many_is_left_out_alone() {
+    // Enough documents that the merge runs on the reader + worker-thread pipeline.
+    let net = Net::new();
+    let d = net.node("d");
+    let a = author(&net.evil, 0x4242);
+    let actor = hex_actor(&a);
+    let mut items: Vec<(EntityId, Vec<u8>)> = (0..150)
+        .map(|i| (generic(i), simple(&a, "y", i64::from(i)).raw_bytes().to_vec()))
+        .collect();
+    let poisoned =
+        mutate(&simple(&a, "y", 1), |j| j["ops"][0]["obj"] = json!(format!("9@{actor}")));
+    items.insert(70, (generic(999), poisoned));
+    let r = net.import(&d, chain(&net.evil, a, vec![items]), "many.ssb");
+    assert_eq!(r.applied.unmergeable.len(), 1, "reported: {:?}", r.applied.unmergeable);
+    assert_eq!(r.applied.unmergeable[0].0, generic(999));
+    assert!(d.store.get(&generic(999)).expect("readable").is_none(), "the change is left out");
+    for i in 0..150 {
+        let (body, _) = d.store.get(&generic(i)).expect("get").expect("merged");
+        assert_eq!(body["y"], json!(i), "document {i}");
+    }
+}
+
+#[test]
 fn other_malformed_ops_never_leave_an_unreadable_document() {
     let net = Net::new();
     let d = net.node("d");

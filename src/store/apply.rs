@@ -333,6 +333,10 @@ impl Store {
 }
 
 /// Merges the dirty changes of `keys` (those that have any) into their documents, inside `tx`.
+///
+/// A pipeline: this thread reads each document's record and raw change bodies from redb while
+/// `threads` workers decode and merge the documents read before it; the merged records are
+/// written back here once every document is merged.
 pub(crate) fn materialize_keys(
     tx: &redb::WriteTransaction,
     keys: &[String],
@@ -340,51 +344,48 @@ pub(crate) fn materialize_keys(
     time: i64,
 ) -> Result<MaterializeReport, StoreError> {
     let mut report = MaterializeReport::default();
-    let mut work = Vec::with_capacity(keys.len());
     // Per document, the hashes of the changes being merged: enough to load them again for the
     // rare one-at-a-time retry, without keeping a second copy of every change.
     let mut merging: HashMap<String, Vec<BodyHash>> = HashMap::new();
-    let mut concurrent: std::collections::HashSet<String> = Default::default();
-    {
+    let results = {
         let mut dirty = tx.open_table(DIRTY)?;
         let docs = tx.open_table(DOCS)?;
         let bodies = tx.open_table(BODIES)?;
-        for key in keys {
-            let Some(list) = dirty.remove(key.as_str())?.map(|v| v.value().to_vec()) else {
-                continue;
-            };
-            let fresh: Vec<BodyHash> =
-                postcard::from_bytes(&list).map_err(|e| corrupt(format!("dirty list {key}"), e))?;
-            let (record, changes) = load_work(&docs, &bodies, key, &fresh)?;
-            // A change with several dependencies merges concurrent work: look for conflicts.
-            if changes.iter().any(|(_, c)| c.deps().len() > 1) {
-                concurrent.insert(key.clone());
+        let mut next = keys.iter();
+        let mut read = || -> Result<Option<RawWork>, StoreError> {
+            for key in next.by_ref() {
+                let Some(list) = dirty.remove(key.as_str())?.map(|v| v.value().to_vec()) else {
+                    continue;
+                };
+                let fresh: Vec<BodyHash> = postcard::from_bytes(&list)
+                    .map_err(|e| corrupt(format!("dirty list {key}"), e))?;
+                let work = load_raw(&docs, &bodies, key, &fresh)?;
+                report.changes += fresh.len() as u64;
+                merging.insert(key.clone(), work.bodies.iter().map(|(h, _)| *h).collect());
+                return Ok(Some(work));
             }
-            report.changes += fresh.len() as u64;
-            merging.insert(key.clone(), changes.iter().map(|(h, _)| *h).collect());
-            work.push(Work { key: key.clone(), record, changes });
-        }
-    }
+            Ok(None)
+        };
+        merge_pipelined(&mut read, keys.len(), threads.max(1))?
+    };
     let mut failed = Vec::new();
     let mut docs = tx.open_table(DOCS)?;
     let bodies = tx.open_table(BODIES)?;
     let mut check = Vec::new();
     let index = tx.open_table(CONFLICT_INDEX)?;
-    for (key, result) in run_parallel(work, threads.max(1))? {
+    for (key, result) in results {
         match result {
-            Ok(record) => {
+            Ok(Merged { record, concurrent }) => {
                 docs.insert(key.as_str(), encode(&record).as_slice())?;
                 report.documents += 1;
                 // Conflicts can only appear where concurrent changes met (several heads, or a
                 // change merging several) and only disappear where some were on record.
-                if record.heads.len() > 1
-                    || concurrent.contains(&key)
-                    || index.get(key.as_str())?.is_some()
-                {
+                if record.heads.len() > 1 || concurrent || index.get(key.as_str())?.is_some() {
                     check.push((key, record));
                 }
             }
-            Err(_) => failed.push(key),
+            Err(MergeError::Corrupt(what, why)) => return Err(corrupt(what, why)),
+            Err(MergeError::Refused) => failed.push(key),
         }
     }
     drop(index);
@@ -395,7 +396,7 @@ pub(crate) fn materialize_keys(
         // Rare: merge one change at a time, leaving out each change that cannot be merged. The
         // document record is still the one from before this merge.
         let hashes = merging.remove(&key).unwrap_or_default();
-        let (record, _) = load_work(&docs, &bodies, &key, &[])?;
+        let record = load_record(&docs, &key)?;
         let changes = hashes
             .iter()
             .map(|h| Ok((*h, load_change(&bodies, h)?)))
@@ -430,23 +431,32 @@ fn update_conflicts(
     super::conflicts::update(tx, entity, &doc, time)
 }
 
-/// A document's record and the changes to merge into it: those it queued earlier (waiting for
-/// dependencies), then `fresh`.
-fn load_work(
+/// A document's record and the raw bodies of the changes to merge into it: those it queued
+/// earlier (waiting for dependencies), then `fresh`.
+fn load_raw(
     docs: &impl ReadableTable<&'static str, &'static [u8]>,
     bodies: &impl ReadableTable<&'static [u8; 32], &'static [u8]>,
     key: &str,
     fresh: &[BodyHash],
-) -> Result<(DocRecord, Vec<(BodyHash, Change)>), StoreError> {
-    let record = match docs.get(key)? {
-        Some(v) => decode_doc(key, v.value())?,
-        None => DocRecord::default(),
-    };
-    let mut changes = Vec::with_capacity(record.queued.len() + fresh.len());
+) -> Result<RawWork, StoreError> {
+    let record = load_record(docs, key)?;
+    let mut raw = Vec::with_capacity(record.queued.len() + fresh.len());
     for hash in record.queued.iter().chain(fresh) {
-        changes.push((*hash, load_change(bodies, hash)?));
+        let body =
+            bodies.get(&hash.0)?.ok_or_else(|| corrupt(format!("body {hash}"), "missing"))?;
+        raw.push((*hash, body.value().to_vec()));
     }
-    Ok((record, changes))
+    Ok(RawWork { key: key.to_string(), record, bodies: raw })
+}
+
+fn load_record(
+    docs: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<DocRecord, StoreError> {
+    match docs.get(key)? {
+        Some(v) => decode_doc(key, v.value()),
+        None => Ok(DocRecord::default()),
+    }
 }
 
 fn load_change(
@@ -549,36 +559,119 @@ pub(crate) fn mark_dirty(
     Ok(())
 }
 
-type Outcome = (String, Result<DocRecord, String>);
+/// A document read for merging: its record and the raw bodies of its changes.
+struct RawWork {
+    key: String,
+    record: DocRecord,
+    bodies: Vec<(BodyHash, Vec<u8>)>,
+}
 
-fn run_parallel(work: Vec<Work>, threads: usize) -> Result<Vec<Outcome>, StoreError> {
-    if threads == 1 || work.len() < 64 {
-        return Ok(work.into_iter().map(materialize_one).collect());
+/// A merged document, and whether a change merged into it joined concurrent work (several
+/// dependencies), which calls for a conflict check.
+struct Merged {
+    record: DocRecord,
+    concurrent: bool,
+}
+
+enum MergeError {
+    /// A stored body does not decode: the store is damaged (what, why).
+    Corrupt(String, String),
+    /// Automerge refused the merge; the document is merged again one change at a time (which
+    /// finds the reason of each change left out).
+    Refused,
+}
+
+type Outcome = (String, Result<Merged, MergeError>);
+
+/// Documents waiting between the reading thread and the merge workers.
+const MERGE_QUEUE: usize = 256;
+
+/// Runs `read` on this thread and merges what it returns on `threads` workers, in parallel
+/// with the reading. Small merges run inline.
+fn merge_pipelined(
+    read: &mut dyn FnMut() -> Result<Option<RawWork>, StoreError>,
+    documents: usize,
+    threads: usize,
+) -> Result<Vec<Outcome>, StoreError> {
+    if threads == 1 || documents < 64 {
+        let mut out = Vec::with_capacity(documents);
+        while let Some(work) = read()? {
+            out.push(merge_raw(work));
+        }
+        return Ok(out);
     }
-    let per = work.len().div_ceil(threads);
-    let mut groups: Vec<Vec<Work>> = Vec::with_capacity(threads);
-    let mut rest = work.into_iter();
-    for _ in 0..threads {
-        groups.push(rest.by_ref().take(per).collect());
-    }
+    let (tx, rx) = std::sync::mpsc::sync_channel::<RawWork>(MERGE_QUEUE);
+    let rx = std::sync::Mutex::new(rx);
     std::thread::scope(|scope| {
-        let handles: Vec<_> = groups
-            .into_iter()
-            .map(|g| scope.spawn(move || g.into_iter().map(materialize_one).collect::<Vec<_>>()))
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let rx = &rx;
+                scope.spawn(move || {
+                    let mut out = Vec::new();
+                    loop {
+                        // The lock is held only to take the next document.
+                        let next = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => break,
+                        };
+                        match next {
+                            Ok(work) => out.push(merge_raw(work)),
+                            Err(_) => break,
+                        }
+                    }
+                    out
+                })
+            })
             .collect();
-        let mut out = Vec::new();
+        let mut read_result = Ok(());
+        loop {
+            match read() {
+                Ok(Some(work)) => {
+                    if tx.send(work).is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    read_result = Err(e);
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let mut out = Vec::with_capacity(documents);
         for h in handles {
-            // materialize_one catches panics per document, so a worker cannot die mid-way.
+            // merge_raw catches panics per document, so a worker cannot die mid-way.
             let part = h.join().map_err(|_| corrupt("materialize worker", "panicked"))?;
             out.extend(part);
         }
-        Ok(out)
+        read_result.map(|()| out)
     })
+}
+
+/// Decodes a document's change bodies and merges them.
+fn merge_raw(work: RawWork) -> Outcome {
+    let RawWork { key, record, bodies } = work;
+    let mut changes = Vec::with_capacity(bodies.len());
+    let mut concurrent = false;
+    for (hash, body) in bodies {
+        match Change::from_bytes(body) {
+            Ok(c) => {
+                concurrent |= c.deps().len() > 1;
+                changes.push((hash, c));
+            }
+            Err(e) => {
+                return (key, Err(MergeError::Corrupt(format!("body {hash}"), e.to_string())));
+            }
+        }
+    }
+    let (key, result) = materialize_one(Work { key, record, changes });
+    (key, result.map(|record| Merged { record, concurrent }).map_err(|_| MergeError::Refused))
 }
 
 /// Applies one document's changes. A panic inside Automerge on peer-supplied changes becomes an
 /// error for this document, never a crash of the node.
-fn materialize_one(work: Work) -> Outcome {
+fn materialize_one(work: Work) -> (String, Result<DocRecord, String>) {
     let Work { key, record, changes } = work;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut doc = if record.doc.is_empty() {
