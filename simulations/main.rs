@@ -276,21 +276,26 @@ fn main() {
     let mut ok = results.iter().filter(|r| r.failures.is_empty()).count();
     let total_runs = results.len();
     if args.smoke && args.seeds.is_none() {
-        // The same seed twice must give the same trace.
-        let o = options(&args, Scenario::Baseline, 7);
-        let (a, b) = (run_one(o.clone(), false), run_one(o, false));
-        let same = a.trace == b.trace && a.failures.is_empty() && b.failures.is_empty();
-        println!(
-            "{} determinism        seed=7     trace={} then {}",
-            if same { "ok  " } else { "FAIL" },
-            a.trace,
-            b.trace
-        );
-        if same {
-            ok += 1;
+        // The same seed twice must give the same trace: a small network, and one large enough
+        // that nodes merge hundreds of documents at once (on several worker threads).
+        let checks = [(Scenario::Baseline, 7), (Scenario::LongPartitions, 3)];
+        for (scenario, seed) in checks {
+            let o = options(&args, scenario, seed);
+            let (a, b) = (run_one(o.clone(), false), run_one(o, false));
+            let same = a.trace == b.trace && a.failures.is_empty() && b.failures.is_empty();
+            println!(
+                "{} determinism        {} seed={seed:<5} trace={} then {}",
+                if same { "ok  " } else { "FAIL" },
+                scenario.name(),
+                a.trace,
+                b.trace
+            );
+            if same {
+                ok += 1;
+            }
         }
-        let failed = total_runs + 1 - ok;
-        finish(started, total_runs + 1, failed, &results);
+        let failed = total_runs + checks.len() - ok;
+        finish(started, total_runs + checks.len(), failed, &results);
     } else {
         finish(started, total_runs, total_runs - ok, &results);
     }

@@ -31,8 +31,9 @@ use scope::ScopeCheck;
 pub const CONFIG_FILE: &str = "sitesync.toml";
 pub const KEY_FILE: &str = "node.key";
 pub const STORE_FILE: &str = "store.redb";
-/// Changes applied per write transaction during an import (bounds memory and the work a crash
-/// can lose; each chunk is durable on its own).
+/// Changes applied per write transaction during an import, and taken out of waiting per
+/// receipt transaction when a gap fills (bounds memory and the work a crash can lose; each
+/// chunk is durable on its own).
 pub const IMPORT_CHUNK_CHANGES: usize = 200_000;
 /// Body bytes applied per import transaction at most (bounds memory for large bodies).
 pub const IMPORT_CHUNK_BYTES: usize = 256 * 1024 * 1024;
@@ -203,6 +204,13 @@ impl Node {
         let store = Store::open(&dir.join(STORE_FILE), key.node_id(), fresh, env.now_secs())?;
         let rosters = Default::default();
         let node = Node { dir: dir.to_path_buf(), config, key, store, env, rosters };
+        // Waiting batches whose gap was filled by a receipt a crash cut short are applied now.
+        let ready = node.store.ready_pending()?;
+        if !ready.is_empty() {
+            let trust = node.trust_set()?;
+            let ctx = node.apply_context(&trust, None, Vec::new())?;
+            node.store.promote_ready(&ready, ctx)?;
+        }
         // Changes received before a crash but not yet merged are merged now.
         if node.store.has_dirty()? {
             node.materialize()?;
@@ -477,7 +485,7 @@ impl Node {
                 let from = Some(scan.header.exporter);
                 let r =
                     self.receive(&trust, from, std::mem::take(&mut chunk), take(&mut refused))?;
-                merge_report(&mut report.applied, r);
+                report.applied.add(r);
                 chunk_changes = 0;
                 chunk_bytes = 0;
                 // Retry deferred authors until a pass accepts none (rosters vouch level by
@@ -508,7 +516,7 @@ impl Node {
                     if !verified.is_empty() || !refused.is_empty() {
                         let from = Some(scan.header.exporter);
                         let r = self.receive(&trust, from, verified, take(&mut refused))?;
-                        merge_report(&mut report.applied, r);
+                        report.applied.add(r);
                     }
                     if !progress {
                         break;
@@ -628,7 +636,7 @@ impl Node {
         let mut report = ApplyReport::default();
         while !untrusted.is_empty() && !verified.is_empty() {
             let r = self.apply_verified(from, take(&mut verified), Vec::new())?;
-            merge_report(&mut report, r);
+            report.add(r);
             let trust = self.trust_set()?;
             untrusted =
                 sort_by_trust(untrusted, &trust, false, withheld_ok, &mut verified, &mut refused);
@@ -637,7 +645,7 @@ impl Node {
         sort_by_trust(untrusted, &trust, true, withheld_ok, &mut verified, &mut refused);
         let failed_verification = refused.len();
         let last = self.apply_verified(from, verified, refused)?;
-        merge_report(&mut report, last);
+        report.add(last);
         Ok((self.store.vector()?, report, failed_verification))
     }
 
@@ -659,7 +667,17 @@ impl Node {
         verified: Vec<VerifiedBatch>,
         refused: Vec<Rejection>,
     ) -> Result<ApplyReport, NodeError> {
-        let ctx = ApplyContext {
+        let ctx = self.apply_context(trust, from, refused)?;
+        Ok(self.store.apply(verified, ctx)?)
+    }
+
+    fn apply_context<'a>(
+        &self,
+        trust: &'a TrustSet,
+        from: Option<NodeId>,
+        refused: Vec<Rejection>,
+    ) -> Result<ApplyContext<'a>, NodeError> {
+        Ok(ApplyContext {
             trust,
             from,
             refused,
@@ -667,8 +685,8 @@ impl Node {
             time: self.now(),
             threads: worker_threads(),
             give_up_after: self.config.failures.give_up_after,
-        };
-        Ok(self.store.apply(verified, ctx)?)
+            promote_max: (import_chunk_changes(), IMPORT_CHUNK_BYTES),
+        })
     }
 
     /// The nodes whose batches this node accepts: itself, `[[trust]]`, `[[peers]]`, and, through
@@ -876,17 +894,6 @@ fn sort_by_trust(
 /// Threads for merging documents: one per core, at most 8.
 fn worker_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
-}
-
-fn merge_report(total: &mut ApplyReport, r: ApplyReport) {
-    total.applied_batches += r.applied_batches;
-    total.applied_changes += r.applied_changes;
-    total.present += r.present;
-    total.waiting += r.waiting;
-    total.released += r.released;
-    total.rejected.extend(r.rejected);
-    total.unmergeable.extend(r.unmergeable);
-    total.reincarnated = r.reincarnated.or(total.reincarnated);
 }
 
 fn write_key(path: &Path, key: &Keypair) -> Result<(), NodeError> {

@@ -572,6 +572,45 @@ fn bundles_imported_out_of_order_wait_then_complete() {
     assert_eq!(s["digest"], a.status()["digest"]);
 }
 
+#[test]
+fn a_long_gap_fills_in_bounded_transactions() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut rng = seeded("a_long_gap_fills_in_bounded_transactions");
+    let a = Node::init(tmp.path(), "site-a");
+    let b = Node::init(tmp.path(), "site-b");
+    b.trust(&a);
+    for k in 0..6 {
+        a.put("patient", &json!([patient(&mut rng, k)]));
+    }
+    let vector = tmp.path().join("claims-1.json");
+    std::fs::write(&vector, json!({"vector": {a.author(): 1}}).to_string()).expect("write");
+    let late = tmp.path().join("late.ssb");
+    assert_eq!(exported_batches(&a.export(&late, &["--since", p(&vector)])), 5);
+    let r = b.import(&late);
+    assert!(r.stdout.contains("waiting for earlier batches: 5"), "{}", r.describe());
+    // Batch 1 fills the gap; with one change per transaction, each waiting batch is taken out
+    // of waiting in a transaction of its own.
+    let first = tmp.path().join("all.ssb");
+    a.export(&first, &[]);
+    let mut c = command(Some(&b.dir));
+    c.env("SITESYNC_IMPORT_CHUNK_CHANGES", "1");
+    c.args(["import", p(&first)]);
+    let r = run_with(c, None);
+    assert!(r.code == Some(0) && has_line(&r.stdout, "applied: 6 batches"), "{}", r.describe());
+    let s = b.status();
+    assert_eq!((s["batches"].as_u64(), s["pending_batches"].as_u64()), (Some(6), Some(0)));
+    assert_eq!(s["digest"], a.status()["digest"]);
+    let listed = b.ok(&["audit", "list", "--limit", "100"]);
+    let applied: Vec<&str> = listed
+        .lines()
+        .filter_map(|l| l.split("received from ").nth(1)?.split(": applied ").nth(1))
+        .filter(|rest| !rest.starts_with("0 batches"))
+        .collect();
+    // Batch 1 with batch 2 in one transaction, then batches 3..6 one per transaction.
+    assert_eq!(applied.len(), 5, "one receipt per transaction expected:\n{listed}");
+    assert!(applied.iter().filter(|r| r.starts_with("1 batches")).count() >= 4, "{listed}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. Damaged and untrusted bundles
 // ---------------------------------------------------------------------------------------------

@@ -52,6 +52,20 @@ pub struct ApplyReport {
     pub reincarnated: Option<AuthorId>,
 }
 
+impl ApplyReport {
+    /// Adds the counts of a later apply to these.
+    pub fn add(&mut self, r: ApplyReport) {
+        self.applied_batches += r.applied_batches;
+        self.applied_changes += r.applied_changes;
+        self.present += r.present;
+        self.waiting += r.waiting;
+        self.released += r.released;
+        self.rejected.extend(r.rejected);
+        self.unmergeable.extend(r.unmergeable);
+        self.reincarnated = r.reincarnated.or(self.reincarnated);
+    }
+}
+
 /// The inputs of the apply hot path beyond the batches themselves.
 pub struct ApplyContext<'a> {
     pub trust: &'a dyn Trust,
@@ -67,6 +81,9 @@ pub struct ApplyContext<'a> {
     pub threads: usize,
     /// Refusals of one batch after which its failure record needs attention.
     pub give_up_after: u32,
+    /// Most changes and body bytes taken out of waiting (`PENDING`) in one transaction; when a
+    /// long gap fills, the rest follow in further transactions (memory stays bounded).
+    pub promote_max: (usize, usize),
 }
 
 struct Work {
@@ -93,6 +110,8 @@ struct Plan {
     waiting: u64,
     rejected: Vec<Rejection>,
     own_log_diverged: bool,
+    /// Authors whose next waiting batch was left for the next transaction (`promote_max`).
+    stalled: Vec<AuthorId>,
 }
 
 impl Plan {
@@ -108,27 +127,95 @@ impl Store {
     /// Durably receives verified batches in one write transaction: sequencing (see the module
     /// docs), bodies, batches, vector, pending batches, and the touched entities marked dirty.
     /// Documents are merged later, once per entity, by [`Store::materialize_dirty`].
+    ///
+    /// Batches that waited for a gap this receipt fills are applied with it, up to
+    /// `ctx.promote_max` per transaction; the rest follow in further transactions before this
+    /// returns, each durable on its own.
     pub fn apply(
         &self,
         incoming: Vec<VerifiedBatch>,
+        mut ctx: ApplyContext<'_>,
+    ) -> Result<ApplyReport, StoreError> {
+        let refused = std::mem::take(&mut ctx.refused);
+        let (mut report, stalled) = self.receive_once(&incoming, &ctx, refused, &[])?;
+        if !stalled.is_empty() {
+            // Each further transaction takes at least one batch out of waiting: this ends.
+            report.add(self.promote_ready(&stalled, ctx)?);
+        }
+        Ok(report)
+    }
+
+    /// Authors whose next batch waits in `PENDING` although the gap before it is filled: a
+    /// crash between the transactions of a long gap's promotion leaves them so.
+    pub fn ready_pending(&self) -> Result<Vec<AuthorId>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let pending = match tx.open_table(PENDING) {
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            t => t?,
+        };
+        let vector = tx.open_table(VECTOR)?;
+        let mut ready = Vec::new();
+        let mut last: Option<[u8; 40]> = None;
+        for item in pending.iter()? {
+            let (key, _) = item?;
+            let (actor, seq) = key.value();
+            if last.as_ref() == Some(actor) {
+                continue;
+            }
+            last = Some(*actor);
+            // Keys are ordered by (actor, seq): this is the author's lowest waiting seq.
+            let top = vector.get(actor)?.map_or(0, |v| v.value());
+            if seq == top + 1 {
+                ready.push(
+                    AuthorId::from_actor_bytes(actor)
+                        .ok_or_else(|| corrupt("pending batch key", "bad actor"))?,
+                );
+            }
+        }
+        Ok(ready)
+    }
+
+    /// Applies the waiting batches of `authors` whose gap is filled (see
+    /// [`Store::ready_pending`]), in transactions bounded by `ctx.promote_max`.
+    pub fn promote_ready(
+        &self,
+        authors: &[AuthorId],
         ctx: ApplyContext<'_>,
     ) -> Result<ApplyReport, StoreError> {
+        let mut report = ApplyReport::default();
+        let mut stalled = authors.to_vec();
+        while !stalled.is_empty() {
+            let (r, s) = self.receive_once(&[], &ctx, Vec::new(), &stalled)?;
+            report.add(r);
+            stalled = s;
+        }
+        Ok(report)
+    }
+
+    /// One receipt transaction; returns the authors whose waiting batches are left for the next.
+    fn receive_once(
+        &self,
+        incoming: &[VerifiedBatch],
+        ctx: &ApplyContext<'_>,
+        refused: Vec<Rejection>,
+        resume: &[AuthorId],
+    ) -> Result<(ApplyReport, Vec<AuthorId>), StoreError> {
         let own = self.author();
         let tx = self.db.begin_write()?;
-        let plan = sequence(&tx, &incoming, ctx.trust, own)?;
+        let plan = sequence(&tx, incoming, ctx.trust, own, resume, ctx.promote_max)?;
         let mut report = ApplyReport {
             present: plan.present,
             waiting: plan.waiting,
             released: plan.promoted.len() as u64,
             ..ApplyReport::default()
         };
-        report.rejected = ctx.refused;
+        report.rejected = refused;
         report.rejected.extend(plan.rejected.iter().cloned());
-        write_plan(&tx, &plan, &incoming, &mut report)?;
+        write_plan(&tx, &plan, incoming, &mut report)?;
         // Rosters decide trust for what comes next: merge them at once (they are tiny).
         let mut rosters: Vec<String> = Vec::new();
         for &src in &plan.accepted {
-            for c in &plan.batch(&incoming, src).signed.batch.changes {
+            for c in &plan.batch(incoming, src).signed.batch.changes {
                 if c.entity.ty == crate::id::EntityType::Roster
                     && !rosters.contains(&c.entity.key())
                 {
@@ -158,7 +245,7 @@ impl Store {
         if let Some(author) = report.reincarnated {
             self.set_author(author);
         }
-        Ok(report)
+        Ok((report, plan.stalled))
     }
 }
 
@@ -169,11 +256,15 @@ fn sequence(
     incoming: &[VerifiedBatch],
     trust: &dyn Trust,
     own: AuthorId,
+    resume: &[AuthorId],
+    promote_max: (usize, usize),
 ) -> Result<Plan, StoreError> {
     let vector = tx.open_table(VECTOR)?;
     let batches = tx.open_table(BATCHES)?;
     let pending = tx.open_table(PENDING)?;
     let mut plan = Plan::default();
+    // Changes and body bytes taken out of waiting so far in this transaction.
+    let mut promoted_size = (0usize, 0usize);
     // Per author: the top seq and its hash as this plan would leave them.
     let mut tops: HashMap<AuthorId, u64> = HashMap::new();
     // Hashes of the batches this plan accepts, which are not in the table yet.
@@ -183,6 +274,51 @@ fn sequence(
     // Batches of this call that wait for an earlier seq: (author, seq) -> index in `incoming`.
     let mut waiting: HashMap<(AuthorId, u64), usize> = HashMap::new();
     let mut promoted: Vec<VerifiedBatch> = Vec::new();
+    // Take a waiting batch out of `PENDING` (verified again) and queue it, unless this
+    // transaction already took its share: then the author is left for the next one.
+    // A batch left waiting stays out of `pending_seen`: a copy arriving later in this call is
+    // then applied and its waiting copy removed as usual.
+    let mut promote = |author: AuthorId,
+                       seq: u64,
+                       plan: &mut Plan,
+                       pending_seen: &mut HashSet<(AuthorId, u64)>,
+                       promoted: &mut Vec<VerifiedBatch>,
+                       queue: &mut VecDeque<Src>|
+     -> Result<(), StoreError> {
+        if pending_seen.contains(&(author, seq)) {
+            return Ok(());
+        }
+        let Some(v) = pending.get((&author.actor_bytes(), seq))? else {
+            return Ok(());
+        };
+        if promoted_size.0 >= promote_max.0 || promoted_size.1 >= promote_max.1 {
+            if !plan.stalled.contains(&author) {
+                plan.stalled.push(author);
+            }
+            return Ok(());
+        }
+        pending_seen.insert((author, seq));
+        let rec: PendingBatch =
+            postcard::from_bytes(v.value()).map_err(|e| corrupt("pending batch", e))?;
+        plan.from_pending.push((author, seq));
+        let bodies: Vec<Vec<u8>> =
+            rec.bodies.into_iter().map(serde_bytes::ByteBuf::into_vec).collect();
+        promoted_size.0 += bodies.len();
+        promoted_size.1 += bodies.iter().map(Vec::len).sum::<usize>();
+        // Withheld bodies in a pending batch were allowed when it arrived.
+        match rec.signed.verify(bodies, trust, true) {
+            Ok(vb) => {
+                promoted.push(vb);
+                queue.push_front(Src::Promoted(promoted.len() - 1));
+            }
+            Err(e) => plan.rejected.push(Rejection { author, seq, reason: e.to_string() }),
+        }
+        Ok(())
+    };
+    for &author in resume {
+        let top = vector.get(&author.actor_bytes())?.map_or(0, |v| v.value());
+        promote(author, top + 1, &mut plan, &mut pending_seen, &mut promoted, &mut queue)?;
+    }
     while let Some(src) = queue.pop_front() {
         let vb = match src {
             Src::Incoming(i) => &incoming[i],
@@ -245,25 +381,8 @@ fn sequence(
         let next = (author, seq + 1);
         if let Some(i) = waiting.remove(&next) {
             queue.push_front(Src::Incoming(i));
-        } else if pending_seen.insert(next)
-            && let Some(v) = pending.get((&actor, seq + 1))?
-        {
-            let rec: PendingBatch =
-                postcard::from_bytes(v.value()).map_err(|e| corrupt("pending batch", e))?;
-            plan.from_pending.push(next);
-            let bodies = rec.bodies.into_iter().map(serde_bytes::ByteBuf::into_vec).collect();
-            // Withheld bodies in a pending batch were allowed when it arrived.
-            match rec.signed.verify(bodies, trust, true) {
-                Ok(vb) => {
-                    promoted.push(vb);
-                    queue.push_front(Src::Promoted(promoted.len() - 1));
-                }
-                Err(e) => plan.rejected.push(Rejection {
-                    author: next.0,
-                    seq: next.1,
-                    reason: e.to_string(),
-                }),
-            }
+        } else {
+            promote(author, seq + 1, &mut plan, &mut pending_seen, &mut promoted, &mut queue)?;
         }
     }
     plan.promoted = promoted;
@@ -600,7 +719,10 @@ fn merge_pipelined(
         }
         return Ok(out);
     }
-    let (tx, rx) = std::sync::mpsc::sync_channel::<RawWork>(MERGE_QUEUE);
+    // Each document carries its place in the reading order, and the results are put back in
+    // that order: what is written after the merge (conflict entries, events) must not depend
+    // on which worker finished first (simulations replay exactly).
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, RawWork)>(MERGE_QUEUE);
     let rx = std::sync::Mutex::new(rx);
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
@@ -615,7 +737,7 @@ fn merge_pipelined(
                             Err(_) => break,
                         };
                         match next {
-                            Ok(work) => out.push(merge_raw(work)),
+                            Ok((at, work)) => out.push((at, merge_raw(work))),
                             Err(_) => break,
                         }
                     }
@@ -624,10 +746,10 @@ fn merge_pipelined(
             })
             .collect();
         let mut read_result = Ok(());
-        loop {
+        for at in 0.. {
             match read() {
                 Ok(Some(work)) => {
-                    if tx.send(work).is_err() {
+                    if tx.send((at, work)).is_err() {
                         break;
                     }
                 }
@@ -645,7 +767,8 @@ fn merge_pipelined(
             let part = h.join().map_err(|_| corrupt("materialize worker", "panicked"))?;
             out.extend(part);
         }
-        read_result.map(|()| out)
+        out.sort_unstable_by_key(|(at, _)| *at);
+        read_result.map(|()| out.into_iter().map(|(_, o)| o).collect())
     })
 }
 
