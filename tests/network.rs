@@ -371,7 +371,9 @@ fn a_transfer_cut_by_kill_9_resumes_and_resends_at_most_one_batch() {
     eprintln!("killed the parent holding {held} of the child's {backlog} batches");
 
     let restarted = Instant::now();
-    let p_srv = parent.serve();
+    // Restarted merging after every message, while the resumed transfer goes on (the default
+    // is every 30 s of a long session).
+    let p_srv = parent.serve_env(&[("SITESYNC_MERGE_EVERY_MS", "0")]);
     let after_restart = parent.status()["batches"].as_u64().expect("batches") - p_own;
     assert!(after_restart >= held, "what was applied stayed: {after_restart} < {held}");
     // The child's cut session ends when QUIC's idle timeout (30 s) notices the dead peer; then
@@ -401,6 +403,14 @@ fn a_transfer_cut_by_kill_9_resumes_and_resends_at_most_one_batch() {
     );
     let resent = sent - backlog;
     assert!(resent <= 1, "the child sent {resent} batches again after the cut (at most 1)");
+    // The resumed session merged while it received, and the digests still converged (above).
+    let log = p_srv.log_text();
+    let during: u64 = log
+        .lines()
+        .filter(|l| l.contains("session ended"))
+        .filter_map(|l| l.split("merged_during=").nth(1)?.split(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(during >= 1, "no merge during the resumed session:\n{log}");
     drop(p_srv);
 }
 

@@ -43,6 +43,19 @@ pub const WRITE_BACKLOG_MAX: usize = 64;
 pub const WRITER_DRAIN_MS: u64 = 10_000;
 /// How long shutdown waits for running sessions.
 pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
+/// A session that has run this long since its last merge merges what it received so far, in
+/// the background while the transfer goes on: records arriving over a slow link show at the
+/// receiver during a long transfer, not only at its end.
+pub const MERGE_DURING_SESSION_MS: u64 = 30_000;
+/// Environment variable that overrides `MERGE_DURING_SESSION_MS` (0: after every message).
+pub const MERGE_EVERY_ENV: &str = "SITESYNC_MERGE_EVERY_MS";
+
+fn merge_every_ms() -> u64 {
+    std::env::var(MERGE_EVERY_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MERGE_DURING_SESSION_MS)
+}
 
 /// What one session did, as `sync` and the logs report it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -257,6 +270,10 @@ pub async fn drive(
         mpsc::unbounded_channel::<Result<(Vec<WireBatch>, Vec<u8>), NodeError>>();
     let mut ready: std::collections::VecDeque<Vec<u8>> = Default::default();
     let mut received = 0u64;
+    // Merging during a long session: one background merge at a time.
+    let merge_every = merge_every_ms();
+    let (mut last_merge, mut merges_during) = (now(), 0u64);
+    let mut merging: Option<tokio::task::JoinHandle<()>> = None;
     let outcome = loop {
         let mut closed = None;
         while let Some(effect) = session.poll_effect() {
@@ -322,7 +339,17 @@ pub async fn drive(
                                     "{failed} batches failed verification (first: {why})"
                                 ));
                             } else {
-                                session.handle_applied(now(), vector)
+                                session.handle_applied(now(), vector);
+                                let idle = merging.as_ref().is_none_or(|h| h.is_finished());
+                                if idle && now().saturating_sub(last_merge) >= merge_every {
+                                    (last_merge, merges_during) = (now(), merges_during + 1);
+                                    let n = node.clone();
+                                    merging = Some(tokio::task::spawn_blocking(move || {
+                                        if let Err(e) = n.materialize() {
+                                            tracing::error!(%peer, "merging during the session: {e}");
+                                        }
+                                    }));
+                                }
                             }
                         }
                         Ok(Err(e)) => session.handle_local_error(format!("applying batches: {e}")),
@@ -404,7 +431,11 @@ pub async fn drive(
     if let Some(bar) = &progress {
         bar.finish_and_clear();
     }
-    // Merge what this session received, once per document (receipt was durable per message).
+    // Merge what this session received, once per document (receipt was durable per message),
+    // after the merge still running from during the session.
+    if let Some(h) = merging.take() {
+        let _ = h.await;
+    }
     if session.stats().batches_received > 0 || session.stats().bodies_received > 0 {
         let n = node.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || n.materialize()).await {
@@ -450,7 +481,8 @@ pub async fn drive(
     }
     tracing::info!(
         %peer, outcome = %rep.outcome, sent = rep.batches_sent, received = rep.batches_received,
-        bytes_out = rep.bytes_sent, bytes_in = rep.bytes_received, ms = rep.millis, "session ended"
+        bytes_out = rep.bytes_sent, bytes_in = rep.bytes_received, ms = rep.millis,
+        merged_during = merges_during, "session ended"
     );
     rep
 }

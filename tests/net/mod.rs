@@ -262,6 +262,11 @@ impl Node {
 
     /// Starts `serve` and waits (bounded) until its control endpoint answers `status`.
     pub fn serve(&self) -> Serve {
+        self.serve_env(&[])
+    }
+
+    /// As [`Node::serve`], with these environment variables set for the node.
+    pub fn serve_env(&self, env: &[(&str, &str)]) -> Serve {
         let log_path = self.dir.join(format!("serve-{}.log", std::process::id()));
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -269,6 +274,7 @@ impl Node {
             .open(&log_path)
             .expect("open serve log");
         let mut c = command(Some(&self.dir));
+        c.envs(env.iter().copied());
         c.args(["--log", "sitesync=info", "serve"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
