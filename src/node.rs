@@ -796,8 +796,21 @@ impl Node {
 
     /// Merges every received but not yet merged change into its document (once per document).
     pub fn materialize(&self) -> Result<crate::store::apply::MaterializeReport, NodeError> {
+        self.materialize_up_to(usize::MAX)
+    }
+
+    /// As [`Node::materialize`], in one transaction of at most `max_docs` documents.
+    pub fn materialize_up_to(
+        &self,
+        max_docs: usize,
+    ) -> Result<crate::store::apply::MaterializeReport, NodeError> {
         let started = std::time::Instant::now();
-        let r = self.store.materialize_dirty(worker_threads(), self.now())?;
+        let r = if max_docs == usize::MAX {
+            self.store.materialize_dirty(worker_threads(), self.now())?
+        } else {
+            let r = self.store.materialize_some(worker_threads(), self.now(), max_docs)?;
+            r.unwrap_or_default()
+        };
         if r.documents > 0 {
             tracing::info!(
                 documents = r.documents,
@@ -892,8 +905,10 @@ fn sort_by_trust(
 }
 
 /// Threads for merging documents: one per core, at most 8.
+/// Merge workers: one per core, at least two (the reading thread then overlaps its redb reads
+/// with merging even on one core), at most eight.
 fn worker_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
+    std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(2, 8)
 }
 
 fn write_key(path: &Path, key: &Keypair) -> Result<(), NodeError> {

@@ -404,13 +404,19 @@ fn a_transfer_cut_by_kill_9_resumes_and_resends_at_most_one_batch() {
     let resent = sent - backlog;
     assert!(resent <= 1, "the child sent {resent} batches again after the cut (at most 1)");
     // The resumed session merged while it received, and the digests still converged (above).
+    // Its log line comes after the closing exchange and the final merge: wait for it.
+    let during = |log: &str| -> u64 {
+        log.lines()
+            .filter(|l| l.contains("session ended"))
+            .filter_map(|l| {
+                l.split("merged_during=").nth(1)?.split(' ').next()?.parse::<u64>().ok()
+            })
+            .sum()
+    };
+    let merged = wait_for(WAIT_MAX, || (during(&p_srv.log_text()) >= 1).then_some(()));
     let log = p_srv.log_text();
-    let during: u64 = log
-        .lines()
-        .filter(|l| l.contains("session ended"))
-        .filter_map(|l| l.split("merged_during=").nth(1)?.split(' ').next()?.parse::<u64>().ok())
-        .sum();
-    assert!(during >= 1, "no merge during the resumed session:\n{log}");
+    assert!(merged.is_some(), "no merge during the resumed session:\n{log}");
+    assert!(!log.contains("merging during the session:"), "a merge during it failed:\n{log}");
     drop(p_srv);
 }
 

@@ -49,6 +49,9 @@ pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
 pub const MERGE_DURING_SESSION_MS: u64 = 30_000;
 /// Environment variable that overrides `MERGE_DURING_SESSION_MS` (0: after every message).
 pub const MERGE_EVERY_ENV: &str = "SITESYNC_MERGE_EVERY_MS";
+/// Documents merged by one merge during a session (one short transaction: the session's
+/// receipts wait while it runs).
+pub const MERGE_DURING_SESSION_DOCS: usize = 2_000;
 
 fn merge_every_ms() -> u64 {
     std::env::var(MERGE_EVERY_ENV)
@@ -345,7 +348,9 @@ pub async fn drive(
                                     (last_merge, merges_during) = (now(), merges_during + 1);
                                     let n = node.clone();
                                     merging = Some(tokio::task::spawn_blocking(move || {
-                                        if let Err(e) = n.materialize() {
+                                        if let Err(e) =
+                                            n.materialize_up_to(MERGE_DURING_SESSION_DOCS)
+                                        {
                                             tracing::error!(%peer, "merging during the session: {e}");
                                         }
                                     }));

@@ -66,6 +66,10 @@ impl ApplyReport {
     }
 }
 
+/// What one receipt transaction did, the authors whose waiting batches it left for the next,
+/// and the `(author, seq)` of the batches it stored to wait.
+type Receipt = (ApplyReport, Vec<AuthorId>, Vec<(AuthorId, u64)>);
+
 /// The inputs of the apply hot path beyond the batches themselves.
 pub struct ApplyContext<'a> {
     pub trust: &'a dyn Trust,
@@ -137,10 +141,18 @@ impl Store {
         mut ctx: ApplyContext<'_>,
     ) -> Result<ApplyReport, StoreError> {
         let refused = std::mem::take(&mut ctx.refused);
-        let (mut report, stalled) = self.receive_once(&incoming, &ctx, refused, &[])?;
+        let (mut report, stalled, parked) = self.receive_once(&incoming, &ctx, refused, &[])?;
         if !stalled.is_empty() {
             // Each further transaction takes at least one batch out of waiting: this ends.
             report.add(self.promote_ready(&stalled, ctx)?);
+            // Batches of this call parked behind the bound may have been applied since.
+            let tx = self.db.begin_read()?;
+            let pending = tx.open_table(PENDING)?;
+            let mut still = 0;
+            for (author, seq) in parked {
+                still += u64::from(pending.get((&author.actor_bytes(), seq))?.is_some());
+            }
+            report.waiting = still;
         }
         Ok(report)
     }
@@ -153,22 +165,20 @@ impl Store {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             t => t?,
         };
+        if pending.is_empty()? {
+            return Ok(Vec::new());
+        }
+        // A seq 1 never waits, so an author with a waiting batch has a held one: look up the
+        // seq after each author's top.
         let vector = tx.open_table(VECTOR)?;
         let mut ready = Vec::new();
-        let mut last: Option<[u8; 40]> = None;
-        for item in pending.iter()? {
-            let (key, _) = item?;
-            let (actor, seq) = key.value();
-            if last.as_ref() == Some(actor) {
-                continue;
-            }
-            last = Some(*actor);
-            // Keys are ordered by (actor, seq): this is the author's lowest waiting seq.
-            let top = vector.get(actor)?.map_or(0, |v| v.value());
-            if seq == top + 1 {
+        for item in vector.iter()? {
+            let (actor, top) = item?;
+            let actor = *actor.value();
+            if pending.get((&actor, top.value() + 1))?.is_some() {
                 ready.push(
-                    AuthorId::from_actor_bytes(actor)
-                        .ok_or_else(|| corrupt("pending batch key", "bad actor"))?,
+                    AuthorId::from_actor_bytes(&actor)
+                        .ok_or_else(|| corrupt("vector key", "bad actor"))?,
                 );
             }
         }
@@ -185,21 +195,22 @@ impl Store {
         let mut report = ApplyReport::default();
         let mut stalled = authors.to_vec();
         while !stalled.is_empty() {
-            let (r, s) = self.receive_once(&[], &ctx, Vec::new(), &stalled)?;
+            let (r, s, _) = self.receive_once(&[], &ctx, Vec::new(), &stalled)?;
             report.add(r);
             stalled = s;
         }
         Ok(report)
     }
 
-    /// One receipt transaction; returns the authors whose waiting batches are left for the next.
+    /// One receipt transaction; returns its report, the authors whose waiting batches are left
+    /// for the next, and the batches of `incoming` it stored to wait.
     fn receive_once(
         &self,
         incoming: &[VerifiedBatch],
         ctx: &ApplyContext<'_>,
         refused: Vec<Rejection>,
         resume: &[AuthorId],
-    ) -> Result<(ApplyReport, Vec<AuthorId>), StoreError> {
+    ) -> Result<Receipt, StoreError> {
         let own = self.author();
         let tx = self.db.begin_write()?;
         let plan = sequence(&tx, incoming, ctx.trust, own, resume, ctx.promote_max)?;
@@ -245,7 +256,8 @@ impl Store {
         if let Some(author) = report.reincarnated {
             self.set_author(author);
         }
-        Ok((report, plan.stalled))
+        let parked = plan.to_pending.iter().map(|(a, seq, _)| (*a, *seq)).collect();
+        Ok((report, plan.stalled, parked))
     }
 }
 
@@ -291,7 +303,9 @@ fn sequence(
         let Some(v) = pending.get((&author.actor_bytes(), seq))? else {
             return Ok(());
         };
-        if promoted_size.0 >= promote_max.0 || promoted_size.1 >= promote_max.1 {
+        // At least one batch per transaction, whatever the bound: the caller's loop ends.
+        let full = promoted_size.0 >= promote_max.0 || promoted_size.1 >= promote_max.1;
+        if full && !promoted.is_empty() {
             if !plan.stalled.contains(&author) {
                 plan.stalled.push(author);
             }
@@ -419,25 +433,38 @@ impl Store {
         time: i64,
     ) -> Result<MaterializeReport, StoreError> {
         let mut total = MaterializeReport::default();
-        loop {
-            let tx = self.db.begin_write()?;
-            let keys: Vec<String> = {
-                let dirty = tx.open_table(DIRTY)?;
-                let mut keys = Vec::new();
-                for item in dirty.iter()?.take(MATERIALIZE_DOCS_MAX) {
-                    keys.push(item?.0.value().to_string());
-                }
-                keys
-            };
-            if keys.is_empty() {
-                return Ok(total);
-            }
-            let r = materialize_keys(&tx, &keys, threads, time)?;
-            tx.commit()?;
+        while let Some(r) = self.materialize_some(threads, time, MATERIALIZE_DOCS_MAX)? {
             total.documents += r.documents;
             total.changes += r.changes;
             total.skipped.extend(r.skipped);
         }
+        Ok(total)
+    }
+
+    /// Merges at most `max_docs` dirty documents in one transaction; `None` when none was
+    /// dirty. A merge running beside a transfer keeps its transactions short this way (redb
+    /// has one writer: the transfer's receipts wait for it).
+    pub fn materialize_some(
+        &self,
+        threads: usize,
+        time: i64,
+        max_docs: usize,
+    ) -> Result<Option<MaterializeReport>, StoreError> {
+        let tx = self.db.begin_write()?;
+        let keys: Vec<String> = {
+            let dirty = tx.open_table(DIRTY)?;
+            let mut keys = Vec::new();
+            for item in dirty.iter()?.take(max_docs.max(1)) {
+                keys.push(item?.0.value().to_string());
+            }
+            keys
+        };
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        let r = materialize_keys(&tx, &keys, threads, time)?;
+        tx.commit()?;
+        Ok(Some(r))
     }
 
     /// Whether any received change waits to be merged.
@@ -723,11 +750,13 @@ fn merge_pipelined(
     // that order: what is written after the merge (conflict entries, events) must not depend
     // on which worker finished first (simulations replay exactly).
     let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, RawWork)>(MERGE_QUEUE);
-    let rx = std::sync::Mutex::new(rx);
+    // Only the workers hold the receiver: should they all be gone, sending fails at once
+    // instead of blocking on a full queue inside the write transaction.
+    let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
-                let rx = &rx;
+                let rx = rx.clone();
                 scope.spawn(move || {
                     let mut out = Vec::new();
                     loop {
@@ -745,6 +774,7 @@ fn merge_pipelined(
                 })
             })
             .collect();
+        drop(rx);
         let mut read_result = Ok(());
         for at in 0.. {
             match read() {
@@ -772,8 +802,20 @@ fn merge_pipelined(
     })
 }
 
-/// Decodes a document's change bodies and merges them.
+/// Decodes a document's change bodies and merges them. A panic while decoding (bodies were
+/// decoded once already, at receipt) is reported as a damaged store, never a dead worker.
 fn merge_raw(work: RawWork) -> Outcome {
+    let key = work.key.clone();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_and_merge(work)))
+        .unwrap_or_else(|_| {
+            (
+                key.clone(),
+                Err(MergeError::Corrupt(format!("document {key}"), "decoding panicked".into())),
+            )
+        })
+}
+
+fn decode_and_merge(work: RawWork) -> Outcome {
     let RawWork { key, record, bodies } = work;
     let mut changes = Vec::with_capacity(bodies.len());
     let mut concurrent = false;
