@@ -41,3 +41,16 @@ pub mod protocol;
 pub mod store;
 pub mod transport;
 pub mod web;
+
+/// Environment variable naming a [`failpoint`] at which the process aborts (crash tests).
+pub const FAILPOINT_ENV: &str = "SITESYNC_FAILPOINT";
+
+/// Crash-test hook: ends the process here at once, when `SITESYNC_FAILPOINT` names this point
+/// (exit status 137, as after `kill -9`; no destructor runs, so nothing is flushed or closed
+/// cleanly, and no core file is left as `abort` could). Placed only between transactions that
+/// a crash may separate, so tests can prove a node restarts consistent from exactly there.
+pub fn failpoint(name: &str) {
+    if std::env::var_os(FAILPOINT_ENV).is_some_and(|v| v == name) {
+        std::process::exit(137);
+    }
+}

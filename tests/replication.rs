@@ -611,6 +611,35 @@ fn a_long_gap_fills_in_bounded_transactions() {
     assert!(applied.iter().filter(|r| r.starts_with("1 batches")).count() >= 4, "{listed}");
 }
 
+#[test]
+fn a_crash_between_the_transactions_of_a_filled_gap_is_finished_at_open() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut rng = seeded("a_crash_between_the_transactions_of_a_filled_gap_is_finished_at_open");
+    let a = Node::init(tmp.path(), "site-a");
+    let b = Node::init(tmp.path(), "site-b");
+    b.trust(&a);
+    for k in 0..6 {
+        a.put("patient", &json!([patient(&mut rng, k)]));
+    }
+    let vector = tmp.path().join("claims-1.json");
+    std::fs::write(&vector, json!({"vector": {a.author(): 1}}).to_string()).expect("write");
+    let late = tmp.path().join("late.ssb");
+    a.export(&late, &["--since", p(&vector)]);
+    assert!(b.import(&late).stdout.contains("waiting for earlier batches: 5"));
+    let all = tmp.path().join("all.ssb");
+    a.export(&all, &[]);
+    // The import dies right after the first transaction that continues the gap's promotion.
+    let mut c = command(Some(&b.dir));
+    c.env("SITESYNC_IMPORT_CHUNK_CHANGES", "1").env("SITESYNC_FAILPOINT", "promotion-step");
+    c.args(["import", p(&all)]);
+    let r = run_with(c, None);
+    assert_eq!(r.code, Some(137), "the import must have been cut: {}", r.describe());
+    // Opening the node finishes what the crash cut short.
+    let s = b.status();
+    assert_eq!((s["batches"].as_u64(), s["pending_batches"].as_u64()), (Some(6), Some(0)));
+    assert_eq!(s["digest"], a.status()["digest"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. Damaged and untrusted bundles
 // ---------------------------------------------------------------------------------------------

@@ -198,6 +198,7 @@ impl Store {
             let (r, s, _) = self.receive_once(&[], &ctx, Vec::new(), &stalled)?;
             report.add(r);
             stalled = s;
+            crate::failpoint("promotion-step");
         }
         Ok(report)
     }
