@@ -54,3 +54,9 @@ pub fn failpoint(name: &str) {
         std::process::exit(137);
     }
 }
+
+/// The value of the environment variable `name` parsed as a `T`, if it is set and parses
+/// (tuning and test overrides of named limits).
+pub(crate) fn env_parse<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok()?.parse().ok()
+}

@@ -16,7 +16,7 @@ use crate::event::{Event, EventKind};
 use crate::id::{EntityId, EntityType, Incarnation, NodeId, Vector};
 use crate::identity::{KeyError, Keypair};
 use crate::protocol::message::{self, Role, WireBatch};
-use crate::store::apply::{ApplyContext, ApplyReport, Rejection};
+use crate::store::apply::{ApplyContext, ApplyReport, MaterializeReport, Rejection};
 use crate::store::{PutOutcome, Store, StoreError, Summary};
 
 pub mod env;
@@ -42,11 +42,7 @@ pub const IMPORT_CHUNK_BYTES: usize = 256 * 1024 * 1024;
 pub const IMPORT_CHUNK_ENV: &str = "SITESYNC_IMPORT_CHUNK_CHANGES";
 
 fn import_chunk_changes() -> usize {
-    std::env::var(IMPORT_CHUNK_ENV)
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(IMPORT_CHUNK_CHANGES)
+    crate::env_parse(IMPORT_CHUNK_ENV).filter(|n| *n > 0).unwrap_or(IMPORT_CHUNK_CHANGES)
 }
 
 /// Why a node operation failed.
@@ -795,32 +791,17 @@ impl Node {
     }
 
     /// Merges every received but not yet merged change into its document (once per document).
-    pub fn materialize(&self) -> Result<crate::store::apply::MaterializeReport, NodeError> {
-        self.materialize_up_to(usize::MAX)
+    pub fn materialize(&self) -> Result<MaterializeReport, NodeError> {
+        let started = std::time::Instant::now();
+        let r = self.store.materialize_dirty(worker_threads(), self.now())?;
+        Ok(log_merged(started, r))
     }
 
     /// As [`Node::materialize`], in one transaction of at most `max_docs` documents.
-    pub fn materialize_up_to(
-        &self,
-        max_docs: usize,
-    ) -> Result<crate::store::apply::MaterializeReport, NodeError> {
+    pub fn materialize_up_to(&self, max_docs: usize) -> Result<MaterializeReport, NodeError> {
         let started = std::time::Instant::now();
-        let r = if max_docs == usize::MAX {
-            self.store.materialize_dirty(worker_threads(), self.now())?
-        } else {
-            let r = self.store.materialize_some(worker_threads(), self.now(), max_docs)?;
-            r.unwrap_or_default()
-        };
-        if r.documents > 0 {
-            tracing::info!(
-                documents = r.documents,
-                changes = r.changes,
-                skipped = r.skipped.len(),
-                millis = started.elapsed().as_millis() as u64,
-                "merged"
-            );
-        }
-        Ok(r)
+        let r = self.store.materialize_some(worker_threads(), self.now(), max_docs)?;
+        Ok(log_merged(started, r.unwrap_or_default()))
     }
 
     /// Signing key access for tools that build bundles by hand (tests, benches, the demo).
@@ -904,7 +885,20 @@ fn sort_by_trust(
     later
 }
 
-/// Threads for merging documents: one per core, at most 8.
+/// Logs a merge that did something (ids and counts only) and hands its report back.
+fn log_merged(started: std::time::Instant, r: MaterializeReport) -> MaterializeReport {
+    if r.documents > 0 {
+        tracing::info!(
+            documents = r.documents,
+            changes = r.changes,
+            skipped = r.skipped.len(),
+            millis = started.elapsed().as_millis() as u64,
+            "merged"
+        );
+    }
+    r
+}
+
 /// Merge workers: one per core, at least two (the reading thread then overlaps its redb reads
 /// with merging even on one core), at most eight.
 fn worker_threads() -> usize {

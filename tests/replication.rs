@@ -572,10 +572,19 @@ fn bundles_imported_out_of_order_wait_then_complete() {
     assert_eq!(s["digest"], a.status()["digest"]);
 }
 
-#[test]
-fn a_long_gap_fills_in_bounded_transactions() {
+/// Site `a` with six one-patient batches; site `b`, trusting it, holds batches 2–6 waiting for
+/// the first; and a bundle of all six, to fill the gap.
+struct GapOfFive {
+    /// Holds both node directories for the test's length.
+    _tmp: tempfile::TempDir,
+    a: Node,
+    b: Node,
+    all: PathBuf,
+}
+
+fn gap_of_five(test: &str) -> GapOfFive {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mut rng = seeded("a_long_gap_fills_in_bounded_transactions");
+    let mut rng = seeded(test);
     let a = Node::init(tmp.path(), "site-a");
     let b = Node::init(tmp.path(), "site-b");
     b.trust(&a);
@@ -588,14 +597,28 @@ fn a_long_gap_fills_in_bounded_transactions() {
     assert_eq!(exported_batches(&a.export(&late, &["--since", p(&vector)])), 5);
     let r = b.import(&late);
     assert!(r.stdout.contains("waiting for earlier batches: 5"), "{}", r.describe());
+    let all = tmp.path().join("all.ssb");
+    a.export(&all, &[]);
+    GapOfFive { _tmp: tmp, a, b, all }
+}
+
+impl GapOfFive {
+    /// `import` of the whole bundle into `b`, one change per transaction, with `env` set.
+    fn fill(&self, env: &[(&str, &str)]) -> Run {
+        let mut c = command(Some(&self.b.dir));
+        c.env("SITESYNC_IMPORT_CHUNK_CHANGES", "1").envs(env.iter().copied());
+        c.args(["import", p(&self.all)]);
+        run_with(c, None)
+    }
+}
+
+#[test]
+fn a_long_gap_fills_in_bounded_transactions() {
+    let gap = gap_of_five("a_long_gap_fills_in_bounded_transactions");
+    let (a, b) = (&gap.a, &gap.b);
     // Batch 1 fills the gap; with one change per transaction, each waiting batch is taken out
     // of waiting in a transaction of its own.
-    let first = tmp.path().join("all.ssb");
-    a.export(&first, &[]);
-    let mut c = command(Some(&b.dir));
-    c.env("SITESYNC_IMPORT_CHUNK_CHANGES", "1");
-    c.args(["import", p(&first)]);
-    let r = run_with(c, None);
+    let r = gap.fill(&[]);
     assert!(r.code == Some(0) && has_line(&r.stdout, "applied: 6 batches"), "{}", r.describe());
     let s = b.status();
     assert_eq!((s["batches"].as_u64(), s["pending_batches"].as_u64()), (Some(6), Some(0)));
@@ -613,26 +636,10 @@ fn a_long_gap_fills_in_bounded_transactions() {
 
 #[test]
 fn a_crash_between_the_transactions_of_a_filled_gap_is_finished_at_open() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let mut rng = seeded("a_crash_between_the_transactions_of_a_filled_gap_is_finished_at_open");
-    let a = Node::init(tmp.path(), "site-a");
-    let b = Node::init(tmp.path(), "site-b");
-    b.trust(&a);
-    for k in 0..6 {
-        a.put("patient", &json!([patient(&mut rng, k)]));
-    }
-    let vector = tmp.path().join("claims-1.json");
-    std::fs::write(&vector, json!({"vector": {a.author(): 1}}).to_string()).expect("write");
-    let late = tmp.path().join("late.ssb");
-    a.export(&late, &["--since", p(&vector)]);
-    assert!(b.import(&late).stdout.contains("waiting for earlier batches: 5"));
-    let all = tmp.path().join("all.ssb");
-    a.export(&all, &[]);
+    let gap = gap_of_five("a_crash_between_the_transactions_of_a_filled_gap_is_finished_at_open");
+    let (a, b) = (&gap.a, &gap.b);
     // The import dies right after the first transaction that continues the gap's promotion.
-    let mut c = command(Some(&b.dir));
-    c.env("SITESYNC_IMPORT_CHUNK_CHANGES", "1").env("SITESYNC_FAILPOINT", "promotion-step");
-    c.args(["import", p(&all)]);
-    let r = run_with(c, None);
+    let r = gap.fill(&[("SITESYNC_FAILPOINT", "promotion-step")]);
     assert_eq!(r.code, Some(137), "the import must have been cut: {}", r.describe());
     // Opening the node finishes what the crash cut short.
     let s = b.status();

@@ -53,13 +53,6 @@ pub const MERGE_EVERY_ENV: &str = "SITESYNC_MERGE_EVERY_MS";
 /// receipts wait while it runs).
 pub const MERGE_DURING_SESSION_DOCS: usize = 2_000;
 
-fn merge_every_ms() -> u64 {
-    std::env::var(MERGE_EVERY_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(MERGE_DURING_SESSION_MS)
-}
-
 /// What one session did, as `sync` and the logs report it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SessionReport {
@@ -274,7 +267,7 @@ pub async fn drive(
     let mut ready: std::collections::VecDeque<Vec<u8>> = Default::default();
     let mut received = 0u64;
     // Merging during a long session: one background merge at a time.
-    let merge_every = merge_every_ms();
+    let merge_every = crate::env_parse(MERGE_EVERY_ENV).unwrap_or(MERGE_DURING_SESSION_MS);
     let (mut last_merge, mut merges_during) = (now(), 0u64);
     let mut merging: Option<tokio::task::JoinHandle<()>> = None;
     let outcome = loop {
