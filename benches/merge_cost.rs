@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Each workload record becomes a `generic` document written change by change through
-//! `EntityDoc::write` (as `outage` loads it into the child). Then, for every document:
+//! `EntityDoc::write` (the same replay of the workload as `outage` loads into the child). Then, for every document:
 //! the merge a receiver runs today (decode each change, apply to an empty document, `save`,
 //! and the reload check: `load` the saved bytes and compare heads), timed per step; and the
 //! alternative of receiving the saved document (`load` it, rebuild its changes to check their
@@ -17,14 +17,17 @@
 //! It prints one JSON line. Figures: docs/benchmarks.md.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use automerge::{Automerge, Change};
-use serde_json::{Map, Value, json};
+use serde_json::json;
 use sitesync::entity::doc::EntityDoc;
 use sitesync::id::{AuthorId, Incarnation, NodeId};
+
+mod workload;
 
 struct Record {
     changes: Vec<Vec<u8>>,
@@ -32,48 +35,28 @@ struct Record {
     saved_uncompressed: Vec<u8>,
 }
 
-/// A record being written: its document, its current body, its changes so far.
-type Written = (EntityDoc, Map<String, Value>, Vec<Vec<u8>>);
-
-fn records(path: &str) -> Result<Vec<Record>> {
+fn records(path: &Path) -> Result<Vec<Record>> {
     let author = AuthorId { node: NodeId([7; 32]), incarnation: Incarnation(1) };
-    let file = std::fs::File::open(path).with_context(|| format!("opening {path}"))?;
-    let mut docs: HashMap<String, Written> = HashMap::new();
+    let mut docs: HashMap<String, (EntityDoc, Vec<Vec<u8>>)> = HashMap::new();
     let mut order = Vec::new();
-    for (n, line) in BufReader::new(file).lines().enumerate() {
-        let op: Value = serde_json::from_str(&line?).with_context(|| format!("line {}", n + 1))?;
-        let Some(id) = op["id"].as_str().map(str::to_string) else { continue };
-        let (doc, body, changes) = match op["t"].as_str() {
-            Some("create") => {
-                let mut body = op["doc"].as_object().cloned().context("create without doc")?;
-                body.insert("uuid".into(), json!(format!("{id}-uuid")));
-                order.push(id.clone());
-                docs.entry(id).or_insert((EntityDoc::new(), body, Vec::new()))
-            }
-            Some("edit") => {
-                let entry =
-                    docs.get_mut(&id).with_context(|| format!("edit of {id} before create"))?;
-                for (k, v) in op["set"].as_object().context("edit without set")? {
-                    entry.1.insert(k.clone(), v.clone());
-                }
-                entry
-            }
-            _ => continue,
-        };
-        if let Some(change) = doc.write(&author, body, &[], n as i64)? {
+    let mut time = 0;
+    workload::replay(path, |id, body| {
+        let (doc, changes) = docs.entry(id.to_string()).or_insert_with(|| {
+            order.push(id.to_string());
+            (EntityDoc::new(), Vec::new())
+        });
+        time += 1;
+        if let Some(change) = doc.write(&author, body, &[], time)? {
             changes.push(change.raw_bytes().to_vec());
         }
-    }
+        Ok(())
+    })?;
     order
         .iter()
         .map(|id| {
-            let (doc, _, changes) = &docs[id];
+            let (doc, changes) = docs.remove(id).context("replayed record")?;
             let am = Automerge::load(&doc.save())?;
-            Ok(Record {
-                changes: changes.clone(),
-                saved: am.save(),
-                saved_uncompressed: am.save_nocompress(),
-            })
+            Ok(Record { changes, saved: am.save(), saved_uncompressed: am.save_nocompress() })
         })
         .collect()
 }
@@ -89,13 +72,13 @@ fn zstd_stream<'a>(parts: impl Iterator<Item = &'a Vec<u8>>) -> Result<(usize, u
 }
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let Some(workload) = args.iter().position(|a| a == "--workload").and_then(|i| args.get(i + 1))
-    else {
-        eprintln!("merge_cost: pass --workload FILE (see the header of benches/merge_cost.rs)");
-        return Ok(());
-    };
-    let recs = records(workload)?;
+    let Some(workload) = workload::arg("merge_cost") else { return Ok(()) };
+    // Built on a thread of its own: the writing leaves its allocations in that thread's malloc
+    // arena, not in the one the measurements below allocate from (they moved by a third with
+    // how the setup happened to allocate).
+    let recs = std::thread::spawn(move || records(Path::new(&workload)))
+        .join()
+        .map_err(|_| anyhow::anyhow!("building the records panicked"))??;
     let changes: usize = recs.iter().map(|r| r.changes.len()).sum();
 
     let mut step = [Duration::ZERO; 4];

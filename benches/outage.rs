@@ -17,18 +17,18 @@
 //! parent's merge seconds, bytes on the wire each way (protocol frames, from the child's session
 //! log line), peak RSS of each process, and whether both digests are equal.
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use serde_json::{Map, Value, json};
+use anyhow::{Result, bail};
+use serde_json::{Value, json};
 use sitesync::config::Peer;
 use sitesync::id::EntityType;
 use sitesync::node::Node;
 use sitesync::protocol::message::Role;
+
+mod workload;
 
 /// Records per local write transaction while loading the workload.
 const LOAD_RECORDS_PER_PUT: usize = 5_000;
@@ -42,50 +42,24 @@ impl Drop for Proc {
     }
 }
 
-fn uid(id: &str) -> Result<String> {
-    let n: u64 =
-        id.rsplit('-').next().context("workload id")?.parse().context("workload id number")?;
-    Ok(format!("00000000-0000-4000-8000-{n:012}"))
-}
-
 /// Loads the workload into `child` as local writes; returns (ops, changes written).
 fn load(child: &Node, path: &Path) -> Result<(u64, u64)> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut docs: HashMap<String, Map<String, Value>> = HashMap::new();
     let mut pending: Vec<Value> = Vec::new();
-    let (mut ops, mut changes) = (0u64, 0u64);
-    let flush = |pending: &mut Vec<Value>| -> Result<u64> {
+    let mut changes = 0u64;
+    let mut flush = |pending: &mut Vec<Value>| -> Result<()> {
         let out = child.put(EntityType::Generic, &Value::Array(std::mem::take(pending)))?;
-        Ok(out.iter().filter(|o| o.changed).count() as u64)
+        changes += out.iter().filter(|o| o.changed).count() as u64;
+        Ok(())
     };
-    for line in BufReader::new(file).lines() {
-        let line = line?;
-        let op: Value = serde_json::from_str(&line).context("workload line")?;
-        let id = op["id"].as_str().unwrap_or_default().to_string();
-        let doc = match op["t"].as_str() {
-            Some("create") => {
-                let mut doc = op["doc"].as_object().cloned().context("create without doc")?;
-                doc.insert("uuid".into(), Value::from(uid(&id)?));
-                docs.insert(id.clone(), doc.clone());
-                doc
-            }
-            Some("edit") => {
-                let doc = docs.get_mut(&id).context("edit before create")?;
-                for (k, v) in op["set"].as_object().context("edit without set")? {
-                    doc.insert(k.clone(), v.clone());
-                }
-                doc.clone()
-            }
-            _ => continue,
-        };
-        ops += 1;
-        pending.push(Value::Object(doc));
+    let ops = workload::replay(path, |_, doc| {
+        pending.push(Value::Object(doc.clone()));
         if pending.len() >= LOAD_RECORDS_PER_PUT {
-            changes += flush(&mut pending)?;
+            flush(&mut pending)?;
         }
-    }
+        Ok(())
+    })?;
     if !pending.is_empty() {
-        changes += flush(&mut pending)?;
+        flush(&mut pending)?;
     }
     Ok((ops, changes))
 }
@@ -125,13 +99,7 @@ fn status(bin: &str, dir: &Path) -> Result<Value> {
 }
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let Some(workload) = args.iter().position(|a| a == "--workload").and_then(|i| args.get(i + 1))
-    else {
-        // `cargo bench` runs every bench; without a workload this one has nothing to do.
-        eprintln!("outage: pass --workload FILE (see the header of benches/outage.rs)");
-        return Ok(());
-    };
+    let Some(workload) = workload::arg("outage") else { return Ok(()) };
     let bin = env!("CARGO_BIN_EXE_sitesync");
     let tmp = tempfile::tempdir()?;
     let (pdir, cdir) = (tmp.path().join("parent"), tmp.path().join("child"));
@@ -157,7 +125,7 @@ fn main() -> Result<()> {
     child.config.sync_interval_secs = 3_600;
     child.save_config()?;
     let loading = Instant::now();
-    let (ops, changes) = load(&child, Path::new(workload))?;
+    let (ops, changes) = load(&child, Path::new(&workload))?;
     let load_s = loading.elapsed().as_secs_f64();
     let batches = child.summary()?.batches;
     drop((parent, child));

@@ -606,7 +606,7 @@ impl GapOfFive {
     /// `import` of the whole bundle into `b`, one change per transaction, with `env` set.
     fn fill(&self, env: &[(&str, &str)]) -> Run {
         let mut c = command(Some(&self.b.dir));
-        c.env("SITESYNC_IMPORT_CHUNK_CHANGES", "1").envs(env.iter().copied());
+        c.env(sitesync::node::IMPORT_CHUNK_ENV, "1").envs(env.iter().copied());
         c.args(["import", p(&self.all)]);
         run_with(c, None)
     }
@@ -639,7 +639,7 @@ fn a_crash_between_the_transactions_of_a_filled_gap_is_finished_at_open() {
     let gap = gap_of_five("a_crash_between_the_transactions_of_a_filled_gap_is_finished_at_open");
     let (a, b) = (&gap.a, &gap.b);
     // The import dies right after the first transaction that continues the gap's promotion.
-    let r = gap.fill(&[("SITESYNC_FAILPOINT", "promotion-step")]);
+    let r = gap.fill(&[(sitesync::FAILPOINT_ENV, "promotion-step")]);
     assert_eq!(r.code, Some(137), "the import must have been cut: {}", r.describe());
     // Opening the node finishes what the crash cut short.
     let s = b.status();
@@ -866,7 +866,7 @@ fn import_killed_at_random_moments_leaves_a_consistent_store() {
     // that holds some of the batches (the real default groups 50,000 changes per transaction).
     let chunked = |dir: &Path| {
         let mut c = command(Some(dir));
-        c.env("SITESYNC_IMPORT_CHUNK_CHANGES", per_put.to_string());
+        c.env(sitesync::node::IMPORT_CHUNK_ENV, per_put.to_string());
         c.args(["import", p(&bundle)]);
         c
     };
