@@ -1,4 +1,4 @@
-//! The apply hot path: verify + store + materialize a bundle of 100,000 changes from 10,000
+//! The apply hot path: verify + store + merge a bundle of 100,000 changes from 10,000
 //! patients (one create and nine edits each), imported into an empty node.
 //!
 //! `cargo bench --bench apply` (throughput is reported in changes/s). Set

@@ -356,7 +356,7 @@ pub fn edit(world: &mut World, site: usize, id: EntityId, path: Option<&str>) {
     let Some(node) = world.sites[site].node.as_ref() else { return };
     // The EMR reads what `put` builds on: received changes are merged first.
     if node.store.has_dirty().unwrap_or(false)
-        && let Err(e) = node.materialize()
+        && let Err(e) = node.merge_received()
     {
         world.fail(format!("{}: merging before an edit: {e}", world.sites[site].name));
         return;
@@ -440,7 +440,7 @@ pub fn transfer(world: &mut World, clinic: usize) {
                       "identifierType": ID_TYPE, "location": world.sites[clinic].location,
                       "preferred": false, "voided": false});
     let Some(node) = world.sites[site].node.as_ref() else { return };
-    if node.store.has_dirty().unwrap_or(false) && node.materialize().is_err() {
+    if node.store.has_dirty().unwrap_or(false) && node.merge_received().is_err() {
         return;
     }
     let Ok(Some((mut json, _))) = node.store.get(&id) else { return };

@@ -571,7 +571,7 @@ impl World {
             return;
         }
         let Some(node) = self.sites[site].node.as_ref() else { return };
-        match node.materialize() {
+        match node.merge_received() {
             Ok(r) => {
                 let skipped = r.skipped.len();
                 let docs = r.documents.to_le_bytes();

@@ -16,7 +16,7 @@ use crate::event::{Event, EventKind};
 use crate::id::{EntityId, EntityType, Incarnation, NodeId, Vector};
 use crate::identity::{KeyError, Keypair};
 use crate::protocol::message::{self, Role, WireBatch};
-use crate::store::apply::{ApplyContext, ApplyReport, MaterializeReport, Rejection};
+use crate::store::apply::{ApplyContext, ApplyReport, MergeReport, Rejection};
 use crate::store::{PutOutcome, Store, StoreError, Summary};
 
 pub mod env;
@@ -209,7 +209,7 @@ impl Node {
         }
         // Changes received before a crash but not yet merged are merged now.
         if node.store.has_dirty()? {
-            node.materialize()?;
+            node.merge_received()?;
         }
         Ok(node)
     }
@@ -521,7 +521,7 @@ impl Node {
             }
             progress(report.frames, scan.usable_frames);
         }
-        let merged = self.materialize()?;
+        let merged = self.merge_received()?;
         for (entity, hash, reason) in merged.skipped {
             report.applied.unmergeable.push((entity, format!("change {hash}: {reason}")));
         }
@@ -562,7 +562,7 @@ impl Node {
             return Ok(batches.into_iter().map(|(b, bodies)| WireBatch::new(b, bodies)).collect());
         };
         // Scope follows the merged records: merge what arrived since the last merge first.
-        self.materialize()?;
+        self.merge_received()?;
         let mut check = ScopeCheck::new(self, scope);
         let mut out = Vec::with_capacity(batches.len());
         let mut withheld = Vec::new();
@@ -791,16 +791,16 @@ impl Node {
     }
 
     /// Merges every received but not yet merged change into its document (once per document).
-    pub fn materialize(&self) -> Result<MaterializeReport, NodeError> {
+    pub fn merge_received(&self) -> Result<MergeReport, NodeError> {
         let started = std::time::Instant::now();
-        let r = self.store.materialize_dirty(worker_threads(), self.now())?;
+        let r = self.store.merge_dirty(worker_threads(), self.now())?;
         Ok(log_merged(started, r))
     }
 
-    /// As [`Node::materialize`], in one transaction of at most `max_docs` documents.
-    pub fn materialize_up_to(&self, max_docs: usize) -> Result<MaterializeReport, NodeError> {
+    /// As [`Node::merge_received`], in one transaction of at most `max_docs` documents.
+    pub fn merge_received_up_to(&self, max_docs: usize) -> Result<MergeReport, NodeError> {
         let started = std::time::Instant::now();
-        let r = self.store.materialize_some(worker_threads(), self.now(), max_docs)?;
+        let r = self.store.merge_some(worker_threads(), self.now(), max_docs)?;
         Ok(log_merged(started, r.unwrap_or_default()))
     }
 
@@ -886,7 +886,7 @@ fn sort_by_trust(
 }
 
 /// Logs a merge that did something (ids and counts only) and hands its report back.
-fn log_merged(started: std::time::Instant, r: MaterializeReport) -> MaterializeReport {
+fn log_merged(started: std::time::Instant, r: MergeReport) -> MergeReport {
     if r.documents > 0 {
         tracing::info!(
             documents = r.documents,

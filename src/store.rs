@@ -5,7 +5,7 @@
 //! its changes into a batch in the transaction that stores them; applying received batches
 //! stores bodies, batches, documents, the vector and the report together. A node killed at any
 //! instant therefore restarts with a consistent store. This module owns no threads except the
-//! scoped workers that materialize documents in parallel inside an apply.
+//! scoped workers that merge documents in parallel (`merge.rs`).
 
 mod admin;
 pub use admin::EventPage;
@@ -247,7 +247,7 @@ impl Store {
         // Received changes to these records are merged first, so the local write builds on them
         // (and does not read as concurrent with what this node already holds).
         let keys: Vec<String> = records.iter().map(|r| r.id.key()).collect();
-        let merged = apply::materialize_keys(&tx, &keys, 1, time)?;
+        let merged = apply::merge_keys(&tx, &keys, 1, time)?;
         if !merged.skipped.is_empty() {
             tracing::warn!(skipped = merged.skipped.len(), "changes left out while merging");
         }
@@ -581,7 +581,7 @@ impl Store {
         let author = self.author();
         let tx = self.db.begin_write()?;
         let key_str = conflict.entity.key();
-        apply::materialize_keys(&tx, std::slice::from_ref(&key_str), 1, time)?;
+        apply::merge_keys(&tx, std::slice::from_ref(&key_str), 1, time)?;
         let mut rec = {
             let docs = tx.open_table(DOCS)?;
             match docs.get(key_str.as_str())? {

@@ -55,7 +55,7 @@ impl Node {
             return Ok(Vec::new());
         }
         // Scope follows the merged records.
-        self.materialize()?;
+        self.merge_received()?;
         let mut check = ScopeCheck::new(self, scope);
         let mut out: Vec<ResendBody> = Vec::new();
         let mut bytes = 0;

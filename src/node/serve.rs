@@ -342,7 +342,7 @@ pub async fn drive(
                                     let n = node.clone();
                                     merging = Some(tokio::task::spawn_blocking(move || {
                                         if let Err(e) =
-                                            n.materialize_up_to(MERGE_DURING_SESSION_DOCS)
+                                            n.merge_received_up_to(MERGE_DURING_SESSION_DOCS)
                                         {
                                             tracing::error!(%peer, "merging during the session: {e}");
                                         }
@@ -436,7 +436,7 @@ pub async fn drive(
     }
     if session.stats().batches_received > 0 || session.stats().bodies_received > 0 {
         let n = node.clone();
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || n.materialize()).await {
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || n.merge_received()).await {
             tracing::error!(%peer, "merging received changes: {e}");
         }
     }

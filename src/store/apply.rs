@@ -81,7 +81,7 @@ pub struct ApplyContext<'a> {
     /// Used if this node's own log turns out to be ahead of its store.
     pub fresh_incarnation: Incarnation,
     pub time: i64,
-    /// Worker threads for materializing documents.
+    /// Worker threads for merging documents.
     pub threads: usize,
     /// Refusals of one batch after which its failure record needs attention.
     pub give_up_after: u32,
@@ -130,7 +130,7 @@ impl Plan {
 impl Store {
     /// Durably receives verified batches in one write transaction: sequencing (see the module
     /// docs), bodies, batches, vector, pending batches, and the touched entities marked dirty.
-    /// Documents are merged later, once per entity, by [`Store::materialize_dirty`].
+    /// Documents are merged later, once per entity, by [`Store::merge_dirty`].
     ///
     /// Batches that waited for a gap this receipt fills are applied with it, up to
     /// `ctx.promote_max` per transaction; the rest follow in further transactions before this
@@ -236,7 +236,7 @@ impl Store {
             }
         }
         if !rosters.is_empty() {
-            let merged = materialize_keys(&tx, &rosters, 1, ctx.time)?;
+            let merged = merge_keys(&tx, &rosters, 1, ctx.time)?;
             for (entity, hash, reason) in merged.skipped {
                 report.unmergeable.push((entity, format!("change {hash}: {reason}")));
             }
@@ -413,12 +413,12 @@ fn sequence(
     Ok(plan)
 }
 
-/// Most documents merged in one transaction by `materialize_dirty`.
-pub const MATERIALIZE_DOCS_MAX: usize = 20_000;
+/// Most documents merged in one transaction by `merge_dirty`.
+pub const MERGE_DOCS_MAX: usize = 20_000;
 
 /// What merging dirty documents did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MaterializeReport {
+pub struct MergeReport {
     pub documents: u64,
     pub changes: u64,
     /// Changes that could not be merged and were left out of their document (kept, reported).
@@ -428,13 +428,13 @@ pub struct MaterializeReport {
 impl Store {
     /// Merges every dirty entity's received changes into its document: each document is loaded,
     /// merged and saved once however many messages brought its changes.
-    pub fn materialize_dirty(
+    pub fn merge_dirty(
         &self,
         threads: usize,
         time: i64,
-    ) -> Result<MaterializeReport, StoreError> {
-        let mut total = MaterializeReport::default();
-        while let Some(r) = self.materialize_some(threads, time, MATERIALIZE_DOCS_MAX)? {
+    ) -> Result<MergeReport, StoreError> {
+        let mut total = MergeReport::default();
+        while let Some(r) = self.merge_some(threads, time, MERGE_DOCS_MAX)? {
             total.documents += r.documents;
             total.changes += r.changes;
             total.skipped.extend(r.skipped);
@@ -445,12 +445,12 @@ impl Store {
     /// Merges at most `max_docs` dirty documents in one transaction; `None` when none was
     /// dirty. A merge running beside a transfer keeps its transactions short this way (redb
     /// has one writer: the transfer's receipts wait for it).
-    pub fn materialize_some(
+    pub fn merge_some(
         &self,
         threads: usize,
         time: i64,
         max_docs: usize,
-    ) -> Result<Option<MaterializeReport>, StoreError> {
+    ) -> Result<Option<MergeReport>, StoreError> {
         let tx = self.db.begin_write()?;
         let keys: Vec<String> = {
             let dirty = tx.open_table(DIRTY)?;
@@ -463,7 +463,7 @@ impl Store {
         if keys.is_empty() {
             return Ok(None);
         }
-        let r = materialize_keys(&tx, &keys, threads, time)?;
+        let r = merge_keys(&tx, &keys, threads, time)?;
         tx.commit()?;
         Ok(Some(r))
     }
@@ -484,13 +484,13 @@ impl Store {
 /// A pipeline: this thread reads each document's record and raw change bodies from redb while
 /// `threads` workers decode and merge the documents read before it; the merged records are
 /// written back here once every document is merged.
-pub(crate) fn materialize_keys(
+pub(crate) fn merge_keys(
     tx: &redb::WriteTransaction,
     keys: &[String],
     threads: usize,
     time: i64,
-) -> Result<MaterializeReport, StoreError> {
-    let mut report = MaterializeReport::default();
+) -> Result<MergeReport, StoreError> {
+    let mut report = MergeReport::default();
     // Per document, the hashes of the changes being merged: enough to load them again for the
     // rare one-at-a-time retry, without keeping a second copy of every change.
     let mut merging: HashMap<String, Vec<BodyHash>> = HashMap::new();
@@ -549,7 +549,7 @@ pub(crate) fn materialize_keys(
             .map(|h| Ok((*h, load_change(&bodies, h)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
         let entity: EntityId = key.parse().map_err(|e| corrupt(format!("doc key {key:?}"), e))?;
-        let (record, skipped) = materialize_carefully(Work { key: key.clone(), record, changes });
+        let (record, skipped) = merge_carefully(Work { key: key.clone(), record, changes });
         docs.insert(key.as_str(), encode(&record).as_slice())?;
         update_conflicts(tx, &key, &record, time)?;
         report.documents += 1;
@@ -616,7 +616,7 @@ fn load_change(
 
 /// Applies a document's changes one at a time from its last good state, leaving out each change
 /// that Automerge refuses or that leaves a document which does not load back.
-fn materialize_carefully(work: Work) -> (DocRecord, Vec<(BodyHash, String)>) {
+fn merge_carefully(work: Work) -> (DocRecord, Vec<(BodyHash, String)>) {
     let Work { key, record, changes } = work;
     let mut good = record.clone();
     good.queued.clear();
@@ -632,7 +632,7 @@ fn materialize_carefully(work: Work) -> (DocRecord, Vec<(BodyHash, String)>) {
                 c
             },
         };
-        match materialize_one(trial).1 {
+        match merge_one(trial).1 {
             Ok(next) => {
                 queued_all.retain(|(h, _): &(BodyHash, Change)| next.queued.contains(h));
                 if next.queued.contains(&hash) {
@@ -688,7 +688,7 @@ fn write_plan(
 }
 
 /// Appends received changes to each record's dirty list (merged later by
-/// [`Store::materialize_dirty`]).
+/// [`Store::merge_dirty`]).
 pub(crate) fn mark_dirty(
     tx: &redb::WriteTransaction,
     touched: BTreeMap<String, Vec<BodyHash>>,
@@ -795,7 +795,7 @@ fn merge_pipelined(
         let mut out = Vec::with_capacity(documents);
         for h in handles {
             // merge_raw catches panics per document, so a worker cannot die mid-way.
-            let part = h.join().map_err(|_| corrupt("materialize worker", "panicked"))?;
+            let part = h.join().map_err(|_| corrupt("merge worker", "panicked"))?;
             out.extend(part);
         }
         out.sort_unstable_by_key(|(at, _)| *at);
@@ -831,13 +831,13 @@ fn decode_and_merge(work: RawWork) -> Outcome {
             }
         }
     }
-    let (key, result) = materialize_one(Work { key, record, changes });
+    let (key, result) = merge_one(Work { key, record, changes });
     (key, result.map(|record| Merged { record, concurrent }).map_err(|_| MergeError::Refused))
 }
 
 /// Applies one document's changes. A panic inside Automerge on peer-supplied changes becomes an
 /// error for this document, never a crash of the node.
-fn materialize_one(work: Work) -> (String, Result<DocRecord, String>) {
+fn merge_one(work: Work) -> (String, Result<DocRecord, String>) {
     let Work { key, record, changes } = work;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut doc = if record.doc.is_empty() {

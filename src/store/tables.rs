@@ -98,7 +98,7 @@ pub struct PeerState {
 }
 
 /// `"type/uuid" -> postcard(Vec<BodyHash>)`: changes durably received for this entity but not yet
-/// merged into its document, in arrival order. Receipt writes here; materializing (after a
+/// merged into its document, in arrival order. Receipt writes here; merging (after a
 /// session, an import, or before a local write to the entity) empties it.
 pub const DIRTY: TableDefinition<&str, &[u8]> = TableDefinition::new("dirty-1");
 
