@@ -16,7 +16,7 @@ use crate::event::{Event, EventKind};
 use crate::id::{EntityId, EntityType, Incarnation, NodeId, Vector};
 use crate::identity::{KeyError, Keypair};
 use crate::protocol::message::{self, Role, WireBatch};
-use crate::store::apply::{ApplyContext, ApplyReport, MergeReport, Rejection};
+use crate::store::{ApplyContext, ApplyReport, MergeReport, Rejection};
 use crate::store::{PutOutcome, Store, StoreError, Summary};
 
 pub mod env;

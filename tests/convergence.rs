@@ -9,7 +9,7 @@ use sitesync::batch::SignedBatch;
 use sitesync::config::TrustSet;
 use sitesync::id::{EntityType, Incarnation, NodeId};
 use sitesync::node::Node;
-use sitesync::store::apply::ApplyContext;
+use sitesync::store::ApplyContext;
 
 fn uuid(tag: u32, n: usize) -> String {
     format!("{tag:08x}-0000-4000-8000-{n:012x}")

@@ -1,5 +1,11 @@
-//! Bodies withheld from a child and sent later (DESIGN.md "Scope"; docs/protocol.md "Re-sending
-//! withheld bodies").
+//! Bodies withheld from a child and sent later, once their records enter the child's scope.
+//!
+//! The rule: a parent withholds from a child the bodies of changes whose records are outside the
+//! child's scope, while the signed manifests still travel (the child's vector stays contiguous
+//! and it holds each withheld hash). A record can enter the scope later (a patient transferred
+//! to one of the child's locations, a wider scope); the parent then sends the bodies it withheld
+//! under it, and forgets one only when the child acknowledges it, so a cut session sends it again.
+//! The full protocol is in docs/protocol.md, section "Scope", item "Re-sending withheld bodies".
 //!
 //! Parent side: which bodies were withheld from which child, by anchor (the record the scope
 //! decision followed), which anchors must be checked again, and forgetting a body once the
@@ -248,7 +254,7 @@ impl Store {
                     _ => report.refused += 1,
                 }
             }
-            super::apply::mark_dirty(&tx, touched)?;
+            super::receive::mark_dirty(&tx, touched)?;
         }
         let (stored, held, refused) = (report.stored, report.held, report.refused);
         let kind = EventKind::BodiesReceived { from: *from, stored, held, refused };

@@ -1,5 +1,13 @@
 //! Every redb table of a node's store, with its key and value layout. Table names carry a
-//! version: a layout change gets a new name and a numbered migration in `store.rs`.
+//! version (`docs-1`), so a changed layout would get a new name instead of being read as the old.
+//!
+//! There are no migrations between store formats: `Store::open` reads `META["format"]` first and
+//! refuses a store of any format but [`STORE_FORMAT`] with `StoreError::Format`, before it reads
+//! anything else or writes anything (the file is left as it is; a missing or malformed format
+//! entry is reported as corrupt). Within format 1, tables added after the first stores were
+//! written may be missing: their first write creates them, and readers take a missing one as
+//! empty. The one move of data is the unchained `events-1` log of early stores, copied into the
+//! audit chain at its first append (`store/audit.rs`).
 //!
 //! Values are postcard-encoded unless stated otherwise. Author keys are the 40 actor bytes
 //! (node id 32 + incarnation 8, big-endian), so an author's batches sort by seq.
