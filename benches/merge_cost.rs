@@ -1,5 +1,5 @@
 //! Where a receiver's merge time goes, per document, and what a saved-document transfer would
-//! cost instead: one thread, no I/O, the same Automerge calls as `store::apply`.
+//! cost instead: one thread, no I/O, the same Automerge calls as `store::merge`.
 //!
 //! ```sh
 //! node ../shared/tools/workload/gen-workload.js --scenario backlog --patients 10000 --revs 10 \

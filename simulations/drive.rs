@@ -1,26 +1,20 @@
-//! One end of a connection running a real [`Session`], driven the way
-//! `sitesync::node::serve::drive` drives it over QUIC: the vector and trust order read at the
-//! start; `Fetch` answered by `Node::fetch_wire` and the `Batches` message encoded as soon as it
-//! is fetched (the session sends fetches in order, which keeps the encoder's tables in step with
-//! the peer's decoder); other messages encoded when sent; `Apply` answered by
-//! `Node::apply_wire`, with the session cut when a batch fails verification; the received
-//! changes merged after the session; the peer state recorded at the end. The re-send of
-//! withheld bodies as `drive` does it: a child's scope checked at the start
-//! (`Node::check_child_scope`), `FetchBodies` answered by `Node::fetch_bodies`, acknowledged
-//! bodies forgotten by `Node::bodies_delivered`, `StoreBodies` answered by
-//! `Node::receive_bodies`, each carried out before the next effect.
+//! One end of a connection running a real [`SessionHost`], the piece `serve` runs over QUIC:
+//! the same effects (durable receipt and acks, merges during and after the session, the writer
+//! backlog limit, the re-send of withheld bodies, the child's audit upload, the session's
+//! record: peer state, audit cursor, audit entry). Only the clock, the network and the time
+//! store work takes are the simulator's: a fetch, a receipt or a merge completes later as an
+//! event of its own, so a crash can fall between receipt and ack, or between receipt and merge.
 //!
-//! Store work takes simulated time (a fetch or an apply completes later as its own event), so
-//! a crash can fall between receipt and ack, or between receipt and merge.
+//! After each session ends, the check that `serve` leaves an audit entry runs: the site's
+//! newest entry must be this session's.
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 
-use sitesync::config::Scope;
-use sitesync::id::{NodeId, Vector};
-use sitesync::node::serve::{SessionReport, record_session};
-use sitesync::node::{Env, NodeError};
-use sitesync::protocol::message::{Decoder, Encoder, Message, Role, WireBatch};
-use sitesync::protocol::session::{Effect, Outcome, Session};
+use sitesync::event::EventKind;
+use sitesync::node::NodeError;
+use sitesync::node::session_host::{Action, Done, Job, JobKind, SessionHost, SessionReport};
+use sitesync::protocol::message::Decoder;
+use sitesync::protocol::session::Outcome;
 
 use crate::world::{Ev, World};
 
@@ -29,7 +23,7 @@ const FETCH_MS: u64 = 3;
 /// Simulated time of an apply: fixed part and per batch.
 const APPLY_MS: u64 = 4;
 const APPLY_PER_BATCH_MS: u64 = 1;
-/// The merge after a session runs this long after it ends.
+/// A merge (during or after a session) runs this long after it was asked for.
 const MERGE_DELAY_MS: u64 = 20;
 
 pub struct End {
@@ -38,22 +32,22 @@ pub struct End {
     /// The site's life when the session started (a crash ends it).
     pub life: u32,
     pub dialer: bool,
-    pub session: Session,
-    pub enc: Encoder,
+    pub host: SessionHost,
     pub dec: Decoder,
-    /// `Batches` frames encoded at fetch time, sent in order.
-    pub ready: VecDeque<Vec<u8>>,
-    pub order: Vec<NodeId>,
-    pub scope: Option<Scope>,
-    pub fetch: Option<Vector>,
-    pub apply: Option<Vec<WireBatch>>,
+    /// Store jobs waiting for their simulated time, by id, with the size of the frame that
+    /// brought a receipt's batches and how many batches it carried.
+    pub jobs: BTreeMap<u64, (Job, u64, u64)>,
+    pub next_job: u64,
     /// Size of the last frame received (for the resent-bytes count).
     pub last_frame: u64,
-    pub apply_frame: u64,
     pub timer_at: Option<u64>,
+    /// The session is closed on the wire (its record may still be running).
     pub done: bool,
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
+    /// The session is recorded (or its site crashed): nothing more happens at this end.
+    pub ended: bool,
+    /// Frames and bytes that left this end so far.
+    pub frames_written: u64,
+    pub bytes_written: u64,
     pub hostile: bool,
     /// The site's restore count when the session started.
     pub restores: u32,
@@ -63,55 +57,25 @@ pub struct End {
 }
 
 impl End {
-    /// Starts a session of `site` toward `peer`, as `drive` does on a new stream.
+    /// Starts a session of `site` toward `peer`, as `serve` does on a new stream.
     pub fn start(world: &World, site: usize, peer: usize, dialer: bool) -> Result<End, NodeError> {
         let node = world.node(site).ok_or_else(|| NodeError::Input("site is down".into()))?;
-        let peer_id = world.sites[peer].id;
-        let vector = node.store.vector()?;
-        let order = node.trust_order()?;
-        let entry = node
-            .config
-            .peer(&peer_id)
-            .ok_or_else(|| NodeError::Input(format!("{peer_id} is not a configured peer")))?;
-        let scope = (entry.role == Role::Child).then(|| entry.scope.clone());
-        // A child whose scope changed has every withheld body checked again.
-        if let Some(scope) = &scope {
-            node.check_child_scope(peer_id, scope)?;
-        }
-        let mut session = Session::new(world.now, node.id(), entry.local_role(), peer_id, vector);
-        // A child uploads its audit entries to its parent right after Hello, as `drive` does.
-        if entry.local_role() == Role::Child {
-            let max = sitesync::protocol::message::AUDIT_ENTRIES_PER_MESSAGE_MAX;
-            let entries = node.store.audit_for_parent(&peer_id, max)?;
-            session.send_audit(
-                entries
-                    .into_iter()
-                    .map(|(n, stored)| sitesync::protocol::message::AuditEntry {
-                        n,
-                        stored: stored.into(),
-                    })
-                    .collect(),
-            );
-        }
+        let host = SessionHost::start(node, world.sites[peer].id, world.now)?;
         Ok(End {
             site,
             peer,
             life: world.sites[site].life,
             dialer,
-            session,
-            enc: Encoder::default(),
+            host,
             dec: Decoder::default(),
-            ready: VecDeque::new(),
-            order,
-            scope,
-            fetch: None,
-            apply: None,
+            jobs: BTreeMap::new(),
+            next_job: 0,
             last_frame: 0,
-            apply_frame: 0,
             timer_at: None,
             done: false,
-            bytes_sent: 0,
-            bytes_received: 0,
+            ended: false,
+            frames_written: 0,
+            bytes_written: 0,
             hostile: world.sites[site].kind == crate::world::Kind::Relay,
             restores: world.sites[site].restore_count,
             batch_messages_sent: 0,
@@ -121,249 +85,190 @@ impl End {
 }
 
 impl World {
-    /// Carries out the effects of end `i` of `conn` until it has none left.
+    /// Carries out the actions of end `i` of `conn` until it has none left.
     pub fn pump(&mut self, conn: u64, i: usize) {
         loop {
+            let now = self.now;
             let Some(c) = self.conns.get_mut(&conn) else { return };
             let e = &mut c.ends[i];
-            if e.done {
+            if e.ended {
                 return;
             }
-            let Some(effect) = e.session.poll_effect() else { break };
-            match effect {
-                Effect::Send(m) => {
-                    let frame = match m {
-                        Message::Batches { .. } => match e.ready.pop_front() {
-                            Some(f) => {
-                                self.stats.batch_bytes_sent += f.len() as u64;
-                                e.batch_messages_sent += 1;
-                                f
-                            }
-                            None => {
-                                e.session
-                                    .handle_local_error("a batches message was not encoded".into());
-                                continue;
-                            }
-                        },
-                        other => e.enc.encode(&other),
-                    };
-                    e.bytes_sent += frame.len() as u64;
+            let Some(action) = e.host.poll(now) else { break };
+            match action {
+                Action::Transmit { frame, batches } => {
+                    if batches {
+                        e.batch_messages_sent += 1;
+                        self.stats.batch_bytes_sent += frame.len() as u64;
+                    }
                     self.transmit(conn, i, frame);
                 }
-                Effect::Fetch { after } => {
-                    e.fetch = Some(after);
-                    self.after(FETCH_MS, Ev::Fetched { conn, end: i });
+                Action::Run(job) => self.run_job(conn, i, job),
+                Action::Closed(outcome) => {
+                    self.session_closed(conn, i, outcome);
+                    self.conn_mut(conn).ends[i].host.drained();
                 }
-                Effect::Apply { batches } => {
-                    let cost = APPLY_MS + APPLY_PER_BATCH_MS * batches.len() as u64;
-                    e.apply = Some(batches);
-                    e.apply_frame = e.last_frame;
-                    self.after(cost, Ev::Applied { conn, end: i });
-                }
-                Effect::StoreAudit { entries } => {
-                    let (site, peer) = (e.site, e.peer);
-                    let peer_id = self.sites[peer].id;
-                    let entries: Vec<(u64, Vec<u8>)> =
-                        entries.into_iter().map(|x| (x.n, x.stored.into_vec())).collect();
-                    let time = (self.now / 1000) as i64;
-                    let stored = match self.sites[site].node.as_ref() {
-                        Some(n) => n
-                            .store
-                            .store_child_audit(&peer_id, &entries, time)
-                            .map_err(|err| err.to_string()),
-                        None => Err("the site is down".to_string()),
-                    };
-                    let now = self.now;
-                    let e = &mut self.conn_mut(conn).ends[i];
-                    match stored {
-                        Ok(next) => e.session.handle_audit_stored(now, next),
-                        Err(m) => {
-                            e.session.handle_local_error(format!("storing audit entries: {m}"))
-                        }
-                    }
-                }
-                effect @ (Effect::FetchBodies
-                | Effect::BodiesDelivered { .. }
-                | Effect::StoreBodies { .. }) => self.bodies_effect(conn, i, effect),
-                Effect::Closed(outcome) => {
-                    e.done = true;
-                    self.session_ended(conn, i, outcome);
+                Action::Ended(report) => {
+                    self.session_ended(conn, i, &report);
                     return;
                 }
             }
         }
         let Some(c) = self.conns.get_mut(&conn) else { return };
         let e = &mut c.ends[i];
-        if let (None, Some(t)) = (e.timer_at, e.session.poll_timeout()) {
+        if e.done {
+            return;
+        }
+        if let (None, Some(t)) = (e.timer_at, e.host.poll_timeout()) {
             e.timer_at = Some(t);
             self.at(t, Ev::Timer { conn, end: i });
         }
     }
 
-    /// Carries out an effect of the re-send of withheld bodies at once, as `drive` awaits it.
-    fn bodies_effect(&mut self, conn: u64, i: usize, effect: Effect) {
-        let (site, peer) = (self.conn_mut(conn).ends[i].site, self.conn_mut(conn).ends[i].peer);
-        let peer_id = self.sites[peer].id;
-        let scope = self.conn_mut(conn).ends[i].scope.clone();
-        let now = self.now;
-        let Some(node) = self.sites[site].node.as_ref() else { return };
-        let result = match effect {
-            Effect::FetchBodies => {
-                let fetched = match &scope {
-                    Some(scope) => node.fetch_bodies(peer_id, scope),
-                    None => Ok(Vec::new()),
-                };
-                fetched.map(|bodies| {
-                    self.stats.bodies_resent += bodies.len() as u64;
-                    let s = &mut self.conns.get_mut(&conn).expect("live end").ends[i].session;
-                    s.handle_bodies_fetched(now, bodies);
-                })
+    /// A job: store work that takes simulated time is scheduled; the re-send and audit steps
+    /// and the session's record run at once, as `serve` awaits them.
+    fn run_job(&mut self, conn: u64, i: usize, job: Job) {
+        let delay = match &job.kind {
+            JobKind::Fetch { .. } => Some(FETCH_MS),
+            JobKind::Apply { batches } => {
+                Some(APPLY_MS + APPLY_PER_BATCH_MS * batches.len() as u64)
             }
-            Effect::BodiesDelivered { items } => node.bodies_delivered(peer_id, &items),
-            Effect::StoreBodies { bodies } => node.receive_bodies(peer_id, bodies).map(|r| {
-                self.stats.bodies_stored += r.stored;
-                let s = &mut self.conns.get_mut(&conn).expect("live end").ends[i].session;
-                s.handle_bodies_stored(now, r.hashes);
-            }),
-            _ => Ok(()),
+            JobKind::MergeSome | JobKind::MergeAll => Some(MERGE_DELAY_MS),
+            _ => None,
         };
-        if let Err(err) = result {
-            let e = &mut self.conn_mut(conn).ends[i];
-            e.session.handle_local_error(format!("re-sending withheld bodies: {err}"));
-            self.fail(format!(
-                "{}: re-sending withheld bodies failed: {err}",
-                self.sites[site].name
-            ));
+        let count = match &job.kind {
+            JobKind::Apply { batches } => batches.len() as u64,
+            _ => 0,
+        };
+        let e = &mut self.conn_mut(conn).ends[i];
+        match delay {
+            Some(ms) => {
+                let id = e.next_job;
+                e.next_job += 1;
+                e.jobs.insert(id, (job, e.last_frame, count));
+                self.after(ms, Ev::Job { conn, end: i, job: id });
+            }
+            None => self.finish_job(conn, i, job, (0, 0)),
         }
     }
 
-    /// Whether end `i` of `conn` still runs (not closed, its site not crashed since).
-    fn end_live(&self, conn: u64, i: usize) -> bool {
+    /// Whether end `i` of `conn` still has work (not ended, its site not crashed since).
+    fn end_working(&self, conn: u64, i: usize) -> bool {
         self.conns.get(&conn).is_some_and(|c| {
             let e = &c.ends[i];
-            !e.done && self.sites[e.site].life == e.life && self.alive(e.site)
+            !e.ended && self.sites[e.site].life == e.life && self.alive(e.site)
         })
     }
 
-    pub(crate) fn fetched(&mut self, conn: u64, i: usize) {
-        if !self.end_live(conn, i) {
+    /// A scheduled job is due.
+    pub(crate) fn job_due(&mut self, conn: u64, i: usize, id: u64) {
+        if !self.end_working(conn, i) {
             return;
         }
-        let now = self.now;
-        let c = self.conns.get_mut(&conn).expect("live end");
-        let e = &mut c.ends[i];
-        let Some(node) = self.sites[e.site].node.as_ref() else { return };
-        let Some(after) = e.fetch.take() else { return };
-        let child = e.scope.as_ref().map(|s| (self.sites[e.peer].id, s));
-        match node.fetch_wire(&e.order, &after, child) {
-            Ok(batches) => {
-                let batches = crate::adversary::on_fetch(self, conn, i, batches);
-                let e = &mut self.conn_mut(conn).ends[i];
-                let batches = if batches.is_empty() {
-                    batches
-                } else {
-                    let m = Message::Batches { batches };
-                    e.ready.push_back(e.enc.encode(&m));
-                    match m {
-                        Message::Batches { batches } => batches,
-                        _ => Vec::new(),
-                    }
-                };
-                e.session.handle_fetched(now, batches);
-            }
-            Err(err) => {
-                e.session.handle_local_error(format!("reading batches: {err}"));
-                let m = format!("{}: fetch_wire failed: {err}", self.sites[e.site].name);
-                self.fail(m);
+        let Some((job, frame, count)) = self.conn_mut(conn).ends[i].jobs.remove(&id) else {
+            return;
+        };
+        let site = self.conn_mut(conn).ends[i].site;
+        if matches!(job.kind, JobKind::Apply { .. }) && self.sites[site].crash_on_apply {
+            return self.crash_in_receipt(conn, i, job);
+        }
+        self.finish_job(conn, i, job, (frame, count));
+    }
+
+    /// A crash in the middle of receiving: either the write transaction never committed, or it
+    /// did and the node died before sending the ack.
+    fn crash_in_receipt(&mut self, conn: u64, i: usize, job: Job) {
+        let site = self.conn_mut(conn).ends[i].site;
+        self.sites[site].crash_on_apply = false;
+        self.stats.mid_batch_crashes += 1;
+        if self.rng.chance(0.5) {
+            let node = self.sites[site].node.as_ref().expect("a working end's site is up");
+            match job.run(node) {
+                Done::Applied(Ok(_)) => self.conn_mut(conn).ends[i].batch_messages_applied += 1,
+                Done::Applied(Err(err)) => {
+                    self.fail(format!("{}: apply_wire failed: {err}", self.sites[site].name))
+                }
+                _ => {}
             }
         }
+        self.crash(site);
+        let down = self.rng.range(crate::world::MINUTE_MS, 3 * crate::world::HOUR_MS);
+        self.after(down, Ev::Restart { site });
+    }
+
+    /// Runs `job` on the end's node now, checks what the simulator checks of its result, and
+    /// hands the result to the host.
+    /// `frame` is the size and batch count of the frame that brought a receipt's batches.
+    fn finish_job(&mut self, conn: u64, i: usize, job: Job, frame: (u64, u64)) {
+        let site = self.conn_mut(conn).ends[i].site;
+        let Some(node) = self.sites[site].node.as_ref() else { return };
+        let done = match &job.kind {
+            JobKind::Fetch { .. } => {
+                let fetched = job.fetch(node);
+                let fetched = match fetched {
+                    Ok(batches) => Ok(crate::adversary::on_fetch(self, conn, i, batches)),
+                    Err(err) => {
+                        self.fail(format!("{}: fetch_wire failed: {err}", self.sites[site].name));
+                        Err(err)
+                    }
+                };
+                job.encoded(fetched)
+            }
+            _ => job.run(node),
+        };
+        self.observe(conn, i, &done, frame);
+        let now = self.now;
+        self.conn_mut(conn).ends[i].host.complete(now, done);
         self.pump(conn, i);
     }
 
-    pub(crate) fn applied(&mut self, conn: u64, i: usize) {
-        if !self.end_live(conn, i) {
-            return;
-        }
-        let c = self.conns.get_mut(&conn).expect("live end");
-        let e = &mut c.ends[i];
-        let (site, peer, frame) = (e.site, e.peer, e.apply_frame);
-        let Some(batches) = e.apply.take() else { return };
-        let peer_id = self.sites[peer].id;
-        if self.sites[site].crash_on_apply {
-            // A crash in the middle of receiving: either the write transaction never committed,
-            // or it did and the node died before sending the ack.
-            self.sites[site].crash_on_apply = false;
-            self.stats.mid_batch_crashes += 1;
-            if self.rng.chance(0.5) {
-                let node = self.sites[site].node.as_ref().expect("live end");
-                match node.apply_wire(peer_id, batches) {
-                    Ok(_) => self.conn_mut(conn).ends[i].batch_messages_applied += 1,
-                    Err(err) => {
-                        self.fail(format!("{}: apply_wire failed: {err}", self.sites[site].name))
-                    }
-                }
-            }
-            self.crash(site);
-            let down = self.rng.range(crate::world::MINUTE_MS, 3 * crate::world::HOUR_MS);
-            self.after(down, Ev::Restart { site });
-            return;
-        }
-        let count = batches.len() as u64;
-        let node = self.sites[site].node.as_ref().expect("live end");
-        match node.apply_wire(peer_id, batches) {
-            Ok((vector, report, failed)) => {
+    /// What the simulator counts and checks of a job's result.
+    fn observe(&mut self, conn: u64, i: usize, done: &Done, (frame, count): (u64, u64)) {
+        let site = self.conn_mut(conn).ends[i].site;
+        let name = self.sites[site].name.clone();
+        match done {
+            Done::Applied(Ok((vector, report, failed))) => {
                 self.stats.batches_applied += report.applied_batches;
                 self.stats.batches_present += report.present;
                 self.stats.resent_bytes += frame * report.present / count.max(1);
                 self.stats.batch_bytes_applied += frame;
                 self.stats.rejected_batches += report.rejected.len() as u64;
-                let counts = [report.applied_batches, report.present, failed as u64];
+                let counts = [report.applied_batches, report.present, *failed as u64];
                 let counts: Vec<u8> = counts.iter().flat_map(|n| n.to_le_bytes()).collect();
                 self.trace(b"applied", &[&conn.to_le_bytes(), &counts]);
-                self.vector_moved(site, &vector);
+                self.vector_moved(site, vector);
                 if self.rng.chance(self.opts.merge_eager) {
                     let life = self.sites[site].life;
                     self.after(1, Ev::Merge { site, life });
                 }
-                let now = self.now;
-                let e = &mut self.conn_mut(conn).ends[i];
-                e.batch_messages_applied += 1;
-                if failed > 0 {
-                    // Forged or tampered batches: the peer is cut off (what verified stays).
-                    let why = report.rejected.first().map_or(String::new(), |x| x.reason.clone());
-                    e.session.handle_forbidden(format!(
-                        "{failed} batches failed verification (first: {why})"
-                    ));
-                } else {
-                    e.session.handle_applied(now, vector);
-                }
+                self.conn_mut(conn).ends[i].batch_messages_applied += 1;
             }
-            Err(err) => {
-                let e = &mut self.conn_mut(conn).ends[i];
-                e.session.handle_local_error(format!("applying batches: {err}"));
-                self.fail(format!("{}: apply_wire failed: {err}", self.sites[site].name));
+            Done::Applied(Err(err)) => self.fail(format!("{name}: apply_wire failed: {err}")),
+            Done::BodiesFetched(Ok(bodies)) => self.stats.bodies_resent += bodies.len() as u64,
+            Done::BodiesStored(Ok(r)) => self.stats.bodies_stored += r.stored,
+            Done::BodiesFetched(Err(err))
+            | Done::BodiesDelivered(Err(err))
+            | Done::BodiesStored(Err(err)) => {
+                self.fail(format!("{name}: re-sending withheld bodies failed: {err}"))
             }
+            Done::Merged(r) => self.merged(site, r.as_ref().map_err(String::clone)),
+            Done::Recorded(Err(err)) => self.fail(format!("{name}: recording a session: {err}")),
+            _ => {}
         }
-        self.pump(conn, i);
     }
 
-    /// After a session: the stream is finished behind the last frame, received changes are
-    /// merged, the peer state is recorded, and a dialler's loop schedules its next round.
-    fn session_ended(&mut self, conn: u64, i: usize, outcome: Outcome) {
+    /// The session closed on the wire: the stream is finished behind the last frame and the
+    /// outcome counted. Its merge and record follow as jobs.
+    fn session_closed(&mut self, conn: u64, i: usize, outcome: Outcome) {
         let now = self.now;
         let c = self.conns.get_mut(&conn).expect("the connection of a closing end");
+        c.ends[i].done = true;
         let (site, peer) = (c.ends[i].site, c.ends[i].peer);
         let (latency, _) = self.links[&(site, peer)];
         let dir = &mut c.dirs[i];
         let fin_at =
             (!dir.fin && dir.broken_at.is_none()).then(|| dir.last_arrival.max(now + latency));
         dir.fin = true;
-        let e = &c.ends[i];
-        let (dialer, life) = (e.dialer, e.life);
-        let stats = e.session.stats().clone();
-        let handshaken = e.session.handshaken();
-        let peer_vector = e.session.peer_vector().clone();
-        let (sent, received) = (e.bytes_sent, e.bytes_received);
         if let Some(t) = fin_at {
             self.at(t, Ev::Arrive { conn, to: 1 - i, item: crate::net::Transit::Fin });
         }
@@ -377,49 +282,42 @@ impl World {
         }
         let text = outcome.to_string();
         self.trace(b"session-end", &[&conn.to_le_bytes(), &[i as u8], text.as_bytes()]);
-        // Where the next audit upload to the parent starts (as `drive` records it).
-        if let (Some(next), Some(node)) = (stats.audit_acked, self.sites[site].node.as_ref()) {
-            let parent = self.sites[peer].id;
-            if let Err(err) = node.store.audit_acked(&parent, next) {
-                let m =
-                    format!("{}: recording the audit cursor failed: {err}", self.sites[site].name);
-                self.fail(m);
-            }
-        }
-        if stats.batches_received > 0 || stats.bodies_received > 0 {
-            self.after(MERGE_DELAY_MS, Ev::Merge { site, life });
-        }
-        let complete = outcome == Outcome::Complete;
-        let peer_id = self.sites[peer].id;
-        let t = self.sites[site].env.now_secs();
-        if let Some(node) = self.sites[site].node.as_ref() {
-            let rep = SessionReport {
-                peer: peer_id.to_string(),
-                outcome: text.clone(),
-                complete,
-                batches_sent: stats.batches_sent,
-                batches_received: stats.batches_received,
-                bytes_sent: sent,
-                bytes_received: received,
-                millis: 0,
-            };
-            let vector = handshaken.then_some(peer_vector);
-            let r = node.store.update_peer_state(&peer_id, |s| record_session(s, t, vector, &rep));
-            if let Err(err) = r {
-                self.fail(format!("{}: recording peer state: {err}", self.sites[site].name));
-            }
-        }
+    }
+
+    /// The session is recorded: check its audit entry, and a dialler's loop schedules its next
+    /// round.
+    fn session_ended(&mut self, conn: u64, i: usize, report: &SessionReport) {
+        let e = &mut self.conn_mut(conn).ends[i];
+        e.ended = true;
+        let (site, peer, dialer) = (e.site, e.peer, e.dialer);
+        self.check_session_entry(site, peer);
         if dialer {
-            self.next_dial(site, peer, complete);
+            self.round_done(site, peer, report);
         }
         self.gc(conn);
     }
 
-    /// Forgets a connection both of whose ends are done, after checking that a cut cost at
+    /// The site's newest audit entry must be the record of the session with `peer` that just
+    /// ended: `serve` writes one for every session.
+    fn check_session_entry(&mut self, site: usize, peer: usize) {
+        let Some(node) = self.node(site) else { return };
+        let peer_id = self.sites[peer].id;
+        let newest = node.store.events(1);
+        let ok = matches!(&newest, Ok(list) if list.last().is_some_and(|(_, e)| {
+            matches!(&e.kind, EventKind::Session { peer, .. } if *peer == peer_id)
+        }));
+        if !ok {
+            let name = self.sites[site].name.clone();
+            let other = self.sites[peer].name.clone();
+            self.fail(format!("{name}: the session with {other} left no audit entry"));
+        }
+    }
+
+    /// Forgets a connection both of whose ends are over, after checking that a cut cost at
     /// most the one `Batches` message in flight each way (a sender waits for the ack of one
     /// message before it sends the next: no livelock, bounded retransmission).
     pub fn gc(&mut self, conn: u64) {
-        let Some(c) = self.conns.get(&conn).filter(|c| c.ends.iter().all(|e| e.done)) else {
+        let Some(c) = self.conns.get(&conn).filter(|c| c.ends.iter().all(|e| e.ended)) else {
             return;
         };
         let mut problems = Vec::new();
@@ -439,5 +337,18 @@ impl World {
         for m in problems {
             self.fail(m);
         }
+    }
+
+    /// A frame of end `i` left the sender (its writer wrote it).
+    pub(crate) fn written(&mut self, conn: u64, i: usize, bytes: u64) {
+        if !self.end_working(conn, i) {
+            return;
+        }
+        let e = &mut self.conn_mut(conn).ends[i];
+        e.frames_written += 1;
+        e.bytes_written += bytes;
+        let (frames, bytes) = (e.frames_written, e.bytes_written);
+        e.host.written(frames, bytes);
+        self.pump(conn, i);
     }
 }

@@ -4,9 +4,11 @@
 //! nothing after the break arrives, and both ends see the connection close when QUIC's idle
 //! timeout expires. The adversary (see `adversary.rs`) sits on the wire.
 
-use sitesync::node::serve::{BACKOFF_BASE_MS, CONNECT_TIMEOUT_MS, backoff_ms};
+use sitesync::node::schedule::CONNECT_TIMEOUT_MS;
 use sitesync::protocol::message;
 use sitesync::transport::IDLE_TIMEOUT_MS;
+
+use sitesync::node::session_host::SessionReport;
 
 use crate::drive::End;
 use crate::world::{Ev, World};
@@ -111,24 +113,26 @@ impl World {
     pub(crate) fn dial_failed(&mut self, site: usize, peer: usize) {
         self.stats.dials_failed += 1;
         self.trace(b"dial-failed", &[&(site as u64).to_le_bytes(), &(peer as u64).to_le_bytes()]);
-        self.next_dial(site, peer, false);
+        let Some(node) = self.node(site) else { return };
+        let why = format!("connecting to {}: timed out", self.sites[peer].name);
+        let report = sitesync::node::schedule::dial_failed(node, self.sites[peer].id, why, 0);
+        self.round_done(site, peer, &report);
     }
 
-    /// Schedules a sync loop's next round: after the interval on success, else backing off
-    /// (the real `peer_loop`'s schedule, with seeded jitter).
-    pub fn next_dial(&mut self, site: usize, peer: usize, complete: bool) {
+    /// Schedules a sync loop's next round (the real loop's [`DialSchedule`], drawing its jitter
+    /// from the node's seeded entropy), after recording the round as `serve` does.
+    ///
+    /// [`DialSchedule`]: sitesync::node::schedule::DialSchedule
+    pub fn round_done(&mut self, site: usize, peer: usize, report: &SessionReport) {
         let interval = self.opts.sync_interval_ms();
-        let jitter = self.rng.next_u64() as u32;
-        let Some(d) = self.sites[site].dialers.iter_mut().find(|d| d.peer == peer) else { return };
-        d.busy = false;
-        let delay = if complete {
-            d.failures = 0;
-            interval
-        } else {
-            d.failures += 1;
-            backoff_ms(d.failures, interval.max(BACKOFF_BASE_MS), jitter)
-        };
-        d.due = self.now + delay;
+        let peer_id = self.sites[peer].id;
+        let Some(d) = self.sites[site].dialers.iter().position(|d| d.peer == peer) else { return };
+        let s = &mut self.sites[site];
+        let Some(node) = s.node.as_ref() else { return };
+        let dialer = &mut s.dialers[d];
+        let delay = dialer.schedule.round_done(node, peer_id, report, interval);
+        dialer.busy = false;
+        dialer.due = self.now + delay;
         self.after(delay, Ev::Dial { site, peer });
     }
 
@@ -141,6 +145,10 @@ impl World {
             return;
         }
         let (latency, bandwidth) = self.links[&(src, dst)];
+        // The writer has written the frame once its last byte left (lost on the way or not).
+        let departs = self.now.max(dir.busy_until) + bytes.len() as u64 * 1000 / bandwidth;
+        let written = Ev::Written { conn, end: from, bytes: bytes.len() as u64 };
+        self.at(departs, written);
         self.stats.frames += 1;
         self.stats.bytes += bytes.len() as u64;
         self.trace(b"frame", &[&conn.to_le_bytes(), &[from as u8], &bytes]);
@@ -215,11 +223,11 @@ impl World {
             }
             Transit::Fin => {
                 let end = &mut self.conn_mut(conn).ends[to];
-                end.session.handle_disconnect("the peer finished the stream".into());
+                end.host.handle_disconnect("the peer finished the stream".into());
                 self.pump(conn, to);
             }
             Transit::Reset(reason) => {
-                self.conn_mut(conn).ends[to].session.handle_disconnect(reason);
+                self.conn_mut(conn).ends[to].host.handle_disconnect(reason);
                 self.pump(conn, to);
             }
         }
@@ -235,8 +243,8 @@ impl World {
         let peer_site = c.ends[1 - to].site;
         let peer_restores = c.ends[1 - to].restores;
         let end = &mut c.ends[to];
-        end.bytes_received += bytes.len() as u64;
-        end.last_frame = bytes.len() as u64;
+        let size = bytes.len() as u64;
+        end.last_frame = size;
         let decoded = match bytes.get(..4).map(<[u8; 4]>::try_from) {
             Some(Ok(prefix)) => match message::frame_len(prefix) {
                 Ok(n) if n == bytes.len() - 4 => end.dec.decode(&bytes[4..]),
@@ -252,15 +260,15 @@ impl World {
             Ok(m) => {
                 if let (true, message::MessageOf::Ack { vector }) = (check_ack, &m) {
                     let vector = vector.clone();
-                    end.session.handle_message(now, m);
+                    end.host.handle_message(now, m, size);
                     if self.sites[peer_site].restore_count == peer_restores {
                         self.check_ack(peer_site, &vector);
                     }
                 } else {
-                    end.session.handle_message(now, m);
+                    end.host.handle_message(now, m, size);
                 }
             }
-            Err(e) => end.session.handle_malformed(e.to_string()),
+            Err(e) => end.host.handle_malformed(e.to_string(), size),
         }
         self.pump(conn, to);
     }
@@ -336,9 +344,9 @@ impl World {
         }
         e.timer_at = None;
         if moving {
-            e.session.handle_activity(now);
+            e.host.handle_activity(now);
         }
-        e.session.handle_timeout(now);
+        e.host.handle_timeout(now);
         self.pump(conn, end);
     }
 }
@@ -354,6 +362,7 @@ pub fn site_crashed(world: &mut World, site: usize) {
     for (conn, i) in hit {
         if let Some(c) = world.conns.get_mut(&conn) {
             c.ends[i].done = true;
+            c.ends[i].ended = true;
         }
         world.break_dir(conn, i, "the peer crashed");
         world.gc(conn);

@@ -2,7 +2,7 @@
 //! schedule of faults. `Options` are derived from the scenario, the seed and the command line,
 //! and are printed with a failing seed so that it replays exactly.
 
-use sitesync::node::serve::BACKOFF_MAX_MS;
+use sitesync::node::schedule::BACKOFF_MAX_MS;
 
 use crate::world::{DAY_MS, Ev, HOUR_MS, Kind, MINUTE_MS, World};
 

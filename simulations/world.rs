@@ -48,22 +48,24 @@ pub enum Ev {
         to: usize,
         item: Transit,
     },
-    /// A fetch asked by end `end` is done (the store was read).
-    Fetched {
+    /// Store work end `end` asked for is due (a fetch, a receipt, a merge).
+    Job {
         conn: u64,
         end: usize,
+        job: u64,
     },
-    /// An apply asked by end `end` is due (the store writes it now).
-    Applied {
+    /// A frame of end `end` left the sender.
+    Written {
         conn: u64,
         end: usize,
+        bytes: u64,
     },
     /// A session timer of end `end`.
     Timer {
         conn: u64,
         end: usize,
     },
-    /// Merge what a finished session received (the crash window after receipt).
+    /// A merge outside any session (a local write or a scope check merges too).
     Merge {
         site: usize,
         life: u32,
@@ -100,7 +102,7 @@ pub enum Kind {
 pub struct Dialer {
     pub peer: usize,
     pub busy: bool,
-    pub failures: u32,
+    pub schedule: sitesync::node::schedule::DialSchedule,
     /// The time the next `Dial` of this loop is due (later ones are ignored).
     pub due: u64,
 }
@@ -460,8 +462,8 @@ impl World {
             Ev::Connected { site, peer } => self.connected(site, peer),
             Ev::DialFailed { site, peer } => self.dial_failed(site, peer),
             Ev::Arrive { conn, to, item } => self.arrive(conn, to, item),
-            Ev::Fetched { conn, end } => self.fetched(conn, end),
-            Ev::Applied { conn, end } => self.applied(conn, end),
+            Ev::Job { conn, end, job } => self.job_due(conn, end, job),
+            Ev::Written { conn, end, bytes } => self.written(conn, end, bytes),
             Ev::Timer { conn, end } => self.timer(conn, end),
             Ev::Merge { site, life } => self.merge(site, life),
             Ev::Restart { site } => self.restart(site),
@@ -571,13 +573,19 @@ impl World {
             return;
         }
         let Some(node) = self.sites[site].node.as_ref() else { return };
-        match node.merge_received() {
+        let merged = node.merge_received().map_err(|e| e.to_string());
+        self.merged(site, merged.as_ref().map_err(String::clone));
+    }
+
+    /// A merge at `site` is done: traced, and every accepted change must have merged.
+    pub fn merged(&mut self, site: usize, r: Result<&sitesync::store::MergeReport, String>) {
+        let name = self.sites[site].name.clone();
+        match r {
             Ok(r) => {
-                let skipped = r.skipped.len();
                 let docs = r.documents.to_le_bytes();
-                let name = self.sites[site].name.clone();
                 self.trace(b"merge", &[name.as_bytes(), &docs]);
-                if skipped > 0 {
+                if !r.skipped.is_empty() {
+                    let skipped = r.skipped.len();
                     let m = format!(
                         "{name}: {skipped} accepted changes could not be merged: {:?}",
                         r.skipped
@@ -585,10 +593,7 @@ impl World {
                     self.fail(m);
                 }
             }
-            Err(e) => {
-                let m = format!("{}: merging: {e}", self.sites[site].name);
-                self.fail(m);
-            }
+            Err(e) => self.fail(format!("{name}: merging: {e}")),
         }
     }
 

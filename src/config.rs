@@ -252,8 +252,8 @@ impl Peer {
 
     pub fn label(&self) -> String {
         match &self.name {
-            Some(n) => format!("{n} ({})", &self.node_id.to_string()[..12]),
-            None => self.node_id.to_string()[..12].to_string(),
+            Some(n) => format!("{n} ({})", crate::id::short(&self.node_id.to_string())),
+            None => crate::id::short(&self.node_id.to_string()).to_string(),
         }
     }
 }

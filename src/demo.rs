@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 use crate::config::Peer;
 use crate::id::EntityType;
 use crate::node::Node;
-use crate::node::serve::{self, SessionReport};
+use crate::node::serve;
+use crate::node::session_host::SessionReport;
 use crate::protocol::message::Role;
 use crate::say;
 
@@ -59,10 +60,6 @@ fn step(title: &str) {
     say!("\n== {title}");
 }
 
-fn short(hex: &str) -> &str {
-    &hex[..12.min(hex.len())]
-}
-
 fn digest(node: &Node) -> Result<String> {
     Ok(node.summary()?.digest.to_hex().to_string())
 }
@@ -81,7 +78,7 @@ fn line(from: &str, r: &SessionReport) {
 /// One sync round: every connected clinic syncs with the district server.
 async fn round(parent: &Peer, clinics: &[&Site], moved: &mut (u64, u64)) {
     for c in clinics {
-        let r = serve::sync_once(c.node.clone(), &c.endpoint, parent).await;
+        let r = serve::sync_once(c.node.clone(), &c.endpoint, parent, None).await;
         moved.0 += r.bytes_sent;
         moved.1 += r.bytes_received;
         line(c.name, &r);
@@ -135,11 +132,11 @@ async fn run_async() -> Result<()> {
         c.save_config()?;
         c.publish_roster()?;
     }
-    say!("   district      {} listening on {addr}", short(&district.id().to_string()));
+    say!("   district      {} listening on {addr}", crate::id::short(&district.id().to_string()));
     for (c, name) in clinics.iter().zip(names) {
         say!(
             "   {name:<13} {}  (trusts only the district; the district's signed roster vouches for the others)",
-            short(&c.id().to_string())
+            crate::id::short(&c.id().to_string())
         );
     }
     let district = Arc::new(district);
@@ -203,12 +200,12 @@ async fn run_async() -> Result<()> {
     round(&parent, &all, &mut moved).await;
     round(&parent, &all, &mut moved).await;
     let dd = digest(&district)?;
-    say!("   district      digest {}", short(&dd));
+    say!("   district      digest {}", crate::id::short(&dd));
     let mut converged = true;
     for s in &sites {
         let d = digest(&s.node)?;
         converged &= d == dd;
-        say!("   {:<13} digest {}", s.name, short(&d));
+        say!("   {:<13} digest {}", s.name, crate::id::short(&d));
     }
     say!("   converged: {converged}");
 

@@ -7,7 +7,7 @@
 //! - [`map`]: one record -> one resource ([`Mapper`]), pure: referenced records (concepts,
 //!   persons) come from a [`RecordSource`].
 //! - [`mod@export`]: many records -> NDJSON files per resource type, or a transaction Bundle, with
-//!   an [`ExportReport`] (counts, skipped records and why, warnings).
+//!   an [`FhirExportReport`] (counts, skipped records and why, warnings).
 //! - [`cursor`]: [`Cursor`], the text form of "the records changed since" for incremental
 //!   exports and pushes.
 //! - [`target`]: [`FhirConfig`], the `[fhir]` table of `sitesync.toml` with its push targets.
@@ -30,13 +30,13 @@ pub mod settings;
 pub mod target;
 pub mod time;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::id::EntityId;
 
 pub use cursor::{Cursor, CursorError};
 pub use export::{
-    Export, ExportError, ExportReport, export, export_indexed, write_bundle, write_ndjson,
+    Export, ExportError, FhirExportReport, export, export_indexed, write_bundle, write_ndjson,
 };
 pub use map::{Context, Mapped, Mapper, RecordSource, Site};
 pub use push::{PushReport, PushState, PushTargetStatus};
@@ -45,7 +45,7 @@ pub use target::{FhirConfig, PushTarget};
 pub use time::Date;
 
 /// A record that cannot be expressed as a valid FHIR resource: which record, which field, why.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[error("{entity}: field {field}: {reason}")]
 pub struct MapError {
     pub entity: EntityId,
@@ -54,7 +54,7 @@ pub struct MapError {
 }
 
 /// Something left out of a resource that was still written.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Warning {
     pub entity: EntityId,
     pub field: String,

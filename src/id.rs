@@ -28,6 +28,15 @@ pub enum IdError {
     EntityId(String),
 }
 
+/// Characters of a node id, author or hash shown where the whole id does not fit.
+pub const SHORT_ID_CHARS: usize = 12;
+
+/// The first [`SHORT_ID_CHARS`] characters of an id's text (all of it if shorter): the one way
+/// ids are shortened for people (logs, pages, CLI output, file names).
+pub fn short(id: &str) -> &str {
+    id.get(..SHORT_ID_CHARS).unwrap_or(id)
+}
+
 /// A node's identity: its ed25519 public key.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct NodeId(pub [u8; 32]);
@@ -40,7 +49,7 @@ impl fmt::Display for NodeId {
 
 impl fmt::Debug for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "NodeId({})", &hex::encode(self.0)[..12])
+        write!(f, "NodeId({})", short(&hex::encode(self.0)))
     }
 }
 
@@ -280,6 +289,13 @@ impl EntityId {
     }
 }
 
+impl EntityId {
+    /// The id given as a type and a uuid (two command-line arguments, two URL segments).
+    pub fn parse_parts(ty: &str, uuid: &str) -> Result<EntityId, IdError> {
+        Ok(EntityId::new(ty.parse()?, parse_uuid(uuid)?))
+    }
+}
+
 impl fmt::Display for EntityId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.ty, self.uuid)
@@ -312,7 +328,7 @@ impl fmt::Display for BodyHash {
 
 impl fmt::Debug for BodyHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "BodyHash({})", &hex::encode(self.0)[..12])
+        write!(f, "BodyHash({})", short(&hex::encode(self.0)))
     }
 }
 

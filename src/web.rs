@@ -1,8 +1,8 @@
 //! The admin web view and JSON API, served by `sitesync serve` with axum on a loopback address
 //! (`[admin] listen`, default 127.0.0.1:7780) and protected by the admin token.
 //!
-//! - [`data`]: the [`data::AdminData`] trait, the only way pages and API reach the node;
-//! - `node_data`: its implementation for a node directory ([`NodeAdmin`]);
+//! - [`data`]: the [`data::AdminData`] trait, the only way pages and API reach the node (the
+//!   node implements it; this module knows nothing of the node beyond it);
 //! - `auth`: the token file, login cookie, bearer tokens and cross-site guards;
 //! - `pages`: server-rendered HTML (no JavaScript), `html`: escaping and layout;
 //! - `api`: the JSON API under `/api/` (see `docs/api.md`); `metrics`: `/metrics`.
@@ -16,7 +16,6 @@ mod api;
 mod auth;
 mod html;
 mod metrics;
-mod node_data;
 mod pages;
 
 use std::path::{Path, PathBuf};
@@ -29,11 +28,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::sync::watch;
 
-pub use auth::TOKEN_FILE;
+pub use auth::TOKEN_BYTES_MAX;
+pub use data::{AUDIT_PAGE_MAX, HISTORY_CHANGES_MAX, RECORDS_PAGE_MAX};
 use data::{AdminData, DataError};
-pub use node_data::{AUDIT_PAGE_MAX, HISTORY_CHANGES_MAX, NodeAdmin, RECORDS_PAGE_MAX};
-
-use crate::node::{Node, NodeError};
 
 /// Largest bundle accepted by an upload, in bytes.
 pub const UPLOAD_BYTES_MAX: usize = 1 << 30;
@@ -152,45 +149,22 @@ async fn security_headers(mut response: Response) -> Response {
     response
 }
 
-/// The admin token of the node in `dir`, created (random, mode 0600) if missing.
-pub fn admin_token(dir: &Path) -> Result<String, NodeError> {
-    auth::token(dir)
+/// Seconds since the Unix epoch (for "x s ago" on the pages).
+fn now_secs() -> i64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Serves the admin view of `node` until `shutdown` changes. A view that cannot start (the
-/// address is in use, the token file is unreadable) is reported and left out: the node goes on
-/// syncing without it.
-pub async fn run(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
-    let config = node.config.admin.clone();
-    if !config.enabled {
-        return;
-    }
-    let dir = node.dir.clone();
-    let token = match tokio::task::spawn_blocking(move || auth::token(&dir)).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => return not_started(&e.to_string()),
-        Err(e) => return not_started(&e.to_string()),
-    };
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
-        Ok(l) => l,
-        Err(e) => return not_started(&format!("listening on {}: {e}", config.listen)),
-    };
-    let addr = listener.local_addr().map_or(config.listen, |a| a);
-    tracing::info!(%addr, "admin view");
-    crate::say!(
-        "admin view on http://{addr}/ (log in with the token `sitesync admin token` prints)"
-    );
-    let data: Arc<dyn AdminData> = Arc::new(NodeAdmin::new(node.clone()));
-    let app = router(data, &token, &node.config.name, node.dir.clone());
+/// Serves `app` on `listener` until `shutdown` changes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let stop = async move {
         let _ = shutdown.changed().await;
     };
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
         tracing::error!("admin view: {e}");
     }
-}
-
-fn not_started(why: &str) {
-    tracing::error!("admin view not started: {why}");
-    crate::say!("admin view not started: {why}");
 }

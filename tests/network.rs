@@ -373,7 +373,7 @@ fn a_transfer_cut_by_kill_9_resumes_and_resends_at_most_one_batch() {
     let restarted = Instant::now();
     // Restarted merging after every message, while the resumed transfer goes on (the default
     // is every 30 s of a long session).
-    let p_srv = parent.serve_env(&[(sitesync::node::serve::MERGE_EVERY_ENV, "0")]);
+    let p_srv = parent.serve_env(&[(sitesync::node::session_host::MERGE_EVERY_ENV, "0")]);
     let after_restart = parent.status()["batches"].as_u64().expect("batches") - p_own;
     assert!(after_restart >= held, "what was applied stayed: {after_restart} < {held}");
     // The child's cut session ends when QUIC's idle timeout (30 s) notices the dead peer; then

@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 
-use super::{Cli, Failure, input, node_dir, open};
+use super::{Cli, CliError, input, node_dir, open_stopped};
 use crate::say;
 
 #[derive(Subcommand, Debug)]
@@ -24,7 +24,7 @@ pub enum AdminAction {
     },
 }
 
-pub(super) fn run(cli: &Cli, action: &AdminAction) -> Result<(), Failure> {
+pub(super) fn run(cli: &Cli, action: &AdminAction) -> Result<(), CliError> {
     let dir = node_dir(cli)?;
     match action {
         AdminAction::Token => {
@@ -35,10 +35,10 @@ pub(super) fn run(cli: &Cli, action: &AdminAction) -> Result<(), Failure> {
                     dir.display()
                 )));
             }
-            say!("{}", crate::web::admin_token(dir)?);
+            say!("{}", crate::node::admin_token(dir, random_token)?);
         }
         AdminAction::Set { listen, allow_remote, enabled } => {
-            let mut node = open(cli)?.owned(dir)?;
+            let mut node = open_stopped(cli)?;
             let mut admin = node.config.admin.clone();
             if let Some(l) = listen {
                 admin.listen =
@@ -63,4 +63,11 @@ pub(super) fn run(cli: &Cli, action: &AdminAction) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// 32 random bytes for a new admin token, from the operating system.
+fn random_token() -> Result<[u8; 32], crate::node::NodeError> {
+    let mut out = [0u8; 32];
+    crate::node::Env::fill_random(&crate::node::OsEnv, &mut out)?;
+    Ok(out)
 }

@@ -1,16 +1,19 @@
-//! `sitesync fhir export`: the node's records as FHIR R4, as Bulk Data NDJSON files (one per
-//! resource type) and optionally one transaction Bundle, all or those changed since a cursor.
-//! `sitesync fhir push` / `fhir status`: the `[[fhir.targets]]` of the config. The mapping is
-//! `crate::fhir`; pushing is `crate::node::push`.
+//! `sitesync fhir`: export records as FHIR R4 (Bulk Data NDJSON, one file per resource type,
+//! and optionally one transaction Bundle), all or those changed since a cursor; push them to
+//! the `[[fhir.targets]]` of the config; show each target's push state. The mapping is
+//! `crate::fhir`; exporting to files and pushing are the node's (`crate::node::push`).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
 use clap::Subcommand;
 
-use super::{Cli, Failure, absolute, input, open};
+use super::request::absolute;
+use super::{CliError, input, unexpected};
 use crate::fhir::{self, Cursor, FhirSettings};
 use crate::id::EntityType;
+use crate::node::command::FhirExported;
+use crate::node::{Reply, Request};
 use crate::say;
 
 /// Most warnings listed one by one; the rest are counted.
@@ -65,66 +68,50 @@ pub enum FhirAction {
     },
 }
 
-/// The arguments that run `action` inside a running node (file paths made absolute).
-pub(crate) fn forward_args(action: &FhirAction) -> Result<Vec<String>, Failure> {
-    let mut a = vec!["fhir".to_string()];
-    match action {
-        FhirAction::Export { out, types, bundle, settings, since } => {
-            a.extend(["export".into(), "--out".into(), absolute(out)?]);
-            for t in types {
-                a.extend(["--type".into(), t.clone()]);
-            }
-            if let Some(b) = bundle {
-                a.extend(["--bundle".into(), absolute(b)?]);
-            }
-            if let Some(s) = settings {
-                a.extend(["--settings".into(), absolute(s)?]);
-            }
-            if let Some(c) = since {
-                a.extend(["--since".into(), c.clone()]);
-            }
-        }
-        FhirAction::Push { target, full, json } => {
-            a.extend(["push".into(), "--target".into(), target.clone()]);
-            if *full {
-                a.push("--full".into());
-            }
-            if *json {
-                a.push("--json".into());
-            }
-        }
-        FhirAction::Status { json } => {
-            a.push("status".into());
-            if *json {
-                a.push("--json".into());
-            }
-        }
-    }
-    Ok(a)
-}
-
-pub(crate) fn run(cli: &Cli, action: &FhirAction) -> Result<i32, Failure> {
-    match action {
+/// The request `action` makes (settings read and checked, paths made absolute).
+pub(super) fn request(action: &FhirAction) -> Result<Request, CliError> {
+    Ok(match action {
         FhirAction::Export { out, types, bundle, settings, since } => {
             let since = since
                 .as_deref()
                 .map(|c| c.parse::<Cursor>().map_err(|e| input(format!("--since: {e}"))))
                 .transpose()?;
-            export(cli, out, types, bundle.as_deref(), settings.as_deref(), since.as_ref())
+            Request::FhirExport {
+                out: absolute(out)?,
+                types: selected_types(types)?,
+                bundle: bundle.as_deref().map(absolute).transpose()?,
+                settings: settings.as_deref().map(read_settings).transpose()?,
+                since,
+            }
         }
-        FhirAction::Push { target, full, json } => push(cli, target, *full, *json),
-        FhirAction::Status { json } => status(cli, *json),
+        FhirAction::Push { target, full, .. } => {
+            Request::FhirPush { target: target.clone(), full: *full }
+        }
+        FhirAction::Status { .. } => Request::FhirStatus,
+    })
+}
+
+/// Prints the reply to `action`; returns the exit code.
+pub(super) fn print(action: &FhirAction, reply: Reply) -> Result<i32, CliError> {
+    match (action, reply) {
+        (FhirAction::Export { out, bundle, .. }, Reply::FhirExported(done)) => {
+            Ok(exported(out, bundle.as_deref(), &done))
+        }
+        (FhirAction::Push { target, json, .. }, Reply::Pushed(r)) => pushed(target, *json, &r),
+        (FhirAction::Status { json }, Reply::PushStatus(targets)) => status(&targets, *json),
+        (_, other) => Err(unexpected(&other)),
     }
 }
 
-fn read_settings(path: Option<&Path>) -> Result<Option<FhirSettings>, Failure> {
-    let Some(path) = path else { return Ok(None) };
+/// The settings file's text, checked here so its errors name the file.
+fn read_settings(path: &Path) -> Result<String, CliError> {
     let text =
         std::fs::read_to_string(path).map_err(|e| input(format!("{}: {e}", path.display())))?;
-    FhirSettings::from_toml(&text).map(Some).map_err(|e| input(format!("{}: {e}", path.display())))
+    FhirSettings::from_toml(&text).map_err(|e| input(format!("{}: {e}", path.display())))?;
+    Ok(text)
 }
 
-fn selected_types(types: &[String]) -> Result<Vec<EntityType>, Failure> {
+fn selected_types(types: &[String]) -> Result<Vec<EntityType>, CliError> {
     let exported: Vec<EntityType> = EntityType::ALL
         .iter()
         .copied()
@@ -149,41 +136,18 @@ fn selected_types(types: &[String]) -> Result<Vec<EntityType>, Failure> {
     Ok(out)
 }
 
-fn export(
-    cli: &Cli,
-    out: &Path,
-    types: &[String],
-    bundle: Option<&Path>,
-    settings: Option<&Path>,
-    since: Option<&Cursor>,
-) -> Result<i32, Failure> {
-    let settings = read_settings(settings)?;
-    let types = selected_types(types)?;
-    let node = open(cli)?;
-    let settings = settings.as_ref().unwrap_or(node.fhir_settings());
-    let bar = crate::cli::progress_bar_of("reading records", "records");
-    let progress = |done: u64, total: u64| {
-        bar.set_length(total);
-        bar.set_position(done);
-    };
-    let done = node.fhir_export(settings, &types, since, &Default::default(), &progress)?;
-    bar.finish_and_clear();
-    let mut export = done.export;
-    let written = export.write_ndjson(out).map_err(|e| anyhow!(e))?;
-    if let Some(file) = bundle {
-        export.write_bundle(file).map_err(|e| anyhow!(e))?;
-    }
-    let report = &export.report;
+fn exported(out: &Path, bundle: Option<&Path>, done: &FhirExported) -> i32 {
+    let report = &done.report;
     let counts: Vec<String> = report.resources.iter().map(|(t, n)| format!("{t} {n}")).collect();
     say!(
         "wrote {} resources in {} NDJSON files to {}: {}",
-        export.resources.len(),
-        written.len(),
+        done.resources,
+        done.files,
         out.display(),
         counts.join(", ")
     );
-    if let Some(file) = bundle {
-        say!("wrote a transaction Bundle of {} entries to {}", report.total(), file.display());
+    if let (Some(file), Some(entries)) = (bundle, done.bundle_entries) {
+        say!("wrote a transaction Bundle of {entries} entries to {}", file.display());
     }
     if !report.warnings.is_empty() {
         say!("{} warnings (data left out of resources that were written):", report.warnings.len());
@@ -205,16 +169,13 @@ fn export(
     };
     // Last, on a line of its own, for scripts: `--since` takes it next time.
     say!("cursor {}", done.cursor);
-    Ok(code)
+    code
 }
 
-fn push(cli: &Cli, target: &str, full: bool, json: bool) -> Result<i32, Failure> {
-    let node = open(cli)?;
-    let opts = crate::node::push::PushOptions { retry_failed: true, full, ..Default::default() };
-    let r = node.push_run(target, opts)?;
+fn pushed(target: &str, json: bool, r: &fhir::PushReport) -> Result<i32, CliError> {
     let code = if r.is_clean() { 0 } else { 1 };
     if json {
-        say!("{}", serde_json::to_string_pretty(&r).map_err(|e| anyhow!(e))?);
+        say!("{}", serde_json::to_string_pretty(r).map_err(|e| anyhow!(e))?);
         return Ok(code);
     }
     say!(
@@ -240,18 +201,16 @@ fn push(cli: &Cli, target: &str, full: bool, json: bool) -> Result<i32, Failure>
     Ok(code)
 }
 
-fn status(cli: &Cli, json: bool) -> Result<i32, Failure> {
-    let node = open(cli)?;
-    let targets = node.push_status()?;
+fn status(targets: &[fhir::PushTargetStatus], json: bool) -> Result<i32, CliError> {
     if json {
-        say!("{}", serde_json::to_string_pretty(&targets).map_err(|e| anyhow!(e))?);
+        say!("{}", serde_json::to_string_pretty(targets).map_err(|e| anyhow!(e))?);
         return Ok(0);
     }
     if targets.is_empty() {
         say!("no FHIR push targets ([[fhir.targets]] in sitesync.toml)");
     }
     let when = |t: i64| if t == 0 { "never".to_string() } else { t.to_string() };
-    for t in &targets {
+    for t in targets {
         say!(
             "{} -> {}{}",
             t.name,

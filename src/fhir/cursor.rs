@@ -21,7 +21,7 @@ const CHECK_BYTES: usize = 4;
 pub const CURSOR_CHARS_MAX: usize = 200_000;
 
 /// A position in this node's change history (see the module doc).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Cursor(pub Vector);
 
 /// A cursor that does not parse; the message names the value.

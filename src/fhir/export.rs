@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::map::{Context, Mapper};
@@ -33,8 +33,8 @@ pub const RESOURCE_TYPES: &[&str] = &[
 ];
 
 /// What an export did.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct ExportReport {
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FhirExportReport {
     /// Records read, per entity type.
     pub records: BTreeMap<EntityType, usize>,
     /// Resources produced, per FHIR resource type (the site Organization included).
@@ -47,7 +47,7 @@ pub struct ExportReport {
     pub warnings: Vec<Warning>,
 }
 
-impl ExportReport {
+impl FhirExportReport {
     /// Resources written, all types.
     pub fn total(&self) -> usize {
         self.resources.values().sum()
@@ -62,7 +62,7 @@ pub struct Export {
     pub resources: Vec<Resource>,
     /// The record each resource came from (`None` for the Organization).
     pub origins: Vec<Option<EntityId>>,
-    pub report: ExportReport,
+    pub report: FhirExportReport,
     base_url: Option<String>,
 }
 
@@ -100,7 +100,7 @@ where
     for (ty, uuid, value) in records.iter().chain(others) {
         mapper.index(*ty, *uuid, value);
     }
-    let mut report = ExportReport::default();
+    let mut report = FhirExportReport::default();
     let mut resources = Vec::new();
     let mut origins = Vec::new();
     let mut seen: HashSet<(&'static str, String)> = HashSet::new();
@@ -198,7 +198,7 @@ pub fn write_ndjson<I>(
     records: I,
     ctx: Context<'_>,
     dir: &Path,
-) -> Result<ExportReport, ExportError>
+) -> Result<FhirExportReport, ExportError>
 where
     I: IntoIterator<Item = (EntityType, Uid, Value)>,
 {
@@ -212,7 +212,7 @@ pub fn write_bundle<I>(
     records: I,
     ctx: Context<'_>,
     file: &Path,
-) -> Result<ExportReport, ExportError>
+) -> Result<FhirExportReport, ExportError>
 where
     I: IntoIterator<Item = (EntityType, Uid, Value)>,
 {

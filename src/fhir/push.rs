@@ -450,7 +450,7 @@ pub struct PushState {
 }
 
 /// What one push run did.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushReport {
     pub target: String,
     /// Resources considered (changed records, retried failures, the Organization).
@@ -505,7 +505,7 @@ impl PushReport {
 }
 
 /// A push target's configuration and state, for `sitesync fhir status` and the admin view.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushTargetStatus {
     pub name: String,
     pub base_url: String,

@@ -13,13 +13,20 @@ pub trait Env: Send + Sync {
     fn fill_random(&self, out: &mut [u8]) -> Result<(), NodeError>;
 }
 
+/// Seconds since the Unix epoch on the operating system's clock (for [`OsEnv`], and for the
+/// CLI's "x s ago"; node code reads its own [`Env`]).
+pub fn now_secs() -> i64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
 /// The operating system's clock and RNG.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OsEnv;
 
 impl Env for OsEnv {
     fn now_secs(&self) -> i64 {
-        super::now_secs()
+        now_secs()
     }
 
     fn fill_random(&self, out: &mut [u8]) -> Result<(), NodeError> {

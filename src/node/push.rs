@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::{Node, NodeError, random_bytes};
+use super::{Node, NodeError};
 use crate::event::{Event, EventKind};
 use crate::fhir::push::{
     self, Delivery, FailedResource, HttpReply, Outgoing, Pusher, RetryPolicy, Transport,
@@ -111,6 +111,43 @@ impl Node {
             Context { settings, site: &site, today: Date::from_unix(self.now()), source: &source };
         let export = crate::fhir::export_indexed(records, &others, ctx);
         Ok(FhirExport { export, cursor: Cursor(changes.cursor) })
+    }
+
+    /// Exports records as FHIR R4 into files: `out/<ResourceType>.ndjson`, and a transaction
+    /// Bundle when asked. `types` empty means every type that has a resource.
+    pub fn fhir_export_files(
+        &self,
+        req: super::command::FhirExportRequest,
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<super::command::FhirExported, NodeError> {
+        let mut types = req.types;
+        if types.is_empty() {
+            types = EntityType::ALL
+                .iter()
+                .copied()
+                .filter(|t| crate::fhir::map::resource_type_of(*t).is_some())
+                .collect();
+        }
+        let settings = req.settings.as_ref().unwrap_or(self.fhir_settings());
+        let since = req.since.as_ref();
+        let done = self.fhir_export(settings, &types, since, &Default::default(), progress)?;
+        let mut export = done.export;
+        let failed = |e: crate::fhir::ExportError| NodeError::Io { path: e.path, source: e.source };
+        let files = export.write_ndjson(&req.out).map_err(failed)?.len();
+        let bundle_entries = match &req.bundle {
+            Some(file) => {
+                export.write_bundle(file).map_err(failed)?;
+                Some(export.report.total())
+            }
+            None => None,
+        };
+        Ok(super::command::FhirExported {
+            files,
+            resources: export.resources.len(),
+            bundle_entries,
+            report: export.report,
+            cursor: done.cursor,
+        })
     }
 
     /// Reads the records to export (of `types`, in key order) and, when some are obs and not
@@ -340,7 +377,7 @@ impl Node {
             }
             !stopped(&opts.stop)
         };
-        let mut jitter = || random_bytes::<4>().map(u32::from_le_bytes).unwrap_or(0);
+        let mut jitter = || self.random_u32();
         let mut on_ack = |group: &[Outgoing]| {
             let acked: Vec<(&str, [u8; 32])> =
                 group.iter().map(|o| (o.key.as_str(), o.hash)).collect();
@@ -536,7 +573,7 @@ pub fn spawn_push_loops(
 }
 
 /// Pushes target `name` at start, then every `interval_secs`; after a run that stopped early,
-/// sooner, with backoff (`serve::backoff_ms`). The run itself is on a blocking thread.
+/// sooner, with backoff (`schedule::backoff_ms`). The run itself is on a blocking thread.
 pub async fn push_loop(node: Arc<Node>, name: String, mut shutdown: watch::Receiver<bool>) {
     let Some(target) = node.config.fhir.target(&name).cloned() else { return };
     let interval_ms = target.interval_secs.saturating_mul(1000);
@@ -568,8 +605,8 @@ pub async fn push_loop(node: Arc<Node>, name: String, mut shutdown: watch::Recei
             interval_ms
         } else {
             failures += 1;
-            let jitter = random_bytes::<4>().map(u32::from_le_bytes).unwrap_or(0);
-            super::serve::backoff_ms(failures, interval_ms.max(1000), jitter)
+            let jitter = node.random_u32();
+            super::schedule::backoff_ms(failures, interval_ms.max(1000), jitter)
         };
         let next = node.now() + (delay / 1000) as i64;
         let (n, t) = (node.clone(), name.clone());

@@ -177,7 +177,7 @@ fn open_read(
 }
 
 /// What `audit verify` found.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AuditReport {
     /// Entries checked.
     pub entries: u64,

@@ -28,7 +28,7 @@ use crate::id::{AuthorId, BodyHash, EntityId, EntityType};
 use crate::identity::Keypair;
 
 /// What a `put` did to one record.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PutOutcome {
     pub id: EntityId,
     pub changed: bool,

@@ -40,7 +40,7 @@ use crate::id::{AuthorId, BodyHash, EntityId, Incarnation, NodeId};
 pub const PENDING_AHEAD_MAX: u64 = 1_000_000;
 
 /// A batch refused, and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rejection {
     pub author: AuthorId,
     pub seq: u64,
@@ -48,7 +48,7 @@ pub struct Rejection {
 }
 
 /// What one apply did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ApplyReport {
     pub applied_batches: u64,
     pub applied_changes: u64,

@@ -125,7 +125,7 @@ async fn records(State(s): State<AppState>, Query(q): Query<Params>) -> Response
 }
 
 fn entity(ty: &str, uuid: &str) -> Result<EntityId, DataError> {
-    crate::node::entity_id(ty, uuid).map_err(|e| DataError::NotFound(e.to_string()))
+    EntityId::parse_parts(ty, uuid).map_err(|e| DataError::NotFound(e.to_string()))
 }
 
 async fn record(

@@ -1,7 +1,8 @@
 //! Access to the admin view: the admin token (a file in the node directory), the login cookie,
 //! bearer tokens for the API, and the guard against cross-site requests.
 //!
-//! - The token is 32 random bytes (64 hex digits) in `admin-token`, mode 0600.
+//! - The token is 32 random bytes (64 hex digits) in the node directory's `admin-token`, mode
+//!   0600 (the node reads it and hands it to [`super::router`]).
 //! - A browser logs in by pasting the token; it gets a cookie holding a value derived from the
 //!   token (not the token itself), HttpOnly and SameSite=Strict. Changing the token file logs
 //!   every browser out at the next start.
@@ -12,18 +13,13 @@
 //!   view's own origin, and every HTML form carries a CSRF token derived from the admin token,
 //!   checked by the handler.
 
-use std::path::Path;
-
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use crate::node::NodeError;
 
-/// File in the node directory holding the admin token (mode 0600).
-pub const TOKEN_FILE: &str = "admin-token";
 /// Name of the login cookie.
 pub const COOKIE: &str = "sitesync_admin";
 /// Longest token accepted from a client, in bytes (longer input is refused unread).
@@ -133,51 +129,6 @@ pub fn unauthorized(path: &str, state: &AppState) -> Response {
     (StatusCode::UNAUTHORIZED, page).into_response()
 }
 
-/// The admin token of the node in `dir`, created (random, mode 0600) if missing.
-pub fn token(dir: &Path) -> Result<String, NodeError> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let path = dir.join(TOKEN_FILE);
-    let io = |source| NodeError::Io { path: path.clone(), source };
-    match std::fs::metadata(&path) {
-        Ok(meta) => {
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(NodeError::Input(format!(
-                    "{}: the admin token is readable by other users (mode {mode:o}); run chmod 600 on it",
-                    path.display()
-                )));
-            }
-            let text = std::fs::read_to_string(&path).map_err(io)?;
-            let token = text.trim().to_string();
-            if token.len() < 32
-                || token.len() > TOKEN_BYTES_MAX
-                || token.contains(char::is_whitespace)
-            {
-                return Err(NodeError::Input(format!(
-                    "{}: not an admin token (32 to {TOKEN_BYTES_MAX} characters, no spaces); \
-                     delete it to get a new one",
-                    path.display()
-                )));
-            }
-            Ok(token)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let token = hex::encode(crate::node::random_bytes::<32>()?);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(io)?;
-            f.write_all(format!("{token}\n").as_bytes()).map_err(io)?;
-            f.sync_all().map_err(io)?;
-            Ok(token)
-        }
-        Err(e) => Err(io(e)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,19 +160,5 @@ mod tests {
         assert!(same_origin(&h));
         h.insert(header::ORIGIN, "http://evil.example".parse().expect("hv"));
         assert!(!same_origin(&h));
-    }
-
-    #[test]
-    fn the_token_file_is_created_private_and_read_back() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let t = token(dir.path()).expect("created");
-        assert_eq!(t.len(), 64);
-        assert_eq!(token(dir.path()).expect("read"), t);
-        let path = dir.path().join(TOKEN_FILE);
-        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        assert!(token(dir.path()).is_err(), "a readable token is refused");
     }
 }

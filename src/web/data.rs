@@ -14,6 +14,13 @@ use serde_json::Value;
 
 use crate::id::{EntityId, EntityType, NodeId};
 
+/// Most changes shown on a record page.
+pub const HISTORY_CHANGES_MAX: usize = 100;
+/// Most audit entries in one page.
+pub const AUDIT_PAGE_MAX: usize = 500;
+/// Most record ids in one page.
+pub const RECORDS_PAGE_MAX: usize = 1_000;
+
 /// Why a data call failed; the web layer maps each to an HTTP status.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -31,7 +38,7 @@ pub enum DataError {
     Internal(String),
 }
 
-/// The admin view's data and actions. Implemented by [`super::NodeAdmin`] for a node directory.
+/// The admin view's data and actions. Implemented by the node (`node/admin_view.rs`).
 pub trait AdminData: Send + Sync + 'static {
     /// This node, every configured peer and every node known through rosters.
     fn overview(&self) -> Result<Overview, DataError>;

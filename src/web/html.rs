@@ -38,7 +38,7 @@ pub fn seg(s: &str) -> String {
 
 /// A node id shortened for display, with the whole id as its tooltip.
 pub fn short_id(id: &str) -> String {
-    let short = id.get(..12).unwrap_or(id);
+    let short = crate::id::short(id);
     format!("<code title=\"{}\">{}…</code>", esc(id), esc(short))
 }
 

@@ -13,7 +13,6 @@ use super::data::*;
 use super::html::{esc, json_inline, json_pre, layout, notice, seg, short_id, utc, when};
 use super::{AUDIT_PAGE_DEFAULT, AppState, RECORDS_PAGE_DEFAULT, status_of};
 use crate::id::{EntityId, EntityType, NodeId};
-use crate::node::now_secs;
 
 mod bundles;
 mod conflicts;
@@ -485,7 +484,7 @@ async fn failures_with(s: &AppState, note: Option<String>, status: StatusCode) -
         Ok(l) => l,
         Err(e) => return error_page(s, "Failures", "/failures", &e),
     };
-    let now = now_secs();
+    let now = super::now_secs();
     let mut b = note.unwrap_or_default();
     if list.is_empty() {
         b.push_str("<p class=\"muted\">Nothing is failing.</p>");
@@ -580,7 +579,7 @@ pub async fn records(State(s): State<AppState>, Query(q): Query<Params>) -> Resp
 }
 
 fn entity_of(ty: &str, uuid: &str) -> Result<EntityId, DataError> {
-    crate::node::entity_id(ty, uuid).map_err(|e| DataError::NotFound(e.to_string()))
+    EntityId::parse_parts(ty, uuid).map_err(|e| DataError::NotFound(e.to_string()))
 }
 
 pub async fn record(

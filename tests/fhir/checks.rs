@@ -58,7 +58,7 @@ pub(crate) fn export_and_validate(
     label: &str,
     records: Vec<Rec>,
     settings: &FhirSettings,
-) -> fhir::ExportReport {
+) -> fhir::FhirExportReport {
     let source = source_of(&records);
     let site = site();
     let ctx = Context { settings, site: &site, today: today(), source: &source };

@@ -19,7 +19,7 @@ pub const POLL: Duration = Duration::from_millis(100);
 pub const WAIT_MAX: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------------------------------------
-// Running the binary (as tests/replication.rs does)
+// Running the binary (as tests/replication does)
 // ---------------------------------------------------------------------------------------------
 
 /// What one run of the binary did.

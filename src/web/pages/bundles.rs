@@ -18,7 +18,7 @@ async fn bundles_with(s: &AppState, note: Option<String>, status: StatusCode) ->
         csrf_field(s)
     );
     for n in &peers {
-        let name = n.name.clone().unwrap_or_else(|| n.node_id[..12].to_string());
+        let name = n.name.clone().unwrap_or_else(|| crate::id::short(&n.node_id).to_string());
         let _ = write!(
             b,
             "<option value=\"{}\">{} ({}): what it lacks</option>",

@@ -1,6 +1,6 @@
-//! [`AdminData`] for a node directory, with what the node holds today:
+//! The admin view's data ([`AdminData`]) for a running node, through its [`NodeHandle`]:
 //!
-//! - overview and failures from [`crate::node::status_json`] (peer state: lag both ways, last
+//! - overview and failures from [`super::status_json`] (peer state: lag both ways, last
 //!   success, last error, next retry) and the rosters (every node in the network);
 //! - audit entries from the event log (the hash-chained audit log replaces it behind
 //!   [`AdminData::audit`]);
@@ -8,8 +8,8 @@
 //!   `src/conflict.rs`): every conflict not yet superseded, under the view's id
 //!   `type:uuid:path` (at most one unsuperseded conflict per field); resolving goes through
 //!   `Node::resolve`, the same path as `sitesync resolve`;
-//! - retry and "sync now" through the running node's control endpoint, the way `sitesync sync
-//!   --peer` reaches it;
+//! - retry and "sync now" in the node's own sync loops, through the handle (the same calls the
+//!   control endpoint makes for `sitesync sync` and `sitesync retry`);
 //! - a resolution as one forced local write of the chosen value at the conflicting path.
 
 use std::collections::HashMap;
@@ -18,26 +18,20 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::data::*;
+use super::session_host::SessionReport;
+use super::{Node, NodeError, NodeHandle, status_json};
 use crate::entity::doc::FieldConflict;
 use crate::event::{Event, EventKind, FailureChange};
 use crate::id::{EntityId, EntityType, NodeId, Vector};
-use crate::node::serve::{ControlRequest, control_request};
-use crate::node::{Node, NodeError, now_secs, status_json};
 use crate::store::failures::Operation;
-
-/// Most changes shown on a record page.
-pub const HISTORY_CHANGES_MAX: usize = 100;
-/// Most audit entries in one page.
-pub const AUDIT_PAGE_MAX: usize = 500;
-/// Most record ids in one page.
-pub const RECORDS_PAGE_MAX: usize = 1_000;
+use crate::web::data::*;
 
 /// Roster members with their entries.
 type RosterEntries = Vec<(NodeId, Map<String, Value>)>;
 
-/// The admin data of one node.
-pub struct NodeAdmin {
+/// The admin data of a running node.
+pub struct AdminView {
+    handle: NodeHandle,
     node: Arc<Node>,
 }
 
@@ -46,6 +40,10 @@ impl From<NodeError> for DataError {
         match e {
             NodeError::Input(m) => DataError::Input(m),
             NodeError::Entity(e) => DataError::Input(e.to_string()),
+            NodeError::NotFound(m) => DataError::NotFound(m),
+            NodeError::NotRunning(_) => DataError::Unavailable(
+                "the node's sync loops are not running (start `sitesync serve`)".into(),
+            ),
             other => DataError::Internal(other.to_string()),
         }
     }
@@ -72,13 +70,13 @@ fn parse_conflict_id(id: &str) -> Result<(EntityId, String), DataError> {
     let (Some(ty), Some(uuid), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(bad());
     };
-    let entity = crate::node::entity_id(ty, uuid).map_err(|_| bad())?;
+    let entity = super::entity_id(ty, uuid).map_err(|_| bad())?;
     Ok((entity, path.to_string()))
 }
 
-impl NodeAdmin {
-    pub fn new(node: Arc<Node>) -> NodeAdmin {
-        NodeAdmin { node }
+impl AdminView {
+    pub fn new(handle: NodeHandle) -> AdminView {
+        AdminView { node: handle.node().clone(), handle }
     }
 
     /// The registry's conflicts that are not superseded yet.
@@ -171,13 +169,7 @@ impl NodeAdmin {
     }
 
     fn sync_round(&self, peer: Option<NodeId>) -> Result<Vec<Value>, DataError> {
-        let reply = control_request(&self.node.dir, &ControlRequest::Sync { peer })?;
-        let reply = reply.ok_or_else(|| {
-            DataError::Unavailable(
-                "the node's sync loops are not running (start `sitesync serve`)".into(),
-            )
-        })?;
-        Ok(reply["sessions"].as_array().cloned().unwrap_or_default())
+        Ok(self.handle.sync(peer)?.iter().map(session_json).collect())
     }
 
     fn entity_of(&self, id: &EntityId) -> Result<(Value, Vec<FieldConflict>), DataError> {
@@ -225,6 +217,11 @@ fn roster_entries(node: &Node, owner: &NodeId) -> Result<RosterEntries, DataErro
         .collect())
 }
 
+/// A session report as the JSON API shows it.
+fn session_json(r: &SessionReport) -> Value {
+    serde_json::to_value(r).unwrap_or_default()
+}
+
 fn sessions_ok(sessions: &[Value]) -> bool {
     sessions.iter().all(|s| s["complete"] == Value::Bool(true))
 }
@@ -235,7 +232,7 @@ fn describe_sessions(sessions: &[Value]) -> String {
         .map(|s| {
             format!(
                 "{}: {}; sent {} batches, received {}",
-                s["peer"].as_str().map_or("?", |p| &p[..p.len().min(12)]),
+                s["peer"].as_str().map_or("?", crate::id::short),
                 s["outcome"].as_str().unwrap_or("?"),
                 s["batches_sent"],
                 s["batches_received"]
@@ -332,7 +329,7 @@ fn get_path<'a>(map: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
     }
 }
 
-impl AdminData for NodeAdmin {
+impl AdminData for AdminView {
     fn overview(&self) -> Result<Overview, DataError> {
         let s = status_json(&self.node)?;
         let peers: Vec<PeerView> = serde_json::from_value(s["peers"].clone()).map_err(internal)?;
@@ -350,7 +347,7 @@ impl AdminData for NodeAdmin {
         let open_conflicts = self.unsettled()?.len() as u64;
         let failures = self.node.store.failures_read()?;
         Ok(Overview {
-            time: now_secs(),
+            time: self.node.now(),
             node,
             peers,
             network: self.network()?,
@@ -405,7 +402,7 @@ impl AdminData for NodeAdmin {
     }
 
     fn failures(&self) -> Result<Vec<Failure>, DataError> {
-        let records = self.node.store.failures(now_secs())?;
+        let records = self.node.store.failures(self.node.now())?;
         let mut out = Vec::with_capacity(records.len());
         for r in records {
             // The configured peer it concerns, if any: its name, role and whether it is dialled.
@@ -414,8 +411,8 @@ impl AdminData for NodeAdmin {
                 let role = crate::config::role_name(p.role);
                 let id = p.node_id.to_string();
                 match &p.name {
-                    Some(n) => format!("{role} {n} ({})", &id[..12]),
-                    None => format!("{role} {}", &id[..12]),
+                    Some(n) => format!("{role} {n} ({})", crate::id::short(&id)),
+                    None => format!("{role} {}", crate::id::short(&id)),
                 }
             });
             let operation = match (&r.op, &label) {
@@ -467,16 +464,11 @@ impl AdminData for NodeAdmin {
             };
             return Err(DataError::Input(why));
         }
-        let reply = control_request(&self.node.dir, &ControlRequest::Retry { id: id.to_string() })?
-            .ok_or_else(|| {
-                DataError::Unavailable(
-                    "the node's sync loops are not running (start `sitesync serve`)".into(),
-                )
-            })?;
-        let sessions = reply["sessions"].as_array().cloned().unwrap_or_default();
-        let ok = reply["closed"] == Value::Bool(true);
+        let retried = self.handle.retry(id)?;
+        let sessions: Vec<Value> = retried.sessions.iter().map(session_json).collect();
+        let ok = retried.closed;
         let what = match sessions.is_empty() {
-            true => reply["reason"].as_str().unwrap_or("delivered").to_string(),
+            true => retried.reason.unwrap_or_else(|| "delivered".to_string()),
             false => describe_sessions(&sessions),
         };
         let message = match ok {
@@ -528,9 +520,9 @@ impl AdminData for NodeAdmin {
             Resolution::Value(v) => v.clone(),
         };
         let canonical = self.validated_value(&entity, &path, chosen)?;
-        match self.node.resolve(&registered.id, crate::node::Choice::Value(canonical)) {
+        match self.node.resolve(&registered.id, super::Choice::Value(super::Json(canonical))) {
             Ok(_) => {}
-            Err(crate::node::NodeError::Input(m)) => return Err(DataError::Input(m)),
+            Err(NodeError::Input(m)) => return Err(DataError::Input(m)),
             Err(e) => return Err(e.into()),
         }
         tracing::info!(entity = %entity, "conflict resolved by the operator");
@@ -639,8 +631,8 @@ impl AdminData for NodeAdmin {
             .into_temp_path();
         let report = node.export(&file, &since, peer, |_, _| {})?;
         let name = match peer {
-            Some(p) => format!("sitesync-for-{}.ssb", &p.to_string()[..12]),
-            None => format!("sitesync-{}-all.ssb", &node.id().to_string()[..12]),
+            Some(p) => format!("sitesync-for-{}.ssb", crate::id::short(&p.to_string())),
+            None => format!("sitesync-{}-all.ssb", crate::id::short(&node.id().to_string())),
         };
         Ok(ExportedBundle {
             file,
@@ -683,7 +675,7 @@ impl AdminData for NodeAdmin {
     }
 }
 
-impl NodeAdmin {
+impl AdminView {
     /// What `peer` holds as last known: from its last session, else from its last bundle.
     fn known_vector(&self, peer: &NodeId) -> Result<Vector, DataError> {
         let state = self.node.store.peer_state(peer)?;

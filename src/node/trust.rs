@@ -1,0 +1,156 @@
+//! Whom a node trusts: its own config (`[[trust]]`, `[[peers]]`) and, through their signed
+//! rosters, every node they vouch for, transitively, in breadth-first order (every roster
+//! before the nodes it authorizes: the order batches travel in). Also the roster this node
+//! publishes, and the config edits that change trust.
+
+use serde_json::Value;
+
+use super::{CONFIG_FILE, Node, NodeError};
+use crate::config::{TrustSet, TrustedNode};
+use crate::entity;
+use crate::id::{EntityId, EntityType, NodeId};
+
+/// Roster members by owner, with the roster heads they were read at.
+pub(super) type RosterCache = std::collections::HashMap<NodeId, (Vec<[u8; 32]>, Vec<NodeId>)>;
+
+fn lock(m: &std::sync::Mutex<RosterCache>) -> std::sync::MutexGuard<'_, RosterCache> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Node {
+    /// Adds (or renames) a trusted node in the config.
+    pub fn trust_add(&mut self, node_id: NodeId, name: Option<String>) -> Result<bool, NodeError> {
+        if let Some(n) = &name {
+            crate::config::check_name(n).map_err(|m| NodeError::Input(format!("--name: {m}")))?;
+        }
+        let added = match self.config.trust.iter_mut().find(|t| t.node_id == node_id) {
+            Some(t) => {
+                t.name = name.or(t.name.take());
+                false
+            }
+            None => {
+                self.config.trust.push(TrustedNode { node_id, name });
+                true
+            }
+        };
+        self.config.save(&self.dir.join(CONFIG_FILE))?;
+        self.config_changed(format!("trust {node_id}"))?;
+        Ok(added)
+    }
+
+    pub fn trust_remove(&mut self, node_id: NodeId) -> Result<bool, NodeError> {
+        let before = self.config.trust.len();
+        self.config.trust.retain(|t| t.node_id != node_id);
+        self.config.save(&self.dir.join(CONFIG_FILE))?;
+        let removed = self.config.trust.len() != before;
+        if removed {
+            self.config_changed(format!("no longer trust {node_id}"))?;
+        }
+        Ok(removed)
+    }
+
+    /// The nodes whose batches this node accepts: itself, `[[trust]]`, `[[peers]]`, and, through
+    /// their rosters, every node they authorize (transitively). Rosters are signed data: each
+    /// node's roster record is written only by that node.
+    pub fn trust_set(&self) -> Result<TrustSet, NodeError> {
+        let order = self.trust_order()?;
+        Ok(TrustSet { own: self.id(), others: order.into_iter().skip(1).collect() })
+    }
+
+    /// The trusted nodes in breadth-first order from this node (itself first, then its
+    /// configured peers and trusted nodes, then the members of their rosters, and so on): every
+    /// roster comes before the nodes it authorizes. Batches are sent in this order, so a
+    /// receiver gets the roster that vouches for an author before that author's batches.
+    pub fn trust_order(&self) -> Result<Vec<NodeId>, NodeError> {
+        let base = self.config.trust_set(self.id());
+        let mut seen: std::collections::HashSet<NodeId> = std::collections::HashSet::new();
+        let mut order = vec![self.id()];
+        seen.insert(self.id());
+        let mut queue: std::collections::VecDeque<NodeId> = std::collections::VecDeque::new();
+        queue.push_back(self.id());
+        let mut direct = base.others.clone();
+        direct.sort();
+        for n in direct {
+            if seen.insert(n) {
+                order.push(n);
+                queue.push_back(n);
+            }
+        }
+        while let Some(n) = queue.pop_front() {
+            // This node's own level comes from its config, which may be newer than the roster
+            // it last published.
+            if n == self.id() {
+                continue;
+            }
+            let mut members = self.roster_members(&n)?;
+            members.sort();
+            for m in members {
+                if seen.insert(m) {
+                    order.push(m);
+                    queue.push_back(m);
+                }
+            }
+        }
+        Ok(order)
+    }
+
+    /// The members of `owner`'s roster as held here (empty if none).
+    pub fn roster_members(&self, owner: &NodeId) -> Result<Vec<NodeId>, NodeError> {
+        let id = EntityId::new(EntityType::Roster, crate::id::Uid::of_node(owner));
+        // Trust is computed for every received message, over every roster: the members are
+        // reused while the roster document's heads (which fix its content) stay the same.
+        let Some(heads) = self.store.heads(&id)? else { return Ok(Vec::new()) };
+        let cache =
+            |c: &mut RosterCache| c.get(owner).filter(|(h, _)| *h == heads).map(|e| e.1.clone());
+        if let Some(members) = cache(&mut lock(&self.rosters)) {
+            return Ok(members);
+        }
+        let Some((doc, _)) = self.store.get(&id)? else { return Ok(Vec::new()) };
+        let members = doc.get("members").and_then(Value::as_object);
+        let members: Vec<NodeId> =
+            members.map_or_else(Vec::new, |m| m.keys().filter_map(|k| k.parse().ok()).collect());
+        lock(&self.rosters).insert(*owner, (heads, members.clone()));
+        Ok(members)
+    }
+
+    /// Writes this node's roster from its config: every configured peer with its role, and the
+    /// nodes of `[[trust]]`. Only a change when the config changed.
+    pub fn publish_roster(&self) -> Result<bool, NodeError> {
+        // A node that never had network peers (bundles only) publishes no roster: its trust
+        // list stays local, and it writes no record of its own.
+        let uid = crate::id::Uid::of_node(&self.id());
+        let id = EntityId::new(EntityType::Roster, uid);
+        if self.config.peers.is_empty() && self.store.get(&id)?.is_none() {
+            return Ok(false);
+        }
+        let members: serde_json::Map<String, Value> = self
+            .config
+            .peers
+            .iter()
+            .map(|p| {
+                let mut m = serde_json::Map::new();
+                m.insert("role".into(), Value::from(crate::config::role_name(p.role)));
+                if let Some(n) = &p.name {
+                    m.insert("name".into(), Value::from(n.clone()));
+                }
+                (p.node_id.to_string(), Value::Object(m))
+            })
+            .chain(self.config.trust.iter().map(|t| {
+                let mut m = serde_json::Map::new();
+                m.insert("role".into(), Value::from("trusted"));
+                if let Some(n) = &t.name {
+                    m.insert("name".into(), Value::from(n.clone()));
+                }
+                (t.node_id.to_string(), Value::Object(m))
+            }))
+            .collect();
+        let uid = crate::id::Uid::of_node(&self.id());
+        let mut body = serde_json::Map::new();
+        body.insert("uuid".into(), Value::from(uid.to_string()));
+        body.insert("owner".into(), Value::from(self.id().to_string()));
+        body.insert("members".into(), Value::Object(members));
+        let record = entity::Record { id: EntityId::new(EntityType::Roster, uid), body };
+        let out = self.store.put(&self.key, &[record], self.now())?;
+        Ok(out.iter().any(|o| o.changed))
+    }
+}
