@@ -44,6 +44,10 @@ impl Env for SimEnv {
         EPOCH_SECS + (self.clock.ms() / 1000) as i64 + self.skew_secs
     }
 
+    fn millis(&self) -> u64 {
+        self.clock.ms()
+    }
+
     fn fill_random(&self, out: &mut [u8]) -> Result<(), NodeError> {
         match self.rng.lock() {
             Ok(mut r) => r.fill(out),

@@ -6,21 +6,24 @@
 //!
 //! # Layout
 //!
-//! Dependencies point downward only:
+//! Dependencies point downward only (the layer table of `docs/architecture.md`, which
+//! `tests/layers.rs` enforces):
 //!
-//! - edge: [`cli`] (commands, exit codes, forwarding to a running node), `main.rs`, [`demo`]
-//! - compose: [`node`] (a node directory: key, config, store; trust and rosters; the clock and
-//!   the OS RNG, or the simulator's clock and seeded entropy through [`node::env`]) and
-//!   [`node::serve`] (the running node: tokio runtime, listener, sync loops, control endpoint,
-//!   shutdown)
+//! - edge: [`cli`] (arguments parsed into [`node::Request`]s, replies printed for people, exit
+//!   codes), `main.rs`, [`demo`]
+//! - compose: [`node`] (a node directory: key, config, store; trust and rosters; what a node
+//!   can be asked, [`node::Node::execute`], and its [`node::NodeHandle`]; the control
+//!   endpoint; [`node::session_host`], one session's effects for `serve` and the simulator;
+//!   [`node::serve`], the running node; the node's clock and entropy, [`node::env`])
 //! - async I/O: [`web`] (the admin web view and JSON API, over the [`web::data::AdminData`]
-//!   trait)
-//! - async I/O: [`transport`] (QUIC endpoints, raw-key TLS pinned both ways, frame reading)
+//!   trait the node implements), [`transport`] (QUIC endpoints, raw-key TLS pinned both ways,
+//!   frame reading)
 //! - blocking: [`store`] (redb tables, local writes and sealing, durable receipt, merging dirty
 //!   documents), [`bundle`] (the bundle file format)
 //! - pure core: [`protocol`] (messages, frame codec, the sans-IO session), [`batch`] (sealing and
-//!   verifying signed batches), [`entity`] (validation, canonical form, Automerge mapping,
-//!   conflicts), [`config`] (validated `sitesync.toml`), [`event`] (the event log's entries),
+//!   verifying signed batches), [`entity`] (validation, canonical form, Automerge mapping),
+//!   [`conflict`] (conflicts and their policies), [`fhir`] (the FHIR R4 mapping, exports, the
+//!   push protocol), [`config`] (validated `sitesync.toml`), [`event`] (audit log entries),
 //!   [`identity`] (ed25519), [`id`] (identifier newtypes)
 //!
 //! See `docs/architecture.md` for the data flow.

@@ -337,6 +337,11 @@ impl Node {
         &self.key
     }
 
+    /// Milliseconds on this node's monotonic clock.
+    pub(crate) fn millis(&self) -> u64 {
+        self.env.millis()
+    }
+
     /// Random bytes from this node's entropy.
     pub(crate) fn random_bytes<const N: usize>(&self) -> Result<[u8; N], NodeError> {
         env_bytes(&*self.env)

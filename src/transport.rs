@@ -1,6 +1,7 @@
 //! QUIC transport: TLS 1.3 identities made from node keys (RFC 7250 raw public keys, no CA),
-//! peers pinned by node id in both directions, and the driver that moves protocol frames
-//! between a QUIC stream and the sans-IO [`Session`](crate::protocol::session::Session).
+//! peers pinned by node id in both directions, and reading protocol frames from a QUIC stream.
+//! The driver that moves frames between a stream and a session is the node's
+//! (`node/serve/driver.rs`); this module knows nothing of sessions.
 //!
 //! A connection from a key that is not configured, or to a server whose key is not the one
 //! dialled, fails inside the TLS handshake, before any application frame is read. 0-RTT is off.

@@ -156,9 +156,9 @@ impl AdminView {
         names: &HashMap<String, String>,
         i: usize,
         v: &crate::entity::doc::ConflictValue,
-    ) -> ConflictValue {
+    ) -> ConflictValueView {
         let node = v.author.as_deref().and_then(|a| a.split(':').next()).map(str::to_string);
-        ConflictValue {
+        ConflictValueView {
             index: i,
             value: v.value.clone(),
             author: v.author.clone(),
@@ -401,7 +401,7 @@ impl AdminData for AdminView {
         })
     }
 
-    fn failures(&self) -> Result<Vec<Failure>, DataError> {
+    fn failures(&self) -> Result<Vec<FailureView>, DataError> {
         let records = self.node.store.failures(self.node.now())?;
         let mut out = Vec::with_capacity(records.len());
         for r in records {
@@ -430,7 +430,7 @@ impl AdminData for AdminView {
                 }
                 None => None,
             };
-            out.push(Failure {
+            out.push(FailureView {
                 id: r.op.id(),
                 operation,
                 peer: r.op.peer().map(|p| p.to_string()),

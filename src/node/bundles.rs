@@ -4,7 +4,6 @@
 
 use std::mem::take;
 use std::path::Path;
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -96,7 +95,7 @@ impl Node {
         path: &Path,
         progress: impl Fn(u64, u64),
     ) -> Result<ImportReport, NodeError> {
-        let started = Instant::now();
+        let started = self.millis();
         let scan = bundle::scan(path)?;
         let mut report = ImportReport {
             exporter: Some(scan.header.exporter),
@@ -198,7 +197,7 @@ impl Node {
             changes = a.applied_changes,
             present = a.present,
             rejected = a.rejected.len(),
-            ms = started.elapsed().as_millis() as u64,
+            ms = self.millis().saturating_sub(started),
             "imported bundle"
         );
         Ok(report)

@@ -9,6 +9,8 @@ use super::NodeError;
 pub trait Env: Send + Sync {
     /// Seconds since the Unix epoch, as this site's clock reads them (write timestamps, events).
     fn now_secs(&self) -> i64;
+    /// Milliseconds on a monotonic clock (how long something took, waits between retries).
+    fn millis(&self) -> u64;
     /// Fills `out` with random bytes (keys, incarnations, record uuids).
     fn fill_random(&self, out: &mut [u8]) -> Result<(), NodeError>;
 }
@@ -27,6 +29,11 @@ pub struct OsEnv;
 impl Env for OsEnv {
     fn now_secs(&self) -> i64 {
         now_secs()
+    }
+
+    fn millis(&self) -> u64 {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
     }
 
     fn fill_random(&self, out: &mut [u8]) -> Result<(), NodeError> {

@@ -368,8 +368,8 @@ impl Node {
         let stopped =
             |stop: &Option<watch::Receiver<bool>>| stop.as_ref().is_some_and(|s| *s.borrow());
         let mut sleep = |d: Duration| {
-            let end = std::time::Instant::now() + d;
-            while std::time::Instant::now() < end {
+            let end = self.millis() + d.as_millis() as u64;
+            while self.millis() < end {
                 if stopped(&opts.stop) {
                     return false;
                 }

@@ -159,16 +159,16 @@ impl Node {
 
     /// Merges every received but not yet merged change into its document (once per document).
     pub fn merge_received(&self) -> Result<MergeReport, NodeError> {
-        let started = std::time::Instant::now();
+        let started = self.millis();
         let r = self.store.merge_dirty(worker_threads(), self.now())?;
-        Ok(log_merged(started, r))
+        Ok(log_merged(self.millis().saturating_sub(started), r))
     }
 
     /// As [`Node::merge_received`], in one transaction of at most `max_docs` documents.
     pub fn merge_received_up_to(&self, max_docs: usize) -> Result<MergeReport, NodeError> {
-        let started = std::time::Instant::now();
+        let started = self.millis();
         let r = self.store.merge_some(worker_threads(), self.now(), max_docs)?;
-        Ok(log_merged(started, r.unwrap_or_default()))
+        Ok(log_merged(self.millis().saturating_sub(started), r.unwrap_or_default()))
     }
 }
 
@@ -199,13 +199,13 @@ pub(super) fn sort_by_trust(
 }
 
 /// Logs a merge that did something (ids and counts only) and hands its report back.
-fn log_merged(started: std::time::Instant, r: MergeReport) -> MergeReport {
+fn log_merged(millis: u64, r: MergeReport) -> MergeReport {
     if r.documents > 0 {
         tracing::info!(
             documents = r.documents,
             changes = r.changes,
             skipped = r.skipped.len(),
-            millis = started.elapsed().as_millis() as u64,
+            millis,
             "merged"
         );
     }

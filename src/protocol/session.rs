@@ -1,6 +1,7 @@
 //! One sync session between two nodes, as a sans-IO state machine.
 //!
-//! The driver (QUIC, the simulator, a test) feeds it decoded messages and the results of the
+//! The driver (the node's session host, itself driven over QUIC or by the simulator; a test)
+//! feeds it decoded messages and the results of the
 //! effects it asked for, and polls it for effects: messages to send, batches to fetch from the
 //! store, batches to apply, and the end of the session. Time is an argument (milliseconds on any
 //! monotonic clock); the session owns no sockets, clocks, threads or storage.

@@ -20,6 +20,11 @@ use crate::id::{AuthorId, NodeId};
 /// one per configured peer or target, are always kept.
 pub const FAILURES_MAX: u64 = 10_000;
 
+/// Hex characters of a node id or hash in an operation's id and description. Ids key
+/// `failures-1` and appear in audit entries and scripts, so this never changes (it is not
+/// [`crate::id::short`], which only shortens ids for people).
+const OP_ID_CHARS: usize = 16;
+
 /// What failed, with what is needed to run it again. New variants go at the end (postcard).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Operation {
@@ -37,12 +42,12 @@ impl Operation {
     /// `batch-<hash prefix>`, `push-<target>`.
     pub fn id(&self) -> String {
         match self {
-            Operation::Sync { peer } => format!("sync-{}", &peer.to_string()[..16]),
+            Operation::Sync { peer } => format!("sync-{}", &peer.to_string()[..OP_ID_CHARS]),
             Operation::Batch { author, seq, .. } => {
                 let mut h = blake3::Hasher::new();
                 h.update(author.to_string().as_bytes());
                 h.update(&seq.to_be_bytes());
-                format!("batch-{}", &h.finalize().to_hex()[..16])
+                format!("batch-{}", &h.finalize().to_hex()[..OP_ID_CHARS])
             }
             Operation::FhirPush { target } => format!("push-{target}"),
         }
@@ -51,9 +56,10 @@ impl Operation {
     /// What failed, in an operator's words (ids, no patient data).
     pub fn describe(&self) -> String {
         match self {
-            Operation::Sync { peer } => format!("sync with {}", &peer.to_string()[..16]),
+            Operation::Sync { peer } => format!("sync with {}", &peer.to_string()[..OP_ID_CHARS]),
             Operation::Batch { from, author, seq } => {
-                let from = from.map_or("a bundle".to_string(), |n| n.to_string()[..16].to_string());
+                let from = from
+                    .map_or("a bundle".to_string(), |n| n.to_string()[..OP_ID_CHARS].to_string());
                 format!("batch {author} #{seq} from {from}")
             }
             Operation::FhirPush { target } => format!("FHIR push to {target}"),

@@ -47,7 +47,7 @@ pub trait AdminData: Send + Sync + 'static {
     fn audit(&self, filter: &AuditFilter) -> Result<AuditPage, DataError>;
 
     /// Operations whose last attempt failed.
-    fn failures(&self) -> Result<Vec<Failure>, DataError>;
+    fn failures(&self) -> Result<Vec<FailureView>, DataError>;
 
     /// Retries failure `id` now and says how it went.
     fn retry(&self, id: &str) -> Result<ActionReport, DataError>;
@@ -207,7 +207,7 @@ pub struct AuditEntry {
 
 /// An operation whose last attempt failed.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Failure {
+pub struct FailureView {
     /// Pass to `retry`.
     pub id: String,
     /// What failed, e.g. `sync with parent district (0a1b…)`.
@@ -271,12 +271,12 @@ pub struct Conflict {
     pub path: String,
     /// Index of the value reads return now (the deterministic winner).
     pub winner: usize,
-    pub values: Vec<ConflictValue>,
+    pub values: Vec<ConflictValueView>,
 }
 
 /// One of a conflict's values.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ConflictValue {
+pub struct ConflictValueView {
     pub index: usize,
     pub value: Value,
     /// The writing author (`node/incarnation`).
