@@ -19,6 +19,7 @@ use clap::{Parser, Subcommand};
 
 use crate::id::NodeId;
 use crate::node::{Node, NodeError, Reply};
+use request::Local;
 
 /// sitesync: offline-first replication of clinic medical records.
 ///
@@ -361,33 +362,32 @@ pub(crate) fn progress_bar(what: &str, unit: &str) -> indicatif::ProgressBar {
 
 /// Runs one command; returns the exit code for success paths that still report trouble.
 pub fn run(cli: Cli) -> Result<i32, CliError> {
-    if let Some(request) = request::of(&cli.command)? {
-        let reply = request::execute(&cli, request)?;
-        return print::reply(&cli.command, reply);
-    }
-    match &cli.command {
-        Command::Init { name } => {
+    let local = match request::of(&cli.command)? {
+        request::Kind::Request(request) => {
+            let reply = request::execute(&cli, request)?;
+            return print::reply(&cli.command, reply);
+        }
+        request::Kind::Local(local) => local,
+    };
+    match local {
+        Local::Init { name } => {
             let node = Node::init(node_dir(&cli)?, name)?;
             say!("{}", node.id());
         }
-        Command::Trust { action } => config::trust(&cli, action)?,
-        Command::Peer { action } => config::peer(&cli, action)?,
-        Command::Network { listen, interval } => {
-            config::network(&cli, listen.as_deref(), *interval)?
-        }
-        Command::Reincarnate => {
+        Local::Trust(action) => config::trust(&cli, action)?,
+        Local::Peer(action) => config::peer(&cli, action)?,
+        Local::Network { listen, interval } => config::network(&cli, listen, interval)?,
+        Local::Reincarnate => {
             let inc =
                 open(&cli)?.reincarnate("requested by the operator (sitesync reincarnate)")?;
             say!("new incarnation {inc}");
         }
-        Command::Serve => {
+        Local::Serve => {
             let node = open_stopped(&cli)?;
             crate::node::serve::serve(node, Arc::new(print::ServeOutput))?;
         }
-        Command::Demo => crate::demo::run()?,
-        Command::Admin { action } => admin::run(&cli, action)?,
-        // Every other command is a request (above).
-        _ => return Err(failed("this command has no handler")),
+        Local::Demo => crate::demo::run()?,
+        Local::Admin(action) => admin::run(&cli, action)?,
     }
     Ok(0)
 }

@@ -314,3 +314,78 @@ fn write_bodies_v1_fixture() {
     let frames = bodies_frames(&bundle_batches());
     std::fs::write(fixtures().join("session-v1-bodies.bin"), frames).expect("write");
 }
+
+/// One request of every kind, as `sitesync` sends them to a running node (control version 2).
+fn control_requests() -> Vec<sitesync::node::Request> {
+    use sitesync::node::command::Since;
+    use sitesync::node::{Choice, Json, Request};
+    let id: sitesync::id::EntityId =
+        "patient/5b6f0e0e-2b1d-4c2e-9a57-3c1d1f0b9a01".parse().expect("entity id");
+    let node: sitesync::id::NodeId = "ab".repeat(32).parse().expect("node id");
+    let cursor = sitesync::fhir::Cursor::start();
+    vec![
+        Request::Id,
+        Request::Put {
+            ty: sitesync::id::EntityType::Patient,
+            records: Json(serde_json::json!({"uuid": id.uuid.to_string(), "gender": "F"})),
+        },
+        Request::Get { id, conflicts: true },
+        Request::List { ty: Some(sitesync::id::EntityType::Visit) },
+        Request::Export { out: "/tmp/out.ssb".into(), since: Since::Peer(node) },
+        Request::Export { out: "/tmp/all.ssb".into(), since: Since::Everything },
+        Request::Import { file: "/tmp/in.ssb".into() },
+        Request::Status,
+        Request::Vector,
+        Request::Events { limit: 50, origin: Some(node) },
+        Request::Conflicts,
+        Request::Resolve { id: "0123456789abcdef".into(), choice: Choice::Take(1) },
+        Request::Resolve { id: "fedcba9876543210".into(), choice: Choice::Value(Json("M".into())) },
+        Request::AuditVerify,
+        Request::AuditCompact { keep_entries: Some(100), keep_days: None },
+        Request::Failures,
+        Request::Sync { peer: Some(node) },
+        Request::Retry { id: "sync-abababababababab".into() },
+        Request::FhirExport {
+            out: "/tmp/fhir".into(),
+            types: vec![sitesync::id::EntityType::Patient],
+            bundle: Some("/tmp/bundle.json".into()),
+            settings: Some("[fhir]\n".into()),
+            since: Some(cursor),
+        },
+        Request::FhirPush { target: "shr".into(), full: true },
+        Request::FhirStatus,
+    ]
+}
+
+const CONTROL_TOKEN: &str = "00112233445566778899aabbccddeeff";
+
+#[test]
+fn control_requests_v2_still_decode() {
+    use sitesync::node::control::{CONTROL_VERSION, decode_request};
+    let bytes = std::fs::read(fixtures().join("control-v2.bin")).expect("control fixture");
+    let mut at = 0;
+    let mut got = Vec::new();
+    while at < bytes.len() {
+        assert_eq!(bytes[at], 2, "version byte");
+        assert_eq!(CONTROL_VERSION, 2, "a new control version keeps decoding version 2");
+        let token_len = usize::from(bytes[at + 1]);
+        let token = &bytes[at + 2..at + 2 + token_len];
+        assert_eq!(token, CONTROL_TOKEN.as_bytes());
+        at += 2 + token_len;
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("length")) as usize;
+        got.push(decode_request(&bytes[at + 4..at + 4 + len]).expect("a v2 request decodes"));
+        at += 4 + len;
+    }
+    assert_eq!(got, control_requests());
+}
+
+/// Writes `control-v2.bin` (run once; never regenerated).
+#[test]
+#[ignore]
+fn write_control_v2_fixture() {
+    let mut out = Vec::new();
+    for r in control_requests() {
+        out.extend(sitesync::node::control::encode_request(CONTROL_TOKEN, &r).expect("encode"));
+    }
+    std::fs::write(fixtures().join("control-v2.bin"), out).expect("write");
+}

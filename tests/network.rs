@@ -635,3 +635,39 @@ fn mixed_protocol_versions_refuse_explicitly() {
     );
     assert!(p_srv.alive());
 }
+
+/// The control endpoint answers only its own version and token, with a reason a person can act
+/// on, and keeps serving: a CLI of another version (v1 sent a JSON line) is told to use the
+/// sitesync that runs `serve`; a wrong token is refused before the request is read.
+#[test]
+fn the_control_endpoint_refuses_other_versions_and_wrong_tokens() {
+    use sitesync::node::control::{CONTROL_VERSION, RemoteError, encode_request};
+    use sitesync::node::{Reply, Request};
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let node = Node::init(tmp.path(), "solo");
+    let _srv = node.serve();
+    let control: Value = serde_json::from_str(
+        &std::fs::read_to_string(node.dir.join("control.json")).expect("control file"),
+    )
+    .expect("control json");
+    let addr = control["addr"].as_str().expect("addr").to_string();
+    let ask = |bytes: &[u8]| -> Result<Reply, RemoteError> {
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+        s.write_all(bytes).expect("write");
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).expect("read");
+        assert_eq!(answer[0], CONTROL_VERSION, "the answer names the node's version");
+        postcard::from_bytes(&answer[5..]).expect("an answer")
+    };
+    let v1 = format!("{{\"op\":\"status\",\"token\":\"{}\"}}\n", control["token"]);
+    let refused = ask(v1.as_bytes()).expect_err("a v1 request is refused");
+    assert!(refused.message.contains("control version"), "{refused:?}");
+    let wrong = encode_request("not-the-token", &Request::Id).expect("encode");
+    let refused = ask(&wrong).expect_err("a wrong token is refused");
+    assert_eq!(refused.message, "wrong control token");
+    let token = control["token"].as_str().expect("token");
+    let right = encode_request(token, &Request::Id).expect("encode");
+    let reply = ask(&right).expect("the right token and version are served");
+    assert_eq!(reply, Reply::Id(node.id.parse().expect("node id")));
+}

@@ -13,10 +13,29 @@ use crate::id::{EntityType, Vector};
 use crate::node::command::Since;
 use crate::node::{Choice, Json, NodeHandle, Reply, Request, control};
 
-/// The request a command makes, or `None` for a command that runs here with the node stopped
-/// (init, trust, peer, network, reincarnate, serve, demo, admin).
-pub(super) fn of(command: &Command) -> Result<Option<Request>, CliError> {
-    Ok(Some(match command {
+/// What a command is: a request any node can execute (in this process or the running node), or
+/// one that runs here only, with the node stopped or without a node. This match is the one
+/// place that says which commands run inside a running node.
+pub(super) enum Kind<'a> {
+    Request(Request),
+    Local(Local<'a>),
+}
+
+/// The commands that run in this process only.
+pub(super) enum Local<'a> {
+    Init { name: &'a str },
+    Trust(&'a super::TrustAction),
+    Peer(&'a super::PeerAction),
+    Network { listen: Option<&'a str>, interval: Option<u64> },
+    Reincarnate,
+    Serve,
+    Demo,
+    Admin(&'a super::admin::AdminAction),
+}
+
+/// What `command` is, its arguments parsed and checked.
+pub(super) fn of(command: &Command) -> Result<Kind<'_>, CliError> {
+    Ok(Kind::Request(match command {
         Command::Id => Request::Id,
         Command::Put { ty, file } => {
             Request::Put { ty: entity_type(ty)?, records: read_json(file)? }
@@ -69,14 +88,17 @@ pub(super) fn of(command: &Command) -> Result<Option<Request>, CliError> {
         }
         Command::Retry { id } => Request::Retry { id: id.clone() },
         Command::Fhir { action } => super::fhir::request(action)?,
-        Command::Init { .. }
-        | Command::Trust { .. }
-        | Command::Peer { .. }
-        | Command::Network { .. }
-        | Command::Reincarnate
-        | Command::Serve
-        | Command::Demo
-        | Command::Admin { .. } => return Ok(None),
+        Command::Init { name } => return Ok(Kind::Local(Local::Init { name })),
+        Command::Trust { action } => return Ok(Kind::Local(Local::Trust(action))),
+        Command::Peer { action } => return Ok(Kind::Local(Local::Peer(action))),
+        Command::Network { listen, interval } => {
+            let listen = listen.as_deref();
+            return Ok(Kind::Local(Local::Network { listen, interval: *interval }));
+        }
+        Command::Reincarnate => return Ok(Kind::Local(Local::Reincarnate)),
+        Command::Serve => return Ok(Kind::Local(Local::Serve)),
+        Command::Demo => return Ok(Kind::Local(Local::Demo)),
+        Command::Admin { action } => return Ok(Kind::Local(Local::Admin(action))),
     }))
 }
 

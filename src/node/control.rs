@@ -132,16 +132,16 @@ pub fn request(dir: &Path, request: &Request) -> Result<Option<Reply>, NodeError
     Ok(Some(answer?))
 }
 
-/// Listens for control requests on loopback; returns the control file's path (removed by
-/// [`remove_file`] at shutdown) and the loop to run.
+/// Listens for control requests on loopback and writes the control file with `token`; returns
+/// the file's path (removed by [`remove_file`] at shutdown) and the listener for [`serve`].
 pub(crate) async fn bind(
     dir: &Path,
-    token: String,
-) -> Result<(PathBuf, tokio::net::TcpListener, Arc<str>), NodeError> {
+    token: &str,
+) -> Result<(PathBuf, tokio::net::TcpListener), NodeError> {
     let io = |e: std::io::Error| NodeError::Io { path: "control endpoint".into(), source: e };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
-    let path = write_file(dir, listener.local_addr().map_err(io)?, &token)?;
-    Ok((path, listener, token.into()))
+    let path = write_file(dir, listener.local_addr().map_err(io)?, token)?;
+    Ok((path, listener))
 }
 
 /// Answers control requests until `shutdown` changes.
@@ -209,20 +209,11 @@ async fn execute(handle: NodeHandle, request: Request) -> Result<Reply, RemoteEr
 }
 
 fn write_file(dir: &Path, addr: std::net::SocketAddr, token: &str) -> Result<PathBuf, NodeError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(CONTROL_FILE);
     let _ = std::fs::remove_file(&path);
     let file = ControlFile { addr, token: token.to_string(), pid: std::process::id() };
     let body = serde_json::to_string(&file).unwrap_or_default();
-    let io = |e| NodeError::Io { path: path.clone(), source: e };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io)?;
-    f.write_all(body.as_bytes()).map_err(io)?;
+    super::files::create_private(&path, body.as_bytes())?;
     Ok(path)
 }
 

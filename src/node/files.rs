@@ -13,7 +13,9 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> NodeError + '_ {
     move |source| NodeError::Io { path: path.to_path_buf(), source }
 }
 
-pub(super) fn write_key(path: &Path, key: &Keypair) -> Result<(), NodeError> {
+/// Creates `path` (it must not exist) readable by this user only (mode 0600), writes `bytes`
+/// and syncs it.
+pub(super) fn create_private(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
@@ -22,8 +24,12 @@ pub(super) fn write_key(path: &Path, key: &Keypair) -> Result<(), NodeError> {
         .mode(0o600)
         .open(path)
         .map_err(io(path))?;
-    file.write_all(key.to_file_text().as_bytes()).map_err(io(path))?;
+    file.write_all(bytes).map_err(io(path))?;
     file.sync_all().map_err(io(path))
+}
+
+pub(super) fn write_key(path: &Path, key: &Keypair) -> Result<(), NodeError> {
+    create_private(path, key.to_file_text().as_bytes())
 }
 
 pub(super) fn read_key(path: &Path) -> Result<Keypair, NodeError> {
@@ -45,8 +51,7 @@ pub fn admin_token(
     dir: &Path,
     random: impl FnOnce() -> Result<[u8; 32], NodeError>,
 ) -> Result<String, NodeError> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     let path = dir.join(TOKEN_FILE);
     let io = |source| NodeError::Io { path: path.clone(), source };
     match std::fs::metadata(&path) {
@@ -75,14 +80,7 @@ pub fn admin_token(
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let token = hex::encode(random()?);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(io)?;
-            f.write_all(format!("{token}\n").as_bytes()).map_err(io)?;
-            f.sync_all().map_err(io)?;
+            create_private(&path, format!("{token}\n").as_bytes())?;
             Ok(token)
         }
         Err(e) => Err(io(e)),

@@ -109,8 +109,8 @@ async fn serve_async(node: Arc<Node>, events: Arc<dyn ServeEvents>) -> Result<()
     if node.config.listen.is_some() {
         tasks.spawn(accept_loop(node.clone(), endpoint.clone(), shutdown_rx.clone()));
     }
-    let token = hex::encode(node.random_bytes::<16>()?);
-    let (control_path, control, token) = super::control::bind(&node.dir, token).await?;
+    let token: Arc<str> = hex::encode(node.random_bytes::<16>()?).into();
+    let (control_path, control) = super::control::bind(&node.dir, &token).await?;
     tasks.spawn(super::control::serve(handle.clone(), control, token, shutdown_rx.clone()));
     let admin = start_admin(&handle, &mut tasks, &shutdown_rx).await;
     let io = |e: std::io::Error| NodeError::Io { path: "network".into(), source: e };

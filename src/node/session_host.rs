@@ -305,7 +305,6 @@ enum Ending {
 
 /// One end of a session on this node (see the module docs).
 pub struct SessionHost {
-    node: NodeId,
     peer: NodeId,
     session: Session,
     encoder: Arc<Mutex<Encoder>>,
@@ -378,7 +377,6 @@ impl SessionHost {
     fn new(node: NodeId, peer: NodeId, role: Role, vector: Vector, now: u64) -> SessionHost {
         let merge_every = crate::env_parse(MERGE_EVERY_ENV).unwrap_or(MERGE_DURING_SESSION_MS);
         SessionHost {
-            node,
             peer,
             session: Session::new(now, node, role, peer, vector.clone()),
             encoder: Default::default(),
@@ -684,10 +682,5 @@ impl SessionHost {
     /// Merges started during the session so far.
     pub fn merges_during(&self) -> u64 {
         self.merges_during
-    }
-
-    /// This node's id.
-    pub fn node(&self) -> NodeId {
-        self.node
     }
 }
