@@ -322,9 +322,8 @@ pub(crate) fn open(cli: &Cli) -> Result<Node, CliError> {
     let dir = node_dir(cli)?;
     match Node::open(dir) {
         Err(NodeError::Store(crate::store::StoreError::Busy)) => Err(failed(format!(
-            "the node in {} is running (sitesync serve) and holds its store: stop it to change \
-             its configuration or its store (commands that read or write records run through \
-             the running node)",
+            "the node in {} is open in another process (sitesync serve, or another command \
+             still running); this command needs its store to itself: stop that process first",
             dir.display()
         ))),
         other => Ok(other?),
@@ -383,7 +382,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             say!("new incarnation {inc}");
         }
         Local::Serve => {
-            let node = open_stopped(&cli)?;
+            let node = open(&cli)?;
             crate::node::serve::serve(node, Arc::new(print::ServeOutput))?;
         }
         Local::Demo => crate::demo::run()?,
