@@ -1,6 +1,6 @@
 //! The command line: clap definitions, and how each command runs. A command that reads or
-//! writes the node's records becomes a [`Request`] (`cli/request.rs`), executed by the running
-//! node when `serve` runs, else in this process; its [`Reply`] is printed for people
+//! writes the node's records becomes a `Request` (`cli/request.rs`), executed by the running
+//! node when `serve` runs, else in this process; its `Reply` is printed for people
 //! (`cli/print.rs`). Commands that change the configuration or the store file run here with the
 //! node stopped (`cli/config.rs`, `cli/admin.rs`). Errors carry an exit code: 2 for bad input
 //! (nothing written), 1 for everything else.
