@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 
 use sitesync::event::EventKind;
 use sitesync::node::NodeError;
-use sitesync::node::session_host::{Action, Done, Job, JobKind, SessionHost, SessionReport};
+use sitesync::node::session_host::{
+    Action, Done, Job, JobKind, MERGE_DURING_SESSION_MS, SessionHost, SessionReport,
+};
 use sitesync::protocol::message::Decoder;
 use sitesync::protocol::session::Outcome;
 
@@ -60,7 +62,9 @@ impl End {
     /// Starts a session of `site` toward `peer`, as `serve` does on a new stream.
     pub fn start(world: &World, site: usize, peer: usize, dialer: bool) -> Result<End, NodeError> {
         let node = world.node(site).ok_or_else(|| NodeError::Input("site is down".into()))?;
-        let host = SessionHost::start(node, world.sites[peer].id, world.now)?;
+        // The default merge interval, whatever the environment says: a seed replays the same.
+        let host = SessionHost::start(node, world.sites[peer].id, world.now)?
+            .merging_every(MERGE_DURING_SESSION_MS);
         Ok(End {
             site,
             peer,

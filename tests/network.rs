@@ -637,8 +637,9 @@ fn mixed_protocol_versions_refuse_explicitly() {
 }
 
 /// The control endpoint answers only its own version and token, with a reason a person can act
-/// on, and keeps serving: a CLI of another version (v1 sent a JSON line) is told to use the
-/// sitesync that runs `serve`; a wrong token is refused before the request is read.
+/// on, and keeps serving: a CLI of control version 1 (it sent a JSON line and reads one) is
+/// told, in its own format, to use the sitesync that runs `serve`; another version byte and a
+/// wrong token are refused before the request is read.
 #[test]
 fn the_control_endpoint_refuses_other_versions_and_wrong_tokens() {
     use sitesync::node::control::{CONTROL_VERSION, RemoteError, encode_request};
@@ -652,17 +653,27 @@ fn the_control_endpoint_refuses_other_versions_and_wrong_tokens() {
     )
     .expect("control json");
     let addr = control["addr"].as_str().expect("addr").to_string();
-    let ask = |bytes: &[u8]| -> Result<Reply, RemoteError> {
+    let raw = |bytes: &[u8]| -> Vec<u8> {
         let mut s = std::net::TcpStream::connect(&addr).expect("connect");
         s.write_all(bytes).expect("write");
         let mut answer = Vec::new();
         s.read_to_end(&mut answer).expect("read");
+        answer
+    };
+    let ask = |bytes: &[u8]| -> Result<Reply, RemoteError> {
+        let answer = raw(bytes);
         assert_eq!(answer[0], CONTROL_VERSION, "the answer names the node's version");
         postcard::from_bytes(&answer[5..]).expect("an answer")
     };
-    let v1 = format!("{{\"op\":\"status\",\"token\":\"{}\"}}\n", control["token"]);
-    let refused = ask(v1.as_bytes()).expect_err("a v1 request is refused");
-    assert!(refused.message.contains("control version"), "{refused:?}");
+    let v1 = format!("{{\"op\":\"status\",\"token\":{}}}\n", control["token"]);
+    let line = String::from_utf8(raw(v1.as_bytes())).expect("a v1 client gets text");
+    let line: Value = serde_json::from_str(line.trim_end()).expect("one JSON line, as v1 reads");
+    let text = line["error"].as_str().expect("an error, as v1 reports it");
+    assert!(text.contains("control version 2") && text.contains("runs `serve`"), "{text}");
+    let mut v7 = encode_request("x", &Request::Id).expect("encode");
+    v7[0] = 7;
+    let refused = ask(&v7).expect_err("another version is refused");
+    assert!(refused.message.contains("version 7"), "{refused:?}");
     let wrong = encode_request("not-the-token", &Request::Id).expect("encode");
     let refused = ask(&wrong).expect_err("a wrong token is refused");
     assert_eq!(refused.message, "wrong control token");
@@ -670,4 +681,34 @@ fn the_control_endpoint_refuses_other_versions_and_wrong_tokens() {
     let right = encode_request(token, &Request::Id).expect("encode");
     let reply = ask(&right).expect("the right token and version are served");
     assert_eq!(reply, Reply::Id(node.id.parse().expect("node id")));
+}
+
+/// A `serve` of control version 1 still running after an upgrade (it read one JSON line, up to
+/// its end, and answered one): this CLI ends its request, so the old node answers instead of
+/// waiting for a newline, and the person is told to restart the node, with exit code 1.
+#[test]
+fn a_cli_against_an_older_running_node_says_so_instead_of_hanging() {
+    use std::io::{BufRead, Write};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let node = Node::init(tmp.path(), "upgraded");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let old = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("accept");
+        let mut line = String::new();
+        let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+        let _ = reader.read_line(&mut line);
+        let mut stream = stream;
+        let _ = stream.write_all(b"{\"error\": \"the request is not JSON\"}\n");
+    });
+    let control = json!({"addr": addr.to_string(), "token": "t".repeat(32), "pid": 1});
+    std::fs::write(node.dir.join("control.json"), control.to_string()).expect("control file");
+    let r = node.run(&["status"]);
+    old.join().expect("the old node answered");
+    assert_eq!(r.code, Some(1), "{}", r.describe());
+    assert!(
+        r.stderr.contains("control version 1") && r.stderr.contains("restart it"),
+        "{}",
+        r.describe()
+    );
 }

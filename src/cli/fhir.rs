@@ -97,8 +97,8 @@ pub(super) fn print(action: &FhirAction, reply: Reply) -> Result<i32, CliError> 
         (FhirAction::Export { out, bundle, .. }, Reply::FhirExported(done)) => {
             Ok(exported(out, bundle.as_deref(), &done))
         }
-        (FhirAction::Push { target, json, .. }, Reply::Pushed(r)) => pushed(target, *json, &r),
-        (FhirAction::Status { json }, Reply::PushStatus(targets)) => status(&targets, *json),
+        (FhirAction::Push { target, json, .. }, Reply::Pushed(r)) => pushed(target, *json, &r.0),
+        (FhirAction::Status { json }, Reply::PushStatus(targets)) => status(&targets.0, *json),
         (_, other) => Err(unexpected(&other)),
     }
 }

@@ -85,7 +85,8 @@ pub(super) fn reply(command: &Command, reply: Reply) -> Result<i32, CliError> {
         }
         (Command::Failures { json }, Reply::Failures(list)) => failures(&list, *json)?,
         (Command::Sync { entity, .. }, Reply::Sessions(sessions)) => {
-            synced(&sessions, entity.as_deref())?
+            let entity = entity.as_deref().map(str::parse::<crate::id::EntityId>).transpose();
+            synced(&sessions, entity.map_err(|e| super::input(format!("--entity: {e}")))?)?
         }
         (Command::Retry { id }, Reply::Retried(r)) => retried(id, &r)?,
         (Command::Fhir { action }, reply) => return super::fhir::print(action, reply),
@@ -329,7 +330,7 @@ fn sessions(list: &[SessionReport]) -> bool {
     list.iter().any(|s| !s.complete)
 }
 
-fn synced(list: &[SessionReport], entity: Option<&str>) -> Result<(), CliError> {
+fn synced(list: &[SessionReport], entity: Option<crate::id::EntityId>) -> Result<(), CliError> {
     if list.is_empty() {
         say!("no peer to dial (children dial in to this node on their own schedule)");
     }

@@ -117,6 +117,13 @@ pub(super) fn execute(cli: &Cli, request: Request) -> Result<Reply, CliError> {
     {
         return Ok(reply);
     }
+    if let Request::Retry { .. } = request {
+        return Err(super::failed(format!(
+            "no node is running in {}; retries run in the running node (`sitesync --dir {} serve`)",
+            dir.display(),
+            dir.display()
+        )));
+    }
     if request.needs_running_node() {
         return Err(crate::node::NodeError::NotRunning(dir.to_path_buf()).into());
     }

@@ -40,6 +40,25 @@ impl<'de> Deserialize<'de> for Json {
     }
 }
 
+/// A value whose serde form is meant for JSON (it skips absent fields, which postcard cannot
+/// read back), carried across the control endpoint as its JSON text.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JsonOf<T>(pub T);
+
+impl<T: Serialize> Serialize for JsonOf<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let text = serde_json::to_string(&self.0).map_err(serde::ser::Error::custom)?;
+        s.serialize_str(&text)
+    }
+}
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for JsonOf<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        serde_json::from_str(&text).map(JsonOf).map_err(serde::de::Error::custom)
+    }
+}
+
 /// What a bundle export leaves out: the batches a node is known to hold.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Since {
@@ -142,7 +161,7 @@ pub struct Retried {
     /// Why it still fails, when it does.
     pub reason: Option<String>,
     pub sessions: Vec<SessionReport>,
-    pub push: Option<PushReport>,
+    pub push: Option<JsonOf<PushReport>>,
 }
 
 /// The answer to a [`Request`], variant for variant.
@@ -172,8 +191,8 @@ pub enum Reply {
     Sessions(Vec<SessionReport>),
     Retried(Retried),
     FhirExported(FhirExported),
-    Pushed(PushReport),
-    PushStatus(Vec<PushTargetStatus>),
+    Pushed(JsonOf<PushReport>),
+    PushStatus(JsonOf<Vec<PushTargetStatus>>),
 }
 
 impl Node {
@@ -224,9 +243,9 @@ impl Node {
             Request::FhirPush { target, full } => {
                 let opts =
                     super::push::PushOptions { retry_failed: true, full, ..Default::default() };
-                Reply::Pushed(self.push_run(&target, opts)?)
+                Reply::Pushed(JsonOf(self.push_run(&target, opts)?))
             }
-            Request::FhirStatus => Reply::PushStatus(self.push_status()?),
+            Request::FhirStatus => Reply::PushStatus(JsonOf(self.push_status()?)),
             Request::Sync { .. } | Request::Retry { .. } => {
                 return Err(NodeError::NotRunning(self.dir.clone()));
             }

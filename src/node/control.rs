@@ -111,9 +111,22 @@ pub fn request(dir: &Path, request: &Request) -> Result<Option<Reply>, NodeError
         .map_err(|e| NodeError::Input(format!("{}: {e}", path.display())))?;
     let Ok(mut stream) = std::net::TcpStream::connect(file.addr) else { return Ok(None) };
     let io = |e| NodeError::Io { path: path.clone(), source: e };
-    stream.write_all(&encode_request(&file.token, request)?).map_err(io)?;
+    // The end of the request is the end of this side of the stream: a node of control version
+    // 1 reads a line, and answers once it sees the end. A node that refused the request early
+    // (its version, the token) may have stopped reading: its answer still says why.
+    let written = stream.write_all(&encode_request(&file.token, request)?);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
     let mut head = [0u8; 5];
-    stream.read_exact(&mut head).map_err(io)?;
+    if let Err(e) = stream.read_exact(&mut head) {
+        return Err(io(written.err().unwrap_or(e)));
+    }
+    if head[0] == b'{' {
+        return Err(NodeError::Remote(
+            "the running node speaks control version 1 (an older sitesync): restart it with \
+             this sitesync"
+                .into(),
+        ));
+    }
     if head[0] != CONTROL_VERSION {
         return Err(NodeError::Remote(format!(
             "the running node speaks control version {} (this sitesync: {CONTROL_VERSION}); \
@@ -159,25 +172,48 @@ pub(crate) async fn serve(
         let (handle, token) = (handle.clone(), token.clone());
         tokio::spawn(async move {
             let (mut read, mut write) = stream.into_split();
-            let Some(answer) = read_request(&mut read, &token).await else { return };
-            let answer = match answer {
-                Ok(request) => execute(handle, request).await,
-                Err(e) => Err(e),
+            let answer = match read_request(&mut read, &token).await {
+                None => return,
+                Some(Read::Older) => {
+                    // What a client of control version 1 reads: one JSON line.
+                    let text = serde_json::json!({ "error": older_client() }).to_string();
+                    let _ = write.write_all(format!("{text}\n").as_bytes()).await;
+                    return;
+                }
+                Some(Read::Refused(e)) => Err(e),
+                Some(Read::Request(request)) => execute(handle, request).await,
             };
             let _ = write.write_all(&encode_answer(&answer)).await;
         });
     }
 }
 
-/// Reads one request: `None` when the connection breaks off, an error for a wrong version or
+/// What one connection asked.
+enum Read {
+    Request(Request),
+    /// Refused before the body was read (the version, the token, the size).
+    Refused(RemoteError),
+    /// A client of control version 1 (a JSON line): it is answered in its own format.
+    Older,
+}
+
+/// What this node tells a client of an older control version.
+fn older_client() -> String {
+    format!(
+        "the running node speaks control version {CONTROL_VERSION}, this sitesync an older one: \
+         use the sitesync that runs `serve`"
+    )
+}
+
+/// Reads one request: `None` when the connection breaks off; a refusal for a wrong version or
 /// token or a body over the limit (checked before the body is read).
-async fn read_request(
-    read: &mut (impl AsyncReadExt + Unpin),
-    token: &str,
-) -> Option<Result<Request, RemoteError>> {
-    let refuse = |message: String| Some(Err(RemoteError { input: true, message }));
+async fn read_request(read: &mut (impl AsyncReadExt + Unpin), token: &str) -> Option<Read> {
+    let refuse = |message: String| Some(Read::Refused(RemoteError { input: true, message }));
     let mut head = [0u8; 2];
     read.read_exact(&mut head).await.ok()?;
+    if head[0] == b'{' {
+        return Some(Read::Older);
+    }
     if head[0] != CONTROL_VERSION {
         return refuse(format!(
             "this node speaks control version {CONTROL_VERSION}, the request came in version {}: \
@@ -198,7 +234,10 @@ async fn read_request(
     }
     let mut body = vec![0u8; len];
     read.read_exact(&mut body).await.ok()?;
-    Some(decode_request(&body))
+    Some(match decode_request(&body) {
+        Ok(request) => Read::Request(request),
+        Err(e) => Read::Refused(e),
+    })
 }
 
 async fn execute(handle: NodeHandle, request: Request) -> Result<Reply, RemoteError> {
@@ -220,4 +259,86 @@ fn write_file(dir: &Path, addr: std::net::SocketAddr, token: &str) -> Result<Pat
 /// Removes the control file at shutdown.
 pub(crate) fn remove_file(path: &Path) {
     let _ = std::fs::remove_file(path);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fhir::push::FailedResource;
+    use crate::node::command::{FhirExported, JsonOf, Retried};
+    use crate::node::session_host::SessionReport;
+
+    fn decode_answer(bytes: &[u8]) -> Result<Reply, RemoteError> {
+        assert_eq!(bytes[0], CONTROL_VERSION);
+        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        assert_eq!(len, bytes.len() - 5);
+        postcard::from_bytes(&bytes[5..]).expect("the answer decodes")
+    }
+
+    /// A failed resource with every optional field absent (JSON-only serde attributes skip
+    /// them), and a report holding it.
+    fn failed() -> FailedResource {
+        FailedResource {
+            key: "Observation/x".into(),
+            record: None,
+            status: None,
+            reason: "cannot be valid FHIR".into(),
+            hash: None,
+            since: 1_767_571_200,
+        }
+    }
+
+    /// Every reply that carries optional or JSON-shaped data crosses the endpoint and comes back
+    /// equal (postcard is not self-describing: a field skipped when absent would shift every
+    /// byte after it).
+    #[test]
+    fn replies_round_trip() {
+        let report = crate::fhir::PushReport { failed: vec![failed()], ..Default::default() };
+        let status = crate::fhir::PushTargetStatus {
+            name: "shr".into(),
+            base_url: "http://127.0.0.1:1/fhir".into(),
+            continuous: false,
+            interval_secs: 60,
+            cursor: String::new(),
+            last_attempt: 1,
+            last_success: 0,
+            consecutive_failures: 2,
+            last_error: None,
+            next_retry: 0,
+            failed: vec![failed()],
+        };
+        let session = SessionReport::failed(crate::id::NodeId([3; 32]), "timed out".into(), 7);
+        let replies = vec![
+            Reply::Pushed(JsonOf(report.clone())),
+            Reply::PushStatus(JsonOf(vec![status])),
+            Reply::Retried(Retried {
+                id: "push-shr".into(),
+                what: "FHIR push to shr".into(),
+                closed: false,
+                reason: Some("HTTP 500".into()),
+                sessions: vec![session.clone()],
+                push: Some(JsonOf(report)),
+            }),
+            Reply::Sessions(vec![session]),
+            Reply::Record {
+                record: super::super::Json(serde_json::json!({"a": [1, null]})),
+                conflicts: None,
+            },
+            Reply::Imported(Default::default()),
+            Reply::FhirExported(FhirExported {
+                files: 1,
+                resources: 2,
+                bundle_entries: None,
+                report: Default::default(),
+                cursor: crate::fhir::Cursor::start(),
+            }),
+            Reply::Status(super::super::Json(serde_json::json!({"peers": []}))),
+        ];
+        for reply in replies {
+            let back = decode_answer(&encode_answer(&Ok(reply.clone())));
+            assert_eq!(back, Ok(reply));
+        }
+        let refused = RemoteError { input: true, message: "no".into() };
+        assert_eq!(decode_answer(&encode_answer(&Err(refused.clone()))), Err(refused));
+    }
 }

@@ -112,7 +112,7 @@ impl NodeHandle {
         match (&rec.op, rec.op.peer()) {
             (Operation::FhirPush { target }, _) => {
                 node.store.record_manual_retry(id, node.now())?;
-                push = Some(node.push_now(target)?);
+                push = Some(super::command::JsonOf(node.push_now(target)?));
             }
             (_, Some(p)) => {
                 if !loops.triggers.contains_key(&p) {

@@ -41,16 +41,28 @@ impl DialSchedule {
         rep: &SessionReport,
         interval_ms: u64,
     ) -> u64 {
-        let delay = if rep.complete {
+        let delay = self.next(rep.complete, interval_ms, node.random_u32());
+        self.record(node, peer, rep, delay);
+        delay
+    }
+
+    /// How long until the next round after one that was `complete` (or not), in milliseconds;
+    /// counts the failures in a row. `jitter` is a uniform random u32.
+    pub fn next(&mut self, complete: bool, interval_ms: u64, jitter: u32) -> u64 {
+        if complete {
             self.failures = 0;
             interval_ms
         } else {
             self.failures += 1;
-            let jitter = node.random_u32();
             backoff_ms(self.failures, interval_ms.max(BACKOFF_BASE_MS), jitter)
-        };
+        }
+    }
+
+    /// Records a round that ended as `rep` with the next one in `delay_ms`: the peer's next
+    /// retry and failures in a row, and the attempt in the failures registry (blocking).
+    pub fn record(&self, node: &Node, peer: NodeId, rep: &SessionReport, delay_ms: u64) {
         let now = node.now();
-        let next = now + (delay / 1000) as i64;
+        let next = now + (delay_ms / 1000) as i64;
         let failures = self.failures;
         let op = Operation::Sync { peer };
         let result = if rep.complete { Ok(()) } else { Err(rep.outcome.as_str()) };
@@ -72,7 +84,6 @@ impl DialSchedule {
         if let Err(e) = recorded {
             tracing::error!(%peer, "recording the sync round: {e}");
         }
-        delay
     }
 }
 

@@ -144,6 +144,22 @@ pub enum JobKind {
     Record { report: SessionReport, vector: Option<Vector>, audit_acked: Option<u64> },
 }
 
+impl JobKind {
+    /// How this kind of job reports an error.
+    fn failed(&self) -> fn(String) -> Done {
+        match self {
+            JobKind::Fetch { .. } => |e| Done::Fetched(Err(e)),
+            JobKind::Apply { .. } => |e| Done::Applied(Err(e)),
+            JobKind::StoreAudit { .. } => |e| Done::AuditStored(Err(e)),
+            JobKind::FetchBodies { .. } => |e| Done::BodiesFetched(Err(e)),
+            JobKind::BodiesDelivered { .. } => |e| Done::BodiesDelivered(Err(e)),
+            JobKind::StoreBodies { .. } => |e| Done::BodiesStored(Err(e)),
+            JobKind::MergeSome | JobKind::MergeAll => |e| Done::Merged(Err(e)),
+            JobKind::Record { .. } => |e| Done::Recorded(Err(e)),
+        }
+    }
+}
+
 impl std::fmt::Debug for JobKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let name = match self {
@@ -220,6 +236,14 @@ impl Job {
         }
     }
 
+    /// As [`Job::run`], with a panic inside the store or Automerge turned into the job's error,
+    /// so the session ends cleanly instead of waiting forever for a result.
+    pub fn run_caught(self, node: &Node) -> Done {
+        let failed = self.kind.failed();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(node)))
+            .unwrap_or_else(|_| failed("the store work panicked".into()))
+    }
+
     /// The first half of a `Fetch` job: the batches, not yet encoded (the simulator's hostile
     /// relay changes them between the halves). Other jobs fetch nothing.
     pub fn fetch(&self, node: &Node) -> Result<Vec<WireBatch>, NodeError> {
@@ -260,7 +284,8 @@ fn lock(m: &Mutex<Encoder>) -> std::sync::MutexGuard<'_, Encoder> {
 }
 
 /// The record of an ended session: the peer's state, where the next audit upload to the parent
-/// starts, the audit entry, the log line.
+/// starts, and the audit entry. Each is written even when another fails (each failure is
+/// logged with what it was); the first failure is returned.
 fn record(
     node: &Node,
     peer: NodeId,
@@ -269,9 +294,17 @@ fn record(
     audit_acked: Option<u64>,
 ) -> Result<(), NodeError> {
     let time = node.now();
-    node.store.update_peer_state(&peer, |s| record_session(s, time, vector, rep))?;
+    let mut first = None;
+    let mut step = |what: &str, r: Result<(), crate::store::StoreError>| {
+        if let Err(e) = r {
+            tracing::error!(%peer, "recording {what}: {e}");
+            first.get_or_insert(e);
+        }
+    };
+    let state = node.store.update_peer_state(&peer, |s| record_session(s, time, vector, rep));
+    step("peer state", state);
     if let Some(next) = audit_acked {
-        node.store.audit_acked(&peer, next)?;
+        step("the parent's audit cursor", node.store.audit_acked(&peer, next));
     }
     let kind = crate::event::EventKind::Session {
         peer,
@@ -283,8 +316,8 @@ fn record(
         bytes_received: rep.bytes_received,
         millis: rep.millis,
     };
-    node.store.record(crate::event::Event { time, kind })?;
-    Ok(())
+    step("the session in the audit log", node.store.record(crate::event::Event { time, kind }));
+    first.map_or(Ok(()), |e| Err(e.into()))
 }
 
 /// Where a closed session is in its ending.
@@ -403,6 +436,14 @@ impl SessionHost {
 
     pub fn peer(&self) -> NodeId {
         self.peer
+    }
+
+    /// Merges during the session every `ms` instead of what `SITESYNC_MERGE_EVERY_MS` or
+    /// [`MERGE_DURING_SESSION_MS`] says (the simulator: a replayed seed must not depend on the
+    /// environment).
+    pub fn merging_every(mut self, ms: u64) -> SessionHost {
+        self.merge_every = ms;
+        self
     }
 
     /// Whether the peer's `Hello` arrived.

@@ -36,12 +36,11 @@ pub async fn sync_once(
         Err(e) => return SessionReport::failed(id, e.to_string(), millis()),
     };
     let failed = |why: String| {
-        let n = node.clone();
-        let ms = millis();
+        let (n, ms, fallback) = (node.clone(), millis(), why.clone());
         async move {
-            tokio::task::spawn_blocking(move || dial_failed(&n, id, why.clone(), ms))
+            tokio::task::spawn_blocking(move || dial_failed(&n, id, why, ms))
                 .await
-                .unwrap_or_else(|_| SessionReport::failed(id, "dial failed".into(), ms))
+                .unwrap_or_else(|_| SessionReport::failed(id, fallback, ms))
         }
     };
     let connecting = match endpoint.connect_with(config, addr, transport::SERVER_NAME) {
@@ -94,19 +93,9 @@ pub(super) async fn peer_loop(
         let events = if first { Some(&*events) } else { None };
         first = false;
         let rep = sync_once(node.clone(), &endpoint, &peer, events).await;
-        let (n, id, r, mut s) = (node.clone(), peer.node_id, rep.clone(), schedule.clone());
-        let next = tokio::task::spawn_blocking(move || {
-            let delay = s.round_done(&n, id, &r, interval_ms);
-            (s, delay)
-        })
-        .await;
-        let delay = match next {
-            Ok((s, delay)) => {
-                schedule = s;
-                delay
-            }
-            Err(_) => interval_ms,
-        };
+        let delay = schedule.next(rep.complete, interval_ms, node.random_u32());
+        let (n, id, r, s) = (node.clone(), peer.node_id, rep.clone(), schedule.clone());
+        let _ = tokio::task::spawn_blocking(move || s.record(&n, id, &r, delay)).await;
         for w in waiters {
             let _ = w.send(rep.clone());
         }

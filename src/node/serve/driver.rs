@@ -85,6 +85,9 @@ pub async fn drive(
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let (mut writer, mut sized) = (Some(writer), false);
     let mut tx = Some(tx);
+    // The reader stops after the stream ends or breaks; its channel then answers at once, so
+    // it is not polled again (a receipt may still be running).
+    let mut reading = true;
     loop {
         host.written(
             counters.frames.load(Ordering::Relaxed),
@@ -103,7 +106,7 @@ pub async fn drive(
                     }
                     let (n, done_tx) = (node.clone(), done_tx.clone());
                     tokio::task::spawn_blocking(move || {
-                        let _ = done_tx.send(job.run(&n));
+                        let _ = done_tx.send(job.run_caught(&n));
                     });
                 }
                 Action::Closed(_) => {
@@ -127,7 +130,7 @@ pub async fn drive(
         };
         tokio::select! {
             Some(done) = done_rx.recv() => host.complete(now(), done),
-            read = rrx.recv(), if !closing => match read {
+            read = rrx.recv(), if !closing && reading => match read {
                 Some(Ok((m, bytes))) => {
                     host.handle_message(now(), m, bytes as u64);
                     if let Some(p) = progress.as_ref().filter(|_| !sized && host.handshaken()) {
@@ -135,12 +138,19 @@ pub async fn drive(
                         sized = true;
                     }
                 }
-                Some(Err(ReadError::Codec(e))) => host.handle_malformed(e.to_string(), 0),
+                Some(Err(ReadError::Codec(e))) => {
+                    reading = false;
+                    host.handle_malformed(e.to_string(), 0)
+                }
                 Some(Err(e)) => {
+                    reading = false;
                     let why = conn.close_reason().map_or_else(|| e.to_string(), |r| describe_close(&r));
                     host.handle_disconnect(why)
                 }
-                None => host.handle_disconnect("the reader stopped".into()),
+                None => {
+                    reading = false;
+                    host.handle_disconnect("the reader stopped".into())
+                }
             },
             _ = tokio::time::sleep(wait), if !closing => {
                 host.handle_activity(counters.activity.load(Ordering::Relaxed));
