@@ -570,7 +570,8 @@ impl Store {
     }
 
     /// Applies a retention policy to the audit log: keeps the last `keep_entries` entries and
-    /// those newer than `keep_since` (Unix seconds), removes the rest and signs a checkpoint
+    /// those newer than `keep_since` (Unix seconds, both kept: the larger part of the log
+    /// stays), removes the rest and signs a checkpoint
     /// with `key` so the kept chain still verifies. Returns how many entries were removed.
     pub fn compact_audit(
         &self,
@@ -582,14 +583,17 @@ impl Store {
         let tx = self.db.begin_write()?;
         let entries = audit::entries(&self.db.begin_read()?, usize::MAX)?;
         let Some(&(last, _)) = entries.last() else { return Ok(0) };
-        let mut keep_from = 0u64;
-        if let Some(k) = keep_entries {
-            keep_from = keep_from.max((last + 1).saturating_sub(k.max(1)));
-        }
-        if let Some(since) = keep_since {
-            let first_new = entries.iter().find(|(_, e)| e.time >= since).map_or(last, |(n, _)| *n);
-            keep_from = keep_from.max(first_new);
-        }
+        // Both limits keep a newest part of the log: an entry stays when either keeps it, so
+        // the larger part stays (the last `keep_entries`, or everything newer than
+        // `keep_since`, whichever reaches further back; the newest entry always stays).
+        let by_count = keep_entries.map(|k| (last + 1).saturating_sub(k.max(1)));
+        let by_age = keep_since
+            .map(|since| entries.iter().find(|(_, e)| e.time >= since).map_or(last, |(n, _)| *n));
+        let keep_from = match (by_count, by_age) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => 0,
+        };
         let removed = audit::compact(&tx, &self.node, keep_from, &|d| key.sign(d))?;
         if removed > 0 {
             let kind = EventKind::Config {

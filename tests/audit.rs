@@ -180,3 +180,94 @@ fn a_parent_keeps_a_copy_of_a_child_log_and_notices_a_rewrite() {
         "the held copy is kept"
     );
 }
+
+/// The clock of a node moved `offset` seconds ahead of the operating system's.
+struct Ahead(i64);
+
+impl sitesync::node::Env for Ahead {
+    fn now_secs(&self) -> i64 {
+        sitesync::node::now_secs() + self.0
+    }
+    fn millis(&self) -> u64 {
+        sitesync::node::OsEnv.millis()
+    }
+    fn fill_random(&self, out: &mut [u8]) -> Result<(), sitesync::node::NodeError> {
+        sitesync::node::OsEnv.fill_random(out)
+    }
+}
+
+/// `[audit] keep_days = 365` and `keep_entries = N` keep the larger part of the log: when the
+/// clock jumps two years ahead, every entry is older than a year, and still the last N stay
+/// (what `serve` applies at start, `Node::compact_audit` with the configured retention).
+#[test]
+fn retention_keeps_the_larger_part_of_the_log() {
+    use sitesync::node::Env;
+    const N: u64 = 100_000;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("clinic");
+    let mut node = sitesync::node::Node::init(&dir, "clinic").expect("init");
+    node.config.retention =
+        sitesync::config::Retention { keep_days: Some(365), keep_entries: Some(N) };
+    node.save_config().expect("save config");
+    for i in 0..N + 100 {
+        node.config_changed(format!("entry {i}")).expect("entry");
+    }
+    let before = node.store.events(usize::MAX).expect("events");
+    drop(node);
+    let two_years = 2 * 366 * 86_400;
+    let later = sitesync::node::Node::open_with_env(&dir, std::sync::Arc::new(Ahead(two_years)))
+        .expect("reopen two years later");
+    assert!(
+        later.store.events(1).expect("newest")[0].1.time
+            < Ahead(two_years).now_secs() - 365 * 86_400
+    );
+    let removed = later.compact_audit(None, None).expect("retention");
+    let after = later.store.events(usize::MAX).expect("events");
+    let last_n = &before[before.len() - N as usize..];
+    assert!(removed > 0 && removed <= 100, "only entries beyond the last {N} go: {removed}");
+    assert_eq!(&after[..N as usize], last_n, "the last {N} entries are all kept, unchanged");
+    let r = later.store.verify_audit().expect("verify");
+    assert!(r.problems.is_empty(), "the kept chain verifies: {:?}", r.problems);
+}
+
+/// A child whose retention removed entries it never uploaded: its parent records the gap as a
+/// problem in its own audit log, stores what exists, and the upload carries on from there
+/// (before, the parent's cursor stayed at the gap and the copy stalled).
+#[test]
+fn a_gap_in_a_child_log_is_reported_and_the_copy_goes_on() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let child = sitesync::node::Node::init(&tmp.path().join("c"), "clinic").expect("child");
+    let parent = sitesync::node::Node::init(&tmp.path().join("p"), "district").expect("parent");
+    for i in 0..5 {
+        child.config_changed(format!("early {i}")).expect("entry");
+    }
+    let first = child.store.audit_for_parent(&parent.id(), 100).expect("entries");
+    let next = parent.store.store_child_audit(&child.id(), &first, 1).expect("store");
+    child.store.audit_acked(&parent.id(), next).expect("ack");
+    for i in 0..10 {
+        child.config_changed(format!("unsent {i}")).expect("entry");
+    }
+    // The child keeps only its last 3 entries: most of the unsent ones are gone.
+    child.compact_audit(Some(3), None).expect("compact");
+    let rest = child.store.audit_for_parent(&parent.id(), 100).expect("entries");
+    assert!(rest[0].0 > next, "the child skips ahead: {} after {next}", rest[0].0);
+    let newest = rest.last().expect("an entry").0;
+    let next = parent.store.store_child_audit(&child.id(), &rest, 2).expect("store");
+    assert_eq!(next, newest + 1, "the copy goes on past the gap");
+    let problems: Vec<String> = parent
+        .store
+        .events(100)
+        .expect("events")
+        .iter()
+        .map(|(_, e)| e.kind.to_string())
+        .filter(|t| t.contains("never arrived"))
+        .collect();
+    assert_eq!(problems.len(), 1, "the gap is recorded once: {problems:?}");
+    child.store.audit_acked(&parent.id(), next).expect("ack");
+    child.config_changed("after the gap".into()).expect("entry");
+    let more = child.store.audit_for_parent(&parent.id(), 100).expect("entries");
+    assert_eq!(more.len(), 1, "only the new entry is sent");
+    assert_eq!(parent.store.store_child_audit(&child.id(), &more, 3).expect("store"), next + 1);
+    let copy = parent.store.child_audit(&child.id(), 100).expect("copy");
+    assert!(copy.iter().any(|(_, e)| e.kind.to_string().contains("after the gap")));
+}

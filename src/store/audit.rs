@@ -309,49 +309,49 @@ pub(crate) fn set_cursor(
 
 /// Stores a child's entries in its copy. An entry already held must be identical, and an entry
 /// must link to the one before it when that one is held: otherwise the child's log was rewritten,
-/// and the problem is returned (the held copy is kept). Returns the first entry the copy lacks
-/// after its lowest held entry, and the problems found.
+/// and the problem is returned (the held copy is kept). Entries that skip ahead of the copy are
+/// stored too, and the skipped ones are returned as a problem: the child removed them (its
+/// retention) before they were uploaded, and they will never come. Returns the entry after the
+/// newest one held (where the child's next upload starts), and the problems found.
 pub(crate) fn store_remote(
     tx: &redb::WriteTransaction,
     origin: &NodeId,
     entries: &[(u64, Vec<u8>)],
 ) -> Result<(u64, Vec<String>), StoreError> {
     let mut problems = Vec::new();
-    {
-        let mut copy = tx.open_table(REMOTE_AUDIT)?;
-        for (n, stored) in entries {
-            let (n, stored) = (*n, stored.as_slice());
-            if stored.len() < 32 || postcard::from_bytes::<Event>(&stored[32..]).is_err() {
-                problems.push(format!("entry {n} does not decode"));
-                continue;
-            }
-            if let Some(held) = copy.get((&origin.0, n))? {
-                if held.value() != stored {
-                    problems.push(format!("entry {n} differs from the copy held here (rewritten)"));
-                }
-                continue;
-            }
-            if let Some(n1) = n.checked_sub(1)
-                && let Some(prev) = copy.get((&origin.0, n1))?
-                && stored[..32] != entry_hash(n1, prev.value())
-            {
-                problems.push(format!("entry {n} does not link to entry {n1} held here"));
-                continue;
-            }
-            copy.insert((&origin.0, n), stored)?;
+    let mut copy = tx.open_table(REMOTE_AUDIT)?;
+    let newest = copy.range((&origin.0, 0)..=(&origin.0, u64::MAX))?.next_back().transpose()?;
+    let mut next = newest.map_or(0, |(k, _)| k.value().1 + 1);
+    for (n, stored) in entries {
+        let (n, stored) = (*n, stored.as_slice());
+        if stored.len() < 32 || postcard::from_bytes::<Event>(&stored[32..]).is_err() {
+            problems.push(format!("entry {n} does not decode"));
+            continue;
         }
-    }
-    let copy = tx.open_table(REMOTE_AUDIT)?;
-    let mut next = None;
-    for item in copy.range((&origin.0, 0)..=(&origin.0, u64::MAX))? {
-        let n = item?.0.value().1;
-        match next {
-            None => next = Some(n + 1),
-            Some(m) if m == n => next = Some(n + 1),
-            Some(_) => break,
+        if let Some(held) = copy.get((&origin.0, n))? {
+            if held.value() != stored {
+                problems.push(format!("entry {n} differs from the copy held here (rewritten)"));
+            }
+            continue;
         }
+        if let Some(n1) = n.checked_sub(1)
+            && let Some(prev) = copy.get((&origin.0, n1))?
+            && stored[..32] != entry_hash(n1, prev.value())
+        {
+            problems.push(format!("entry {n} does not link to entry {n1} held here"));
+            continue;
+        }
+        if n > next {
+            problems.push(format!(
+                "entries {next} to {} never arrived: the child removed them before they were \
+                 uploaded (its retention); the copy goes on from entry {n}",
+                n - 1
+            ));
+        }
+        copy.insert((&origin.0, n), stored)?;
+        next = next.max(n + 1);
     }
-    Ok((next.unwrap_or(0), problems))
+    Ok((next, problems))
 }
 
 /// The last `limit` entries of a child's copy, oldest first.
