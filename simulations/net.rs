@@ -138,6 +138,17 @@ impl World {
 
     /// Puts a frame on the wire from end `from` of `conn`.
     pub fn transmit(&mut self, conn: u64, from: usize, bytes: Vec<u8>) {
+        // Every write fits the wire: no frame a node encodes is over the limit its peers read.
+        if bytes.len().saturating_sub(4) > message::FRAME_BYTES_MAX {
+            let site = self.conns.get(&conn).map_or(0, |c| c.ends[from].site);
+            let m = format!(
+                "{} encoded a frame of {} bytes, over FRAME_BYTES_MAX ({})",
+                self.sites[site].name,
+                bytes.len() - 4,
+                message::FRAME_BYTES_MAX
+            );
+            self.fail(m);
+        }
         let Some(c) = self.conns.get(&conn) else { return };
         let (src, dst) = (c.ends[from].site, c.ends[1 - from].site);
         let dir = &c.dirs[from];

@@ -15,6 +15,11 @@ use crate::identity::{self, Keypair};
 pub const BATCH_VERSION: u8 = 1;
 /// Most changes in one batch.
 pub const BATCH_CHANGES_MAX: usize = 4_096;
+/// Change bodies one batch seals, at most, in bytes (a single larger change is sealed alone;
+/// a record's change cannot be much larger than `entity::RECORD_BYTES_MAX`). With its manifest
+/// and signature, a batch then fits one network frame (`protocol::message::FRAME_BYTES_MAX`,
+/// 16 MiB) even when nothing compresses, so every author's batches can travel.
+pub const BATCH_BODY_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Largest change body accepted, in bytes.
 pub const CHANGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 

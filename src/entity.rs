@@ -17,6 +17,9 @@ use schema::{Field, Kind};
 pub const STRING_BYTES_MAX: usize = 64 * 1024;
 /// Largest JSON input for one `put`, in bytes.
 pub const INPUT_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Largest record a `put` accepts, in bytes of its canonical JSON: its change must fit one
+/// batch, and a batch one network frame (`batch::BATCH_BODY_BYTES_MAX`).
+pub const RECORD_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Most items in one keyed collection (names, identifiers, ...).
 pub const KEYED_ITEMS_MAX: usize = 1_000;
 /// Deepest nesting accepted in a `generic` record.

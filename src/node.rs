@@ -232,6 +232,17 @@ impl Node {
                 (Err(e), true) => return Err(NodeError::Input(format!("record {i}: {e}"))),
                 (Err(e), false) => return Err(e.into()),
             };
+            // Every write must fit the wire: a record's change fits one batch, a batch one frame.
+            let size = serde_json::to_vec(&record.body).map_or(0, |b| b.len());
+            if size > entity::RECORD_BYTES_MAX {
+                let which = if input.is_array() { format!("record {i}: ") } else { String::new() };
+                return Err(NodeError::Input(format!(
+                    "{which}{ty} {}: {size} bytes, more than the {} bytes one record may hold \
+                     (RECORD_BYTES_MAX); nothing was written",
+                    record.id.uuid,
+                    entity::RECORD_BYTES_MAX
+                )));
+            }
             records.push(record);
         }
         Ok(self.store.put(&self.key, &records, self.now())?)

@@ -712,3 +712,86 @@ fn a_cli_against_an_older_running_node_says_so_instead_of_hanging() {
         r.describe()
     );
 }
+
+/// `len` characters of base64, as an attached scan or photo arrives in an obs: it compresses
+/// by a quarter at most.
+fn attachment(seed: u64, len: usize) -> String {
+    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            B64[(x % 64) as usize] as char
+        })
+        .collect()
+}
+
+/// Every write fits the wire: a record over `RECORD_BYTES_MAX` is refused at `put` (exit 2,
+/// naming the limit and the size, nothing written); 4,096 obs of ~60 KiB each (attachments, which
+/// do not compress) are sealed by bytes as well as by count, into batches that all travel, over
+/// QUIC to a parent and in a bundle to another node. Sealed by count alone, they made batches of
+/// about 50 MB that no network frame carries (16 MiB), and the clinic's later changes never
+/// left it.
+#[test]
+fn every_write_fits_the_wire() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let clinic = Node::init(tmp.path(), "clinic");
+    let district = Node::init(tmp.path(), "district");
+    let usb = Node::init(tmp.path(), "usb");
+
+    let parts: Vec<String> = (0..420).map(|i| attachment(i, 50_000)).collect();
+    let big = json!({"uuid": uuid(), "kind": "scan", "parts": parts});
+    let file = tmp.path().join("big.json");
+    std::fs::write(&file, big.to_string()).expect("write");
+    let r = clinic.run(&["put", "generic", p(&file)]);
+    assert_eq!(r.code, Some(2), "{}", r.describe());
+    let limit = sitesync::entity::RECORD_BYTES_MAX.to_string();
+    assert!(r.stderr.contains("RECORD_BYTES_MAX") && r.stderr.contains(&limit), "{}", r.stderr);
+    assert!(r.stderr.contains(" bytes, more than the "), "names the size: {}", r.stderr);
+    assert_eq!(clinic.ok(&["list"]), "", "nothing was written");
+
+    let (person, concept) = (uuid(), uuid());
+    let mut written = 0;
+    for part in 0..5 {
+        let obs: Vec<Value> = (0..820)
+            .take(4_096 - written)
+            .map(|i| {
+                json!({"uuid": uuid(), "person": person, "concept": concept,
+                       "obsDatetime": "2026-03-05T08:55:00.000+0300", "status": "FINAL",
+                       "comment": attachment((part * 1_000 + i) as u64, 60_000)})
+            })
+            .collect();
+        written += obs.len();
+        clinic.put("obs", &Value::Array(obs));
+    }
+    assert_eq!(written, 4_096);
+    let batches = clinic.status()["batches"].as_u64().expect("batches");
+    assert!(batches >= 30, "sealed by bytes: {batches} batches for ~240 MiB of changes");
+
+    let pp = addr(free_port());
+    district.network(Some(&pp), 1);
+    district.peer_add(&clinic, "child", None);
+    clinic.peer_add(&district, "parent", Some(&pp));
+    let _servers = [district.serve(), clinic.serve()];
+    let digest = |n: &Node| n.try_status().map(|s| s["digest"].clone());
+    let arrived = wait_for(Duration::from_secs(240), || {
+        let (d, c) = (digest(&district)?, digest(&clinic)?);
+        (d == c).then_some(d)
+    });
+    assert!(
+        arrived.is_some(),
+        "every batch reached the district:\n{}",
+        statuses(&[&district, &clinic])
+    );
+    assert_eq!(district.status()["entities"]["obs"], json!(4_096));
+
+    let bundle = tmp.path().join("all.ssb");
+    clinic.ok(&["export", "--out", p(&bundle)]);
+    usb.ok(&["trust", "add", &clinic.id, "--name", "clinic"]);
+    let imported = usb.ok(&["import", p(&bundle)]);
+    assert!(imported.contains("rejected: 0 batches"), "{imported}");
+    assert_eq!(usb.status()["entities"]["obs"], json!(4_096), "{imported}");
+    assert_eq!(usb.status()["digest"], clinic.status()["digest"]);
+}

@@ -20,7 +20,7 @@ use super::{
     Store, StoreError, append_event, conflicts, corrupt, decode_batch, decode_doc, encode,
     encode_batch,
 };
-use crate::batch::{BATCH_CHANGES_MAX, BATCH_VERSION, Batch, ChangeRef};
+use crate::batch::{BATCH_BODY_BYTES_MAX, BATCH_CHANGES_MAX, BATCH_VERSION, Batch, ChangeRef};
 use crate::entity::doc::EntityDoc;
 use crate::entity::{self, Record};
 use crate::event::{Event, EventKind};
@@ -72,7 +72,7 @@ impl Store {
                     let bytes = change.raw_bytes();
                     let hash = BodyHash::of(bytes);
                     bodies.insert(&hash.0, bytes)?;
-                    refs.push(ChangeRef { entity: record.id, body: hash });
+                    refs.push((ChangeRef { entity: record.id, body: hash }, bytes.len()));
                     rec.heads = doc.heads().iter().map(|h| h.0).collect();
                     rec.doc = doc.save();
                     docs.insert(key_str.as_str(), encode(&rec).as_slice())?;
@@ -147,7 +147,7 @@ impl Store {
         rec.heads = doc.heads().iter().map(|h| h.0).collect();
         rec.doc = doc.save();
         tx.open_table(DOCS)?.insert(key_str.as_str(), encode(&rec).as_slice())?;
-        let refs = [ChangeRef { entity: conflict.entity, body: hash }];
+        let refs = [(ChangeRef { entity: conflict.entity, body: hash }, bytes.len())];
         let batches = seal(&tx, key, author, &refs)?;
         let kind = EventKind::ConflictResolved {
             id: conflict.id.clone(),
@@ -174,13 +174,14 @@ pub fn keyed_fields(ty: EntityType) -> Vec<&'static str> {
         .collect()
 }
 
-/// Seals `refs` (new local changes) into batches of at most `BATCH_CHANGES_MAX`, continuing the
-/// author's chain. Returns how many batches were written.
+/// Seals `refs` (new local changes, with their body sizes) into batches of at most
+/// `BATCH_CHANGES_MAX` changes and `BATCH_BODY_BYTES_MAX` bytes of bodies (a larger change
+/// alone), continuing the author's chain. Returns how many batches were written.
 fn seal(
     tx: &redb::WriteTransaction,
     key: &Keypair,
     author: AuthorId,
-    refs: &[ChangeRef],
+    refs: &[(ChangeRef, usize)],
 ) -> Result<u64, StoreError> {
     if refs.is_empty() {
         return Ok(0);
@@ -199,9 +200,10 @@ fn seal(
         }
     };
     let mut count = 0;
-    for chunk in refs.chunks(BATCH_CHANGES_MAX) {
+    for chunk in batches_of(refs) {
         seq += 1;
-        let batch = Batch { version: BATCH_VERSION, author, seq, prev, changes: chunk.to_vec() };
+        let changes = chunk.iter().map(|(c, _)| *c).collect();
+        let batch = Batch { version: BATCH_VERSION, author, seq, prev, changes };
         let hash = batch.hash();
         let signed = batch.sign(key);
         batches.insert((&actor, seq), encode_batch(&hash, &signed).as_slice())?;
@@ -210,4 +212,49 @@ fn seal(
     }
     vector.insert(&actor, seq)?;
     Ok(count)
+}
+
+/// `refs` cut into the changes of consecutive batches: a batch ends before the change that
+/// would take it past `BATCH_CHANGES_MAX` changes or `BATCH_BODY_BYTES_MAX` bytes.
+fn batches_of(refs: &[(ChangeRef, usize)]) -> Vec<&[(ChangeRef, usize)]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0usize);
+    for (i, (_, size)) in refs.iter().enumerate() {
+        let full = i - start == BATCH_CHANGES_MAX || bytes + size > BATCH_BODY_BYTES_MAX;
+        if i > start && full {
+            out.push(&refs[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < refs.len() {
+        out.push(&refs[start..]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_cut_by_count_and_by_bytes() {
+        let c = |n: u8| ChangeRef {
+            entity: crate::id::EntityId::new(
+                crate::id::EntityType::Generic,
+                crate::id::Uid::from_random([n; 16]),
+            ),
+            body: BodyHash([n; 32]),
+        };
+        let mb = 1024 * 1024;
+        let sizes =
+            |b: &[&[(ChangeRef, usize)]]| -> Vec<usize> { b.iter().map(|x| x.len()).collect() };
+        let small: Vec<_> = (0..5_000).map(|i| (c((i % 250) as u8), 10)).collect();
+        assert_eq!(sizes(&batches_of(&small)), [BATCH_CHANGES_MAX, 5_000 - BATCH_CHANGES_MAX]);
+        let big: Vec<_> = (0..5).map(|i| (c(i), 3 * mb)).collect();
+        assert_eq!(sizes(&batches_of(&big)), [2, 2, 1], "8 MiB of bodies at most per batch");
+        let huge = vec![(c(1), mb), (c(2), 12 * mb), (c(3), mb)];
+        assert_eq!(sizes(&batches_of(&huge)), [1, 1, 1], "a larger change is sealed alone");
+        assert!(batches_of(&[]).is_empty());
+    }
 }
