@@ -147,7 +147,11 @@ pub enum BatchError {
     BodyDecode { author: AuthorId, seq: u64, index: usize, reason: String },
     #[error("batch {author} #{seq}: change {index} writes the roster of another node")]
     RosterOwner { author: AuthorId, seq: u64, index: usize },
-    #[error("batch {author} #{seq}: body {index} is withheld, and only a parent may withhold")]
+    #[error(
+        "batch {author} #{seq}: body {index} is absent, and nothing allows it here (a parent \
+         withholds what is outside its child's scope; a record outside its author's push scope \
+         travels without its body)"
+    )]
     Withheld { author: AuthorId, seq: u64, index: usize },
     #[error("batch {author} #{seq}: change {index} is by actor {actor}, not the batch author")]
     Actor { author: AuthorId, seq: u64, index: usize, actor: String },
@@ -158,13 +162,28 @@ pub trait Trust {
     fn trusts(&self, node: &NodeId) -> bool;
 }
 
+/// Which bodies of a batch may be absent where it arrives: withheld by the sender (a parent
+/// withholds what is outside its child's scope), or held back for good (a record outside its
+/// author's push scope). An absent body's manifest entry is still signed: it can delay a
+/// record, never change one.
+pub trait Holes {
+    fn allows(&self, author: &AuthorId, change: &ChangeRef) -> bool;
+}
+
+/// `true`: every body may be absent (from a parent); `false`: none.
+impl Holes for bool {
+    fn allows(&self, _: &AuthorId, _: &ChangeRef) -> bool {
+        *self
+    }
+}
+
 /// A batch whose signature, trust, bodies and actors have been checked. Sequencing against the
 /// receiver's state is the store's job.
 #[derive(Debug)]
 pub struct VerifiedBatch {
     pub signed: SignedBatch,
     pub hash: BatchHash,
-    /// The bodies, in the order listed; an empty one was withheld by the sender's parent.
+    /// The bodies, in the order listed; an empty one is absent (withheld, or held back).
     pub bodies: Vec<Vec<u8>>,
     /// The decoded changes of the bodies carried, in the order listed.
     pub changes: Vec<automerge::Change>,
@@ -180,13 +199,13 @@ impl SignedBatch {
     }
 
     /// Checks everything about the batch that does not depend on what the receiver holds.
-    /// An empty body is a withheld one, accepted only with `withheld_ok` (from a parent): its
-    /// manifest entry is still signed.
+    /// An empty body is an absent one, accepted only where `holes` allows it: its manifest
+    /// entry is still signed.
     pub fn verify(
         self,
         bodies: Vec<Vec<u8>>,
         trust: &dyn Trust,
-        withheld_ok: bool,
+        holes: impl Holes,
     ) -> Result<VerifiedBatch, BatchError> {
         let b = &self.batch;
         let (author, seq) = (b.author, b.seq);
@@ -226,7 +245,7 @@ impl SignedBatch {
         let mut changes = Vec::with_capacity(bodies.len());
         for (index, (body, listed)) in bodies.iter().zip(&b.changes).enumerate() {
             if body.is_empty() {
-                if withheld_ok {
+                if holes.allows(&author, listed) {
                     continue;
                 }
                 return Err(BatchError::Withheld { author, seq, index });

@@ -26,9 +26,6 @@ use crate::id::{EntityId, EntityType, NodeId, Vector};
 use crate::store::failures::Operation;
 use crate::web::data::*;
 
-/// Roster members with their entries.
-type RosterEntries = Vec<(NodeId, Map<String, Value>)>;
-
 /// The admin data of a running node.
 pub struct AdminView {
     handle: NodeHandle,
@@ -126,11 +123,11 @@ impl AdminView {
         }
         let order = node.trust_order()?;
         for owner in &order {
-            for (member, entry) in roster_entries(node, owner)? {
+            for (member, entry) in node.roster_entries(owner)?.iter() {
                 let role =
                     entry.get("role").and_then(Value::as_str).unwrap_or("member").to_string();
                 let name = entry.get("name").and_then(Value::as_str).map(str::to_string);
-                listed.entry(member).or_insert((role, name, owner.to_string()));
+                listed.entry(*member).or_insert((role, name, owner.to_string()));
             }
         }
         order
@@ -205,18 +202,6 @@ fn field_value(v: &crate::conflict::StoredValue) -> crate::entity::doc::Conflict
 }
 
 /// The members of `owner`'s roster with their entries (role, name).
-fn roster_entries(node: &Node, owner: &NodeId) -> Result<RosterEntries, DataError> {
-    let id = EntityId::new(EntityType::Roster, crate::id::Uid::of_node(owner));
-    let Some((doc, _)) = node.store.get(&id)? else { return Ok(Vec::new()) };
-    let Some(members) = doc.get("members").and_then(Value::as_object) else {
-        return Ok(Vec::new());
-    };
-    Ok(members
-        .iter()
-        .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_object().cloned().unwrap_or_default())))
-        .collect())
-}
-
 /// A session report as the JSON API shows it.
 fn session_json(r: &SessionReport) -> Value {
     serde_json::to_value(r).unwrap_or_default()
@@ -417,6 +402,9 @@ impl AdminData for AdminView {
             });
             let operation = match (&r.op, &label) {
                 (Operation::Sync { .. }, Some(l)) => format!("sync with {l}"),
+                (Operation::HeldBack { entity, .. }, Some(l)) => {
+                    format!("record {entity} held back, from {l}")
+                }
                 (Operation::Batch { author, seq, .. }, Some(l)) => {
                     format!("batch {author} #{seq} refused, from {l}")
                 }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::receive::{import_chunk_changes, sort_by_trust};
+use super::receive::{HoleRule, import_chunk_changes, sort_by_trust};
 use super::{IMPORT_CHUNK_BYTES, Node, NodeError};
 use crate::batch::{BATCH_CHANGES_MAX, Trust, VerifiedBatch};
 use crate::bundle::{self, BundleWriter};
@@ -57,10 +57,20 @@ impl Node {
         let order = self.trust_order()?;
         // A bundle carries whole batches: an author's batches stop at the first one whose
         // bodies this node does not hold (withheld by its parent); the receiver gets the rest
-        // from a node that holds them.
+        // from a node that holds them. A record held back (outside its author's push types)
+        // travels nowhere: its absent body does not stop the batch.
+        let rule = HoleRule { from_parent: false, limits: self.push_limits()? };
         let mut stopped: std::collections::BTreeSet<crate::id::AuthorId> = Default::default();
-        self.store.export_in_order::<NodeError>(&order, since, |signed, bodies| {
-            if stopped.contains(&signed.author()) || bodies.iter().any(Vec::is_empty) {
+        self.store.export_in_order::<NodeError>(&order, since, |signed, mut bodies| {
+            let author = signed.author();
+            rule.hold_back(author, &signed.batch.changes, &mut bodies);
+            let lacks = signed
+                .batch
+                .changes
+                .iter()
+                .zip(&bodies)
+                .any(|(c, b)| b.is_empty() && !rule.held_back(&author.node, &c.entity));
+            if stopped.contains(&author) || lacks {
                 stopped.insert(signed.author());
                 report.withheld_batches += 1;
                 return Ok(true);
@@ -104,6 +114,8 @@ impl Node {
             ..ImportReport::default()
         };
         let mut trust = self.trust_set()?;
+        let mut rule = HoleRule { from_parent: false, limits: self.push_limits()? };
+        let mut held = Vec::new();
         let mut chunk: Vec<VerifiedBatch> = Vec::new();
         // Batches of authors not trusted yet: a roster earlier in the bundle may vouch for them
         // once applied, so they are checked again after each chunk.
@@ -119,10 +131,14 @@ impl Node {
                 Ok((signed, bodies)) if !trust.trusts(&signed.author().node) => {
                     deferred.push((signed, bodies));
                 }
-                Ok((signed, bodies)) => {
+                Ok((signed, mut bodies)) => {
                     let (author, seq) = (signed.author(), signed.seq());
-                    // Bundles carry every body: only a parent's live session withholds.
-                    match signed.verify(bodies, &trust, false) {
+                    // Bundles carry every body but those held back (outside their author's
+                    // push types), which this node holds back too.
+                    for entity in rule.hold_back(author, &signed.batch.changes, &mut bodies) {
+                        held.push((author.node, entity));
+                    }
+                    match signed.verify(bodies, &trust, &rule) {
                         Ok(vb) => {
                             chunk_changes += vb.changes.len();
                             chunk_bytes += vb.bodies.iter().map(Vec::len).sum::<usize>();
@@ -150,13 +166,14 @@ impl Node {
                 // level); at the end of the bundle, what is still untrusted is refused.
                 while !deferred.is_empty() {
                     trust = self.trust_set()?;
+                    rule.limits = self.push_limits()?;
                     let mut verified = Vec::new();
                     let before = deferred.len();
                     deferred = sort_by_trust(
                         take(&mut deferred),
                         &trust,
                         false,
-                        false,
+                        &rule,
                         &mut verified,
                         &mut refused,
                     );
@@ -166,7 +183,7 @@ impl Node {
                             take(&mut deferred),
                             &trust,
                             true,
-                            false,
+                            &rule,
                             &mut verified,
                             &mut refused,
                         );
@@ -183,6 +200,7 @@ impl Node {
             }
             progress(report.frames, scan.usable_frames);
         }
+        self.report_held_back(&held, &mut report.applied)?;
         let merged = self.merge_received()?;
         for (entity, hash, reason) in merged.skipped {
             report.applied.unmergeable.push((entity, format!("change {hash}: {reason}")));

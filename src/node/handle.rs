@@ -110,6 +110,12 @@ impl NodeHandle {
         let mut sessions = Vec::new();
         let mut push = None;
         match (&rec.op, rec.op.peer()) {
+            (Operation::HeldBack { entity, .. }, _) => {
+                return Err(NodeError::Input(format!(
+                    "{what}: nothing to retry; {entity} is outside what that child may push and \
+                     stays with it (widening its types lets its later records through)"
+                )));
+            }
             (Operation::FhirPush { target }, _) => {
                 node.store.record_manual_retry(id, node.now())?;
                 push = Some(super::command::JsonOf(node.push_now(target)?));

@@ -5,31 +5,68 @@
 use std::mem::take;
 
 use super::scope::ScopeCheck;
+use super::trust::PushLimits;
 use super::{IMPORT_CHUNK_BYTES, IMPORT_CHUNK_CHANGES, IMPORT_CHUNK_ENV, Node, NodeError};
-use crate::batch::{Trust, VerifiedBatch};
+use crate::batch::{ChangeRef, Holes, Trust, VerifiedBatch};
 use crate::config::{Scope, TrustSet};
-use crate::id::{EntityId, NodeId, Vector};
+use crate::id::{AuthorId, EntityId, EntityType, NodeId, Vector};
 use crate::protocol::message::{self, Role, WireBatch};
+use crate::store::failures::{Attempt, Operation};
 use crate::store::{ApplyContext, ApplyReport, MergeReport, Rejection};
+
+/// The absent bodies a node accepts in a batch ([`Holes`]): any from its parent, which
+/// withholds what is outside this node's scope; from anyone, the body of a record outside its
+/// author's push types, which its author's parent holds back and which travels nowhere.
+pub(super) struct HoleRule {
+    pub(super) from_parent: bool,
+    pub(super) limits: PushLimits,
+}
+
+impl HoleRule {
+    /// Whether `entity`, written by `author`, is outside what its author may push.
+    pub(super) fn held_back(&self, author: &NodeId, entity: &EntityId) -> bool {
+        entity.ty != EntityType::Roster
+            && self.limits.get(author).is_some_and(|types| !types.contains(&entity.ty))
+    }
+
+    /// Clears the bodies of held-back records in `bodies`; returns those records.
+    pub(super) fn hold_back(
+        &self,
+        author: AuthorId,
+        changes: &[ChangeRef],
+        bodies: &mut [Vec<u8>],
+    ) -> Vec<EntityId> {
+        let mut held = Vec::new();
+        for (c, body) in changes.iter().zip(bodies.iter_mut()) {
+            if !body.is_empty() && self.held_back(&author.node, &c.entity) {
+                body.clear();
+                held.push(c.entity);
+            }
+        }
+        held
+    }
+}
+
+impl Holes for &HoleRule {
+    fn allows(&self, author: &AuthorId, change: &ChangeRef) -> bool {
+        self.from_parent || self.held_back(&author.node, &change.entity)
+    }
+}
 
 impl Node {
     /// The next batches `after` lacks, in wire form, within one message's limits.
     /// `order` is [`Node::trust_order`], taken once per session: only authors this node trusts
     /// are relayed (a node removed from every roster stops travelling), rosters first.
     /// `child` is the receiving child and its scope, when it is one: bodies outside the scope
-    /// are withheld and remembered for a later re-send (`src/node/resend.rs`).
+    /// are withheld and remembered for a later re-send (`src/node/resend.rs`). Records held
+    /// back (outside their author's push types) travel without their bodies, to anyone.
     pub fn fetch_wire(
         &self,
         order: &[NodeId],
         after: &Vector,
         child: Option<(NodeId, &Scope)>,
     ) -> Result<Vec<WireBatch>, NodeError> {
-        let batches = self.store.fetch_after(
-            order,
-            after,
-            message::BATCHES_PER_MESSAGE_MAX,
-            message::MESSAGE_BODY_BYTES_TARGET,
-        )?;
+        let batches = self.fetch_whole(order, after, child.is_some())?;
         let Some((child, scope)) = child.filter(|(_, s)| !s.is_everything()) else {
             return Ok(batches.into_iter().map(|(b, bodies)| WireBatch::new(b, bodies)).collect());
         };
@@ -62,6 +99,53 @@ impl Node {
         Ok(out)
     }
 
+    /// The next batches `after` lacks, held-back records without their bodies. A node that
+    /// is not this node's child gets whole batches only: an author's batches stop at the first
+    /// one holding a body this node lacks (withheld by its parent), and the receiver gets them
+    /// from a node that holds them. (A child takes what its parent has, as a parent decides
+    /// what its child may hold.)
+    fn fetch_whole(
+        &self,
+        order: &[NodeId],
+        after: &Vector,
+        to_child: bool,
+    ) -> Result<Vec<crate::store::BatchWithBodies>, NodeError> {
+        let rule = HoleRule { from_parent: false, limits: self.push_limits()? };
+        let mut after = after.clone();
+        loop {
+            let fetched = self.store.fetch_after(
+                order,
+                &after,
+                message::BATCHES_PER_MESSAGE_MAX,
+                message::MESSAGE_BODY_BYTES_TARGET,
+            )?;
+            let (mut keep, mut stopped) = (Vec::with_capacity(fetched.len()), false);
+            for (signed, mut bodies) in fetched {
+                let author = signed.author();
+                if after.get(&author) == u64::MAX {
+                    continue;
+                }
+                rule.hold_back(author, &signed.batch.changes, &mut bodies);
+                let lacks = signed
+                    .batch
+                    .changes
+                    .iter()
+                    .zip(&bodies)
+                    .any(|(c, b)| b.is_empty() && !rule.held_back(&author.node, &c.entity));
+                if lacks && !to_child {
+                    after.0.insert(author, u64::MAX);
+                    stopped = true;
+                    continue;
+                }
+                keep.push((signed, bodies));
+            }
+            // A stopped author's batches may have filled the message: fetch past them.
+            if !keep.is_empty() || !stopped {
+                return Ok(keep);
+            }
+        }
+    }
+
     /// Verifies and applies batches received from `from` in one transaction; returns the
     /// vector held afterwards, the report, and how many batches failed verification (bad
     /// signature, untrusted author, wrong hashes or actors: a peer that sends those is cut off).
@@ -72,32 +156,24 @@ impl Node {
     ) -> Result<(Vector, ApplyReport, usize), NodeError> {
         let trust = self.trust_set()?;
         let peer = self.config.peers.iter().find(|p| p.node_id == from);
-        // Only a parent withholds bodies (outside this node's scope); a child pushes only the
-        // entity types its entry allows.
-        let withheld_ok = peer.is_some_and(|p| p.role == Role::Parent);
-        let scope = peer.filter(|p| p.role == Role::Child).map(|p| &p.scope);
+        let rule = HoleRule {
+            from_parent: peer.is_some_and(|p| p.role == Role::Parent),
+            limits: self.push_limits()?,
+        };
         let (mut verified, mut refused) = (Vec::with_capacity(batches.len()), Vec::new());
         let mut parts = Vec::with_capacity(batches.len());
+        let mut held = Vec::new();
         for b in batches {
-            let (signed, bodies) = b.into_parts();
-            let outside = scope.and_then(|scope| {
-                signed.batch.changes.iter().find(|c| !scope.may_push(c.entity.ty))
-            });
-            match outside {
-                Some(c) => refused.push(Rejection {
-                    author: signed.author(),
-                    seq: signed.seq(),
-                    reason: format!(
-                        "pushes a {} record, outside this child's scope ({})",
-                        c.entity.ty,
-                        scope.map(|s| s.describe()).unwrap_or_default()
-                    ),
-                }),
-                None => parts.push((signed, bodies)),
+            let (signed, mut bodies) = b.into_parts();
+            // A record outside what its author may push is held back, not its batch: the
+            // author's later batches apply, and vectors stay contiguous everywhere.
+            let author = signed.author();
+            for entity in rule.hold_back(author, &signed.batch.changes, &mut bodies) {
+                held.push((author.node, entity));
             }
+            parts.push((signed, bodies));
         }
-        let mut untrusted =
-            sort_by_trust(parts, &trust, false, withheld_ok, &mut verified, &mut refused);
+        let mut untrusted = sort_by_trust(parts, &trust, false, &rule, &mut verified, &mut refused);
         // Rosters in this message may authorize the authors of later batches in it, level by
         // level: apply what verifies, recompute trust, and retry the rest until nothing more
         // is accepted.
@@ -106,15 +182,47 @@ impl Node {
             let r = self.apply_verified(from, take(&mut verified), Vec::new())?;
             report.add(r);
             let trust = self.trust_set()?;
-            untrusted =
-                sort_by_trust(untrusted, &trust, false, withheld_ok, &mut verified, &mut refused);
+            untrusted = sort_by_trust(untrusted, &trust, false, &rule, &mut verified, &mut refused);
         }
         let trust = self.trust_set()?;
-        sort_by_trust(untrusted, &trust, true, withheld_ok, &mut verified, &mut refused);
+        sort_by_trust(untrusted, &trust, true, &rule, &mut verified, &mut refused);
         let failed_verification = refused.len();
         let last = self.apply_verified(from, verified, refused)?;
         report.add(last);
+        self.report_held_back(&held, &mut report)?;
         Ok((self.store.vector()?, report, failed_verification))
+    }
+
+    /// Records the records held back from this node's children (where the limit is this
+    /// node's, so where an administrator can act): each in the failures registry and the
+    /// audit log, with the reason; every held-back record in the report.
+    pub(super) fn report_held_back(
+        &self,
+        held: &[(NodeId, EntityId)],
+        report: &mut ApplyReport,
+    ) -> Result<(), NodeError> {
+        for (author, entity) in held {
+            let child = self.config.peers.iter().find(|p| p.node_id == *author);
+            let reason = format!(
+                "a {} record, outside what this node may push ({})",
+                entity.ty,
+                child.map_or_else(|| "its parent's limit".to_string(), |p| p.scope.describe())
+            );
+            report.held_back.push((*entity, reason.clone()));
+            if child.is_none_or(|p| p.role != Role::Child) {
+                continue;
+            }
+            tracing::warn!(from = %author, %entity, "record held back: outside the child's types");
+            let op = Operation::HeldBack { from: *author, entity: *entity };
+            self.store.record_attempt(&Attempt {
+                op: &op,
+                result: Err(&reason),
+                time: self.now(),
+                next_retry: None,
+                give_up_after: self.config.failures.give_up_after,
+            })?;
+        }
+        Ok(())
     }
 
     fn apply_verified(
@@ -179,7 +287,7 @@ pub(super) fn sort_by_trust(
     batches: Vec<crate::store::BatchWithBodies>,
     trust: &TrustSet,
     finally: bool,
-    withheld_ok: bool,
+    holes: &HoleRule,
     verified: &mut Vec<VerifiedBatch>,
     refused: &mut Vec<Rejection>,
 ) -> Vec<crate::store::BatchWithBodies> {
@@ -190,7 +298,7 @@ pub(super) fn sort_by_trust(
             continue;
         }
         let (author, seq) = (signed.author(), signed.seq());
-        match signed.verify(bodies, trust, withheld_ok) {
+        match signed.verify(bodies, trust, holes) {
             Ok(vb) => verified.push(vb),
             Err(e) => refused.push(Rejection { author, seq, reason: e.to_string() }),
         }

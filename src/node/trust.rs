@@ -3,15 +3,25 @@
 //! before the nodes it authorizes: the order batches travel in). Also the roster this node
 //! publishes, and the config edits that change trust.
 
-use serde_json::Value;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
 
 use super::{CONFIG_FILE, Node, NodeError};
 use crate::config::{TrustSet, TrustedNode};
 use crate::entity;
 use crate::id::{EntityId, EntityType, NodeId};
+use crate::protocol::message::Role;
 
-/// Roster members by owner, with the roster heads they were read at.
-pub(super) type RosterCache = std::collections::HashMap<NodeId, (Vec<[u8; 32]>, Vec<NodeId>)>;
+/// A roster's members, each with its entry (role, name, and for a child its scope).
+pub type RosterEntries = Arc<Vec<(NodeId, Map<String, Value>)>>;
+
+/// Roster entries by owner, with the roster heads they were read at.
+pub(super) type RosterCache = HashMap<NodeId, (Vec<[u8; 32]>, RosterEntries)>;
+
+/// The entity types each node may push, where its parent limits them.
+pub type PushLimits = HashMap<NodeId, BTreeSet<EntityType>>;
 
 fn lock(m: &std::sync::Mutex<RosterCache>) -> std::sync::MutexGuard<'_, RosterCache> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -96,21 +106,55 @@ impl Node {
 
     /// The members of `owner`'s roster as held here (empty if none).
     pub fn roster_members(&self, owner: &NodeId) -> Result<Vec<NodeId>, NodeError> {
+        Ok(self.roster_entries(owner)?.iter().map(|(n, _)| *n).collect())
+    }
+
+    /// The members of `owner`'s roster as held here, each with its entry (empty if none).
+    pub fn roster_entries(&self, owner: &NodeId) -> Result<RosterEntries, NodeError> {
         let id = EntityId::new(EntityType::Roster, crate::id::Uid::of_node(owner));
-        // Trust is computed for every received message, over every roster: the members are
+        // Trust is computed for every received message, over every roster: the entries are
         // reused while the roster document's heads (which fix its content) stay the same.
-        let Some(heads) = self.store.heads(&id)? else { return Ok(Vec::new()) };
+        let Some(heads) = self.store.heads(&id)? else { return Ok(Arc::default()) };
         let cache =
             |c: &mut RosterCache| c.get(owner).filter(|(h, _)| *h == heads).map(|e| e.1.clone());
-        if let Some(members) = cache(&mut lock(&self.rosters)) {
-            return Ok(members);
+        if let Some(entries) = cache(&mut lock(&self.rosters)) {
+            return Ok(entries);
         }
-        let Some((doc, _)) = self.store.get(&id)? else { return Ok(Vec::new()) };
+        let Some((doc, _)) = self.store.get(&id)? else { return Ok(Arc::default()) };
         let members = doc.get("members").and_then(Value::as_object);
-        let members: Vec<NodeId> =
-            members.map_or_else(Vec::new, |m| m.keys().filter_map(|k| k.parse().ok()).collect());
-        lock(&self.rosters).insert(*owner, (heads, members.clone()));
-        Ok(members)
+        let entries: Vec<(NodeId, Map<String, Value>)> = members.map_or_else(Vec::new, |m| {
+            m.iter().filter_map(|(k, v)| Some((k.parse().ok()?, v.as_object().cloned()?))).collect()
+        });
+        let entries = Arc::new(entries);
+        lock(&self.rosters).insert(*owner, (heads, entries.clone()));
+        Ok(entries)
+    }
+
+    /// The entity types each node may push, where its parent limits them (`types` of a child's
+    /// scope): this node's own children from its config; any other node from the first roster
+    /// in trust order that lists it as a child with `types`. A body of a record outside its
+    /// author's push types travels nowhere: it may be absent from a batch from anyone.
+    pub fn push_limits(&self) -> Result<PushLimits, NodeError> {
+        let mut limits = PushLimits::new();
+        for p in self.config.peers.iter().filter(|p| p.role == Role::Child) {
+            if let Some(types) = &p.scope.types {
+                limits.insert(p.node_id, types.clone());
+            }
+        }
+        for owner in self.trust_order()?.into_iter().skip(1) {
+            for (member, entry) in self.roster_entries(&owner)?.iter() {
+                if limits.contains_key(member) || entry.get("role") != Some(&Value::from("child")) {
+                    continue;
+                }
+                let types = entry.get("types").and_then(Value::as_array);
+                let parsed: Option<BTreeSet<EntityType>> =
+                    types.map(|t| t.iter().filter_map(|v| v.as_str()?.parse().ok()).collect());
+                if let Some(types) = parsed {
+                    limits.insert(*member, types);
+                }
+            }
+        }
+        Ok(limits)
     }
 
     /// Writes this node's roster from its config: every configured peer with its role, and the
@@ -132,6 +176,12 @@ impl Node {
                 m.insert("role".into(), Value::from(crate::config::role_name(p.role)));
                 if let Some(n) = &p.name {
                     m.insert("name".into(), Value::from(n.clone()));
+                }
+                // A child's scope is published, so that every node can tell a record held
+                // back from this child (outside its types) from one a relay dropped.
+                if let Some(types) = p.scope.types.as_ref().filter(|_| p.role == Role::Child) {
+                    let names: Vec<Value> = types.iter().map(|t| Value::from(t.as_str())).collect();
+                    m.insert("types".into(), Value::Array(names));
                 }
                 (p.node_id.to_string(), Value::Object(m))
             })

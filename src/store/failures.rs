@@ -35,6 +35,10 @@ pub enum Operation {
     Batch { from: Option<NodeId>, author: AuthorId, seq: u64 },
     /// A push to a configured FHIR target (retry: push it now).
     FhirPush { target: String },
+    /// A record a child wrote outside the entity types it may push, held back here: its batch
+    /// was applied without that record's body. Nothing to retry: the record stays with the
+    /// child (widening the child's `types` lets its later records through).
+    HeldBack { from: NodeId, entity: crate::id::EntityId },
 }
 
 impl Operation {
@@ -50,6 +54,10 @@ impl Operation {
                 format!("batch-{}", &h.finalize().to_hex()[..OP_ID_CHARS])
             }
             Operation::FhirPush { target } => format!("push-{target}"),
+            Operation::HeldBack { entity, .. } => {
+                let h = blake3::hash(entity.key().as_bytes());
+                format!("record-{}", &h.to_hex()[..OP_ID_CHARS])
+            }
         }
     }
 
@@ -63,6 +71,9 @@ impl Operation {
                 format!("batch {author} #{seq} from {from}")
             }
             Operation::FhirPush { target } => format!("FHIR push to {target}"),
+            Operation::HeldBack { from, entity } => {
+                format!("record {entity} from {} held back", &from.to_string()[..OP_ID_CHARS])
+            }
         }
     }
 
@@ -72,6 +83,7 @@ impl Operation {
             Operation::Sync { peer } => Some(*peer),
             Operation::Batch { from, .. } => *from,
             Operation::FhirPush { .. } => None,
+            Operation::HeldBack { from, .. } => Some(*from),
         }
     }
 }

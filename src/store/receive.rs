@@ -65,6 +65,8 @@ pub struct ApplyReport {
     /// Set when this node's own log was found ahead of or forked from its store (a restored
     /// backup): the store moved to this new author before any further local write.
     pub reincarnated: Option<AuthorId>,
+    /// Records held back: outside what their author may push, applied without their bodies.
+    pub held_back: Vec<(EntityId, String)>,
 }
 
 impl ApplyReport {
@@ -78,6 +80,7 @@ impl ApplyReport {
         self.rejected.extend(r.rejected);
         self.unmergeable.extend(r.unmergeable);
         self.reincarnated = r.reincarnated.or(self.reincarnated);
+        self.held_back.extend(r.held_back);
     }
 }
 
