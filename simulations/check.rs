@@ -110,12 +110,14 @@ pub fn after_run(world: &mut World) {
 /// has uploaded is in the copy, identical, and the copy holds nothing the child's log says
 /// otherwise. A child restored from a backup is left out: its log was rewound, which its
 /// parent reports as a rewrite (tests/audit.rs checks that). So are runs whose adversary
-/// corrupts frames: audit entries are chained but not signed, so a man in the middle holding
-/// the session keys can change an entry that still decodes; the parent then reports the
-/// broken link instead of storing the next entries (docs/protocol.md, "Known limits").
+/// corrupts or replays frames: audit entries are chained but not signed, and an `AuditAck`
+/// names no session, so a man in the middle holding the session keys can change an entry that
+/// still decodes (the parent then reports the broken link instead of storing the next
+/// entries), or replay another child's ack (the child then skips entries) (docs/protocol.md,
+/// "Known limits").
 fn audit_copies(world: &World) -> Vec<String> {
     let mut problems = Vec::new();
-    if world.opts.corrupt > 0.0 {
+    if world.opts.corrupt > 0.0 || world.opts.replay > 0.0 {
         return problems;
     }
     for (&child, &parent) in &world.parent_of {

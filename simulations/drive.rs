@@ -144,6 +144,9 @@ impl World {
             JobKind::Apply { batches } => batches.len() as u64,
             _ => 0,
         };
+        if let JobKind::Apply { batches } = &job.kind {
+            self.count_peer_bodies(conn, i, batches);
+        }
         let e = &mut self.conn_mut(conn).ends[i];
         match delay {
             Some(ms) => {
@@ -154,6 +157,24 @@ impl World {
             }
             None => self.finish_job(conn, i, job, (0, 0)),
         }
+    }
+
+    /// During a parent's outage, the bodies a clinic receives from its peer (parent-outage).
+    fn count_peer_bodies(
+        &mut self,
+        conn: u64,
+        i: usize,
+        batches: &[sitesync::protocol::message::WireBatch],
+    ) {
+        let e = &self.conn_mut(conn).ends[i];
+        let (site, peer) = (e.site, e.peer);
+        let related =
+            self.parent_of.get(&site) == Some(&peer) || self.parent_of.get(&peer) == Some(&site);
+        if !self.outage || related {
+            return;
+        }
+        let bodies: usize = batches.iter().map(|b| b.entities_len() - b.withheld()).sum();
+        *self.peer_bodies.entry((site, peer)).or_insert(0) += bodies as u64;
     }
 
     /// Whether end `i` of `conn` still has work (not ended, its site not crashed since).

@@ -19,10 +19,11 @@ pub enum Scenario {
     HostileRelay,
     Catchment,
     CatchmentTransfer,
+    ParentOutage,
 }
 
 /// Every scenario the smoke and `--scenario all` run (see `KNOWN_FAILING` for the others).
-pub const ALL: [Scenario; 11] = [
+pub const ALL: [Scenario; 12] = [
     Scenario::Baseline,
     Scenario::LongPartitions,
     Scenario::SwizzleClog,
@@ -34,6 +35,7 @@ pub const ALL: [Scenario; 11] = [
     Scenario::HostileRelay,
     Scenario::Catchment,
     Scenario::CatchmentTransfer,
+    Scenario::ParentOutage,
 ];
 
 /// Scenarios that fail on a known sitesync bug (see docs/simulation.md): run by name only.
@@ -54,6 +56,7 @@ impl Scenario {
             Scenario::HostileRelay => "hostile-relay",
             Scenario::Catchment => "catchment",
             Scenario::CatchmentTransfer => "catchment-transfer",
+            Scenario::ParentOutage => "parent-outage",
         }
     }
 
@@ -115,6 +118,7 @@ fn sizes(s: Scenario) -> (Size, Size) {
         Scenario::UsbBundles => ((4, 7.0, 24, 600), (3, 3.0, 12, 600)),
         Scenario::HostileRelay => ((4, 2.0, 24, 600), (3, 0.5, 24, 600)),
         Scenario::Catchment | Scenario::CatchmentTransfer => ((5, 3.0, 24, 600), (3, 1.0, 24, 600)),
+        Scenario::ParentOutage => ((25, 22.0, 8, 3600), (10, 3.0, 12, 1800)),
     }
 }
 
@@ -175,6 +179,7 @@ impl Options {
                 o.catchment = true;
                 o.transfers = 4;
             }
+            Scenario::ParentOutage => o.catchment = true,
         }
         o
     }
@@ -254,6 +259,10 @@ pub enum Script {
     Transfer {
         clinic: usize,
     },
+    /// The parent's outage starts or ends (what peers exchange meanwhile is counted).
+    Outage {
+        on: bool,
+    },
 }
 
 /// Builds the scenario's world: sites, topology, data before the faults, and the fault
@@ -297,7 +306,7 @@ fn topology(world: &mut World) -> anyhow::Result<(usize, Vec<usize>)> {
             world.link_peers(relay, c)?;
         }
     }
-    if o.scenario == Scenario::LongPartitions {
+    if matches!(o.scenario, Scenario::LongPartitions | Scenario::ParentOutage) {
         // Some neighbouring clinics also sync with each other (peers): a second path, and a
         // peer sends its own batches first, so a node may get an edit before what it edits.
         let mut order = children.clone();
@@ -305,6 +314,7 @@ fn topology(world: &mut World) -> anyhow::Result<(usize, Vec<usize>)> {
         for pair in order.chunks(2).take((children.len() / 5).max(1)) {
             if let [a, b] = pair {
                 world.link_peers(*a, *b)?;
+                world.peer_pairs.push((*a, *b));
             }
         }
     }
@@ -361,6 +371,17 @@ fn schedule(world: &mut World, parent: usize, children: &[usize]) {
         Scenario::UsbBundles => {
             let first = world.rng.range(HOUR_MS, 6 * HOUR_MS);
             world.at(first, Ev::Script(Script::Courier));
+        }
+        Scenario::ParentOutage => {
+            // The parent is cut off from every clinic for the whole faulty phase but its first
+            // and last hours; the clinics keep writing, and only the peer links carry anything.
+            let (start, end) = (HOUR_MS, active.saturating_sub(HOUR_MS));
+            for &c in children {
+                world.at(start, Ev::Link { a: c, b: parent, up: false, both: true });
+                world.at(end, Ev::Link { a: c, b: parent, up: true, both: true });
+            }
+            world.at(start, Ev::Script(Script::Outage { on: true }));
+            world.at(end, Ev::Script(Script::Outage { on: false }));
         }
         Scenario::Catchment | Scenario::CatchmentTransfer => {
             short_partitions(world, children);
@@ -576,6 +597,7 @@ pub fn script(world: &mut World, s: Script) {
                 crate::workload::transfer(world, clinic);
             }
         }
+        Script::Outage { on } => world.outage = on,
     }
 }
 
@@ -618,6 +640,22 @@ pub fn after_run(world: &mut World) {
         }
         Scenario::UsbBundles => want(s.bundle_faults > 0, "no bundle was damaged".into()),
         Scenario::FiveSites => five_sites_check(world),
+        Scenario::ParentOutage => {
+            want(s.forbidden == 0, format!("{} sessions ended Forbidden", s.forbidden));
+            let pairs = world.peer_pairs.clone();
+            for (a, b) in pairs {
+                let both =
+                    [(a, b), (b, a)].map(|k| world.peer_bodies.get(&k).copied().unwrap_or(0));
+                let names = (world.sites[a].name.clone(), world.sites[b].name.clone());
+                want(
+                    both.iter().any(|&n| n > 0),
+                    format!(
+                        "peers {} and {} exchanged no body during the outage",
+                        names.0, names.1
+                    ),
+                );
+            }
+        }
         _ => {}
     }
 }

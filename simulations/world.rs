@@ -216,6 +216,12 @@ pub struct World {
     pub backups: BTreeMap<usize, (PathBuf, Vector, sitesync::id::AuthorId)>,
     pub restores: u64,
     pub lost_to_restore: u64,
+    /// Pairs of clinics linked as peers.
+    pub peer_pairs: Vec<(usize, usize)>,
+    /// The parent is cut off (parent-outage): bodies applied over peer links are counted.
+    pub outage: bool,
+    /// `(receiver, sender)` -> bodies the receiver applied from that peer during the outage.
+    pub peer_bodies: BTreeMap<(usize, usize), u64>,
 }
 
 /// Where node directories go: `SITESYNC_SIM_DIR`, else `/dev/shm` (fsync is free there),
@@ -266,6 +272,9 @@ impl World {
             backups: BTreeMap::new(),
             restores: 0,
             lost_to_restore: 0,
+            peer_pairs: Vec::new(),
+            outage: false,
+            peer_bodies: BTreeMap::new(),
         };
         world.trace(b"seed", &[&world.opts.seed.to_le_bytes()]);
         Ok(world)

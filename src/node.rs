@@ -46,6 +46,7 @@ pub use command::{Choice, Json, Reply, Request};
 pub use env::{Env, OsEnv, now_secs};
 pub use files::{TOKEN_FILE, admin_token};
 pub use handle::{NodeHandle, SyncLoops};
+pub use receive::Receiver;
 pub use serve::{ServeEvents, SyncProgress};
 pub use status::status_json;
 
@@ -188,7 +189,7 @@ impl Node {
         let ready = node.store.ready_pending()?;
         if !ready.is_empty() {
             let trust = node.trust_set()?;
-            let ctx = node.apply_context(&trust, None, Vec::new())?;
+            let ctx = node.apply_context(&trust, None, Vec::new(), None)?;
             node.store.promote_ready(&ready, ctx)?;
         }
         // Changes received before a crash but not yet merged are merged now.

@@ -137,6 +137,8 @@ proptest! {
                 // Small and varying: a filled gap is taken out of waiting over several
                 // transactions, which must not change the outcome either.
                 promote_max: (take % 3 + 1, usize::MAX),
+                from_parent: false,
+                held_back: Box::new(|_, _| false),
             };
             let report = sink.store.apply(verified, ctx).expect("apply");
             prop_assert!(report.rejected.is_empty(), "rejected: {:?}", report.rejected);

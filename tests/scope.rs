@@ -308,3 +308,87 @@ fn a_record_outside_a_childs_types_is_held_back_and_the_rest_arrives() {
     assert_eq!(r.code, Some(2), "nothing to retry: {}", r.describe());
     assert!(r.stderr.contains("nothing to retry"), "{}", r.describe());
 }
+
+/// Clinics under catchments that are also peers exchange what both may hold, during an outage
+/// of their parent too. Clinic A leaves out of what it sends clinic B the bodies outside B's
+/// catchment (as the district's signed roster publishes it) and the bodies A does not hold;
+/// B accepts the batches (no session ends refused), and reports what was left out to the
+/// district once it is back, which re-sends what B may hold. (Before, B refused every batch
+/// of A that lacked a body, and the peer link carried nothing once catchments were set.)
+#[test]
+fn peers_under_catchments_exchange_what_both_may_hold() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (parent, a, b, pp, loc_a, loc_b) = district_and_two_clinics(tmp.path());
+    let c = Node::init(tmp.path(), "clinic-c");
+    let loc_c = location("Clinic C");
+    let (la, lb, lc) = (
+        loc_a["uuid"].as_str().expect("a"),
+        loc_b["uuid"].as_str().expect("b"),
+        loc_c["uuid"].as_str().expect("c"),
+    );
+    parent.ok(&["peer", "add", &c.id, "--role", "child", "--name", "clinic-c", "--catchment", lc]);
+    c.peer_add(&parent, "parent", Some(&pp));
+    c.network(None, 1);
+    // The peer link: B listens, A dials it.
+    let bp = addr(free_port());
+    b.network(Some(&bp), 1);
+    a.peer_add(&b, "peer", Some(&bp));
+    b.peer_add(&a, "peer", None);
+    parent.put("location", &json!([loc_a, loc_b, loc_c]));
+    // Clinic C registers a visitor from B's area: outside A's catchment, inside B's.
+    let visitor = patient_at("visitor", &[lc, lb]);
+    c.put("patient", &visitor);
+
+    // A and C sync with the district (B is off): A holds C's batch without the visitor.
+    let mut district = Some(parent.serve());
+    let (srv_a, srv_c) = (a.serve(), c.serve());
+    let synced = wait_for(WAIT_MAX, || {
+        let s = a.status();
+        (seq_of_node(&s, &c.id) > 0 && seq_of_node(&s, &parent.id) > 0).then_some(())
+    });
+    assert!(synced.is_some(), "A holds C's batch:\n{}", a.status());
+    assert!(!holds(&a, "patient", &visitor), "outside A's catchment");
+    drop(srv_c);
+
+    // The district goes down; A writes a patient of both catchments and one of its own.
+    drop(district.take());
+    let shared = patient_at("shared", &[la, lb]);
+    let own = patient_at("own", &[la]);
+    a.put("patient", &json!([shared, own]));
+    let shared_visit = visit_of(&shared, la);
+    a.put("visit", &shared_visit);
+
+    // B comes up; only the peer link works.
+    let srv_b = b.serve();
+    let exchanged = wait_for(WAIT_MAX, || {
+        (holds(&b, "patient", &shared) && holds(&b, "visit", &shared_visit)).then_some(())
+    });
+    assert!(exchanged.is_some(), "B holds A's shared records:\n{}\n{}", b.status(), a.status());
+    assert!(!holds(&b, "patient", &own), "A left out what is outside B's catchment");
+    assert!(!holds(&b, "patient", &visitor), "A does not hold the visitor's body");
+    let s = a.status();
+    let link = peer_entry(&s, &b.id);
+    assert!(link["last_error"].is_null() && !link["last_success"].is_null(), "{link}");
+
+    // The district is back: B reports the holes, the district re-sends what B may hold.
+    let _district = parent.serve();
+    let repaired = wait_for(WAIT_MAX, || {
+        (holds(&b, "patient", &visitor) && vector(&b) == vector(&parent)).then_some(())
+    });
+    assert!(
+        repaired.is_some(),
+        "B gets the visitor from the district:\n{}\n{}\n{}",
+        b.status(),
+        parent.status(),
+        b.ok(&["audit", "list", "--limit", "40"])
+    );
+    assert!(!holds(&b, "patient", &own), "still outside B's catchment");
+    for n in [&a, &b] {
+        let s = n.status();
+        for p in s["peers"].as_array().expect("peers") {
+            let e = p["last_error"].as_str().unwrap_or("");
+            assert!(!e.contains("Forbidden"), "{}: {p}", n.name);
+        }
+    }
+    drop((srv_a, srv_b));
+}

@@ -59,7 +59,11 @@ impl Node {
         // bodies this node does not hold (withheld by its parent); the receiver gets the rest
         // from a node that holds them. A record held back (outside its author's push types)
         // travels nowhere: its absent body does not stop the batch.
-        let rule = HoleRule { from_parent: false, limits: self.push_limits()? };
+        let rule = HoleRule {
+            from_parent: false,
+            from_reporting_peer: false,
+            limits: self.push_limits()?,
+        };
         let mut stopped: std::collections::BTreeSet<crate::id::AuthorId> = Default::default();
         self.store.export_in_order::<NodeError>(&order, since, |signed, mut bodies| {
             let author = signed.author();
@@ -114,7 +118,11 @@ impl Node {
             ..ImportReport::default()
         };
         let mut trust = self.trust_set()?;
-        let mut rule = HoleRule { from_parent: false, limits: self.push_limits()? };
+        let mut rule = HoleRule {
+            from_parent: false,
+            from_reporting_peer: false,
+            limits: self.push_limits()?,
+        };
         let mut held = Vec::new();
         let mut chunk: Vec<VerifiedBatch> = Vec::new();
         // Batches of authors not trusted yet: a roster earlier in the bundle may vouch for them
@@ -157,8 +165,13 @@ impl Node {
                 || chunk_bytes >= IMPORT_CHUNK_BYTES
             {
                 let from = Some(scan.header.exporter);
-                let r =
-                    self.receive(&trust, from, std::mem::take(&mut chunk), take(&mut refused))?;
+                let r = self.receive(
+                    &trust,
+                    from,
+                    std::mem::take(&mut chunk),
+                    take(&mut refused),
+                    Some(&rule),
+                )?;
                 report.applied.add(r);
                 chunk_changes = 0;
                 chunk_bytes = 0;
@@ -190,7 +203,8 @@ impl Node {
                     }
                     if !verified.is_empty() || !refused.is_empty() {
                         let from = Some(scan.header.exporter);
-                        let r = self.receive(&trust, from, verified, take(&mut refused))?;
+                        let r =
+                            self.receive(&trust, from, verified, take(&mut refused), Some(&rule))?;
                         report.applied.add(r);
                     }
                     if !progress {

@@ -14,11 +14,27 @@ use crate::protocol::message::{self, Role, WireBatch};
 use crate::store::failures::{Attempt, Operation};
 use crate::store::{ApplyContext, ApplyReport, MergeReport, Rejection};
 
+/// Who a fetch is for, which decides what its batches may leave out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Receiver {
+    /// This node's child: bodies outside its scope are withheld, and remembered for a re-send
+    /// (`src/node/resend.rs`).
+    Child(Scope),
+    /// A peer under a parent's scope (as that parent's signed roster publishes it): bodies
+    /// outside that scope and bodies this node lacks are left out; the peer reports them to
+    /// its parent (`Holes`), which re-sends what the peer may hold.
+    ScopedPeer(Scope),
+    /// Anyone else (this node's parent; a peer under no parent's scope): whole batches only.
+    Whole,
+}
+
 /// The absent bodies a node accepts in a batch ([`Holes`]): any from its parent, which
 /// withholds what is outside this node's scope; from anyone, the body of a record outside its
 /// author's push types, which its author's parent holds back and which travels nowhere.
 pub(super) struct HoleRule {
     pub(super) from_parent: bool,
+    /// From a peer, while this node has a parent to report the holes to.
+    pub(super) from_reporting_peer: bool,
     pub(super) limits: PushLimits,
 }
 
@@ -49,27 +65,32 @@ impl HoleRule {
 
 impl Holes for &HoleRule {
     fn allows(&self, author: &AuthorId, change: &ChangeRef) -> bool {
-        self.from_parent || self.held_back(&author.node, &change.entity)
+        self.from_parent || self.from_reporting_peer || self.held_back(&author.node, &change.entity)
     }
 }
 
 impl Node {
-    /// The next batches `after` lacks, in wire form, within one message's limits.
-    /// `order` is [`Node::trust_order`], taken once per session: only authors this node trusts
-    /// are relayed (a node removed from every roster stops travelling), rosters first.
-    /// `child` is the receiving child and its scope, when it is one: bodies outside the scope
-    /// are withheld and remembered for a later re-send (`src/node/resend.rs`). Records held
-    /// back (outside their author's push types) travel without their bodies, to anyone.
+    /// The next batches `after` lacks, in wire form, within one message's limits, for `peer`
+    /// as `to` says ([`Receiver`]). `order` is [`Node::trust_order`], taken once per session:
+    /// only authors this node trusts are relayed (a node removed from every roster stops
+    /// travelling), rosters first. Records held back (outside their author's push types)
+    /// travel without their bodies, to anyone.
     pub fn fetch_wire(
         &self,
         order: &[NodeId],
         after: &Vector,
-        child: Option<(NodeId, &Scope)>,
+        peer: NodeId,
+        to: &Receiver,
     ) -> Result<Vec<WireBatch>, NodeError> {
-        let batches = self.fetch_whole(order, after, child.is_some())?;
-        let Some((child, scope)) = child.filter(|(_, s)| !s.is_everything()) else {
-            return Ok(batches.into_iter().map(|(b, bodies)| WireBatch::new(b, bodies)).collect());
+        let batches = self.fetch_whole(order, after, !matches!(to, Receiver::Whole))?;
+        let (scope, child) = match to {
+            Receiver::Child(s) => (s, true),
+            Receiver::ScopedPeer(s) => (s, false),
+            Receiver::Whole => (&Scope::default(), false),
         };
+        if scope.is_everything() {
+            return Ok(batches.into_iter().map(|(b, bodies)| WireBatch::new(b, bodies)).collect());
+        }
         // Scope follows the merged records: merge what arrived since the last merge first.
         self.merge_received()?;
         let mut check = ScopeCheck::new(self, scope);
@@ -87,6 +108,9 @@ impl Node {
                 let anchors: Vec<String> = anchors.iter().map(EntityId::key).collect();
                 if allowed {
                     sent.extend(anchors);
+                    // A change withheld when its record could not be read yet is remembered
+                    // under the record itself: this one travelling makes it due too.
+                    sent.insert(c.entity.key());
                 } else {
                     body.clear();
                     withheld.push((anchors, c.entity, c.body));
@@ -94,23 +118,29 @@ impl Node {
             }
             out.push(WireBatch::new(signed, bodies));
         }
-        // Durable before the message leaves: a body withheld and forgotten is never re-sent.
-        self.store.note_withheld(&child, &withheld, &sent)?;
+        // Durable before the message leaves: a body withheld and forgotten is never re-sent. (A
+        // peer's parent takes over what is left out for the peer, when the peer reports it.)
+        if child {
+            self.store.note_withheld(&peer, &withheld, &sent)?;
+        }
         Ok(out)
     }
 
-    /// The next batches `after` lacks, held-back records without their bodies. A node that
-    /// is not this node's child gets whole batches only: an author's batches stop at the first
-    /// one holding a body this node lacks (withheld by its parent), and the receiver gets them
-    /// from a node that holds them. (A child takes what its parent has, as a parent decides
-    /// what its child may hold.)
+    /// The next batches `after` lacks, held-back records without their bodies. Unless `holes`
+    /// (a child, or a peer that reports what is left out to its parent), the receiver gets
+    /// whole batches only: an author's batches stop at the first one holding a body this node
+    /// lacks (withheld by its parent), and the receiver gets them from a node that holds them.
     fn fetch_whole(
         &self,
         order: &[NodeId],
         after: &Vector,
-        to_child: bool,
+        holes: bool,
     ) -> Result<Vec<crate::store::BatchWithBodies>, NodeError> {
-        let rule = HoleRule { from_parent: false, limits: self.push_limits()? };
+        let rule = HoleRule {
+            from_parent: false,
+            from_reporting_peer: false,
+            limits: self.push_limits()?,
+        };
         let mut after = after.clone();
         loop {
             let fetched = self.store.fetch_after(
@@ -132,7 +162,7 @@ impl Node {
                     .iter()
                     .zip(&bodies)
                     .any(|(c, b)| b.is_empty() && !rule.held_back(&author.node, &c.entity));
-                if lacks && !to_child {
+                if lacks && !holes {
                     after.0.insert(author, u64::MAX);
                     stopped = true;
                     continue;
@@ -156,8 +186,10 @@ impl Node {
     ) -> Result<(Vector, ApplyReport, usize), NodeError> {
         let trust = self.trust_set()?;
         let peer = self.config.peers.iter().find(|p| p.node_id == from);
+        let has_parent = self.config.peers.iter().any(|p| p.role == Role::Parent);
         let rule = HoleRule {
             from_parent: peer.is_some_and(|p| p.role == Role::Parent),
+            from_reporting_peer: has_parent && peer.is_some_and(|p| p.role == Role::Peer),
             limits: self.push_limits()?,
         };
         let (mut verified, mut refused) = (Vec::with_capacity(batches.len()), Vec::new());
@@ -179,7 +211,7 @@ impl Node {
         // is accepted.
         let mut report = ApplyReport::default();
         while !untrusted.is_empty() && !verified.is_empty() {
-            let r = self.apply_verified(from, take(&mut verified), Vec::new())?;
+            let r = self.apply_verified(from, take(&mut verified), Vec::new(), &rule)?;
             report.add(r);
             let trust = self.trust_set()?;
             untrusted = sort_by_trust(untrusted, &trust, false, &rule, &mut verified, &mut refused);
@@ -187,7 +219,7 @@ impl Node {
         let trust = self.trust_set()?;
         sort_by_trust(untrusted, &trust, true, &rule, &mut verified, &mut refused);
         let failed_verification = refused.len();
-        let last = self.apply_verified(from, verified, refused)?;
+        let last = self.apply_verified(from, verified, refused, &rule)?;
         report.add(last);
         self.report_held_back(&held, &mut report)?;
         Ok((self.store.vector()?, report, failed_verification))
@@ -230,9 +262,10 @@ impl Node {
         from: NodeId,
         verified: Vec<VerifiedBatch>,
         refused: Vec<Rejection>,
+        rule: &HoleRule,
     ) -> Result<ApplyReport, NodeError> {
         let trust = self.trust_set()?;
-        self.receive(&trust, Some(from), verified, refused)
+        self.receive(&trust, Some(from), verified, refused, Some(rule))
     }
 
     /// One receipt transaction for verified batches (and the refusals to report with them).
@@ -242,16 +275,20 @@ impl Node {
         from: Option<NodeId>,
         verified: Vec<VerifiedBatch>,
         refused: Vec<Rejection>,
+        rule: Option<&HoleRule>,
     ) -> Result<ApplyReport, NodeError> {
-        let ctx = self.apply_context(trust, from, refused)?;
+        let ctx = self.apply_context(trust, from, refused, rule)?;
         Ok(self.store.apply(verified, ctx)?)
     }
 
+    /// The inputs of a receipt: `rule` says who sent the batches (their parent or not) and
+    /// which records are held back everywhere (none known: every absent body is reported).
     pub(super) fn apply_context<'a>(
         &self,
         trust: &'a TrustSet,
         from: Option<NodeId>,
         refused: Vec<Rejection>,
+        rule: Option<&'a HoleRule>,
     ) -> Result<ApplyContext<'a>, NodeError> {
         Ok(ApplyContext {
             trust,
@@ -262,6 +299,8 @@ impl Node {
             threads: worker_threads(),
             give_up_after: self.config.failures.give_up_after,
             promote_max: (import_chunk_changes(), IMPORT_CHUNK_BYTES),
+            from_parent: rule.is_some_and(|r| r.from_parent),
+            held_back: Box::new(move |a, e| rule.is_some_and(|r| r.held_back(a, e))),
         })
     }
 

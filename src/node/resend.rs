@@ -12,7 +12,7 @@
 use super::scope::ScopeCheck;
 use super::{Node, NodeError};
 use crate::config::Scope;
-use crate::id::NodeId;
+use crate::id::{BodyHash, EntityId, NodeId};
 use crate::protocol::message::{BODIES_BYTES_TARGET, BODIES_PER_MESSAGE_MAX};
 use crate::protocol::session::ResendBody;
 use crate::store::resend::BodiesReport;
@@ -45,6 +45,38 @@ impl Node {
     /// session. Returns how many anchors that made due.
     pub fn check_child_scope(&self, child: NodeId, scope: &Scope) -> Result<u64, NodeError> {
         Ok(self.store.check_withheld_scope(&child, scope_digest(scope))?)
+    }
+
+    /// Takes over the holes `child` reports: bodies a peer left out of batches the child holds.
+    /// Each is recorded as withheld from the child under its anchors (as if this node had
+    /// withheld it itself) and made due, so this round's re-send sends what is inside the
+    /// child's scope, and a later one what enters it. A body this node does not hold yet is
+    /// awaited: when it arrives, its anchors become due again. Returns how many items were
+    /// taken over (all of them).
+    pub fn take_over_holes(
+        &self,
+        child: NodeId,
+        items: &[(EntityId, BodyHash)],
+    ) -> Result<u64, NodeError> {
+        let scope = self.config.peer(&child).map(|p| p.scope.clone()).unwrap_or_default();
+        // Scope follows the merged records.
+        self.merge_received()?;
+        let mut check = ScopeCheck::new(self, &scope);
+        let (mut withheld, mut due, mut awaited) =
+            (Vec::new(), std::collections::BTreeSet::new(), Vec::new());
+        for (entity, hash) in items {
+            let (_, anchors) = check.verdict(entity)?;
+            let anchors: Vec<String> = anchors.iter().map(EntityId::key).collect();
+            if self.store.body(hash)?.is_none() {
+                awaited.push((*hash, anchors.clone()));
+            }
+            due.extend(anchors.iter().cloned());
+            withheld.push((anchors, *entity, *hash));
+        }
+        self.store.note_withheld(&child, &withheld, &Default::default())?;
+        self.store.note_withheld(&child, &[], &due)?;
+        self.store.await_bodies(&child, &awaited)?;
+        Ok(items.len() as u64)
     }
 
     /// The next bodies withheld from `child` that are inside `scope` now, within one `Bodies`

@@ -19,9 +19,10 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use super::receive::Receiver;
 use super::{Node, NodeError};
 use crate::config::Scope;
-use crate::id::{NodeId, Vector};
+use crate::id::{BodyHash, EntityId, NodeId, Vector};
 use crate::protocol::message::{self, AuditEntry, Encoder, Message, Role, WireBatch};
 use crate::protocol::session::{Effect, Outcome, ResendBody, Session, SessionStats};
 use crate::store::MergeReport;
@@ -120,12 +121,7 @@ pub struct Job {
 /// The kinds of [`Job`].
 pub enum JobKind {
     /// Read the next batches the peer lacks and encode them as one `Batches` message.
-    Fetch {
-        after: Vector,
-        order: Arc<Vec<NodeId>>,
-        scope: Option<Scope>,
-        encoder: Arc<Mutex<Encoder>>,
-    },
+    Fetch { after: Vector, order: Arc<Vec<NodeId>>, to: Receiver, encoder: Arc<Mutex<Encoder>> },
     /// Verify and durably receive batches.
     Apply { batches: Vec<WireBatch> },
     /// Store a child's audit entries in its copy (parent side).
@@ -136,12 +132,20 @@ pub enum JobKind {
     BodiesDelivered { items: Vec<ResendBody> },
     /// Store bodies the parent re-sent (child side).
     StoreBodies { bodies: Vec<Vec<u8>> },
+    /// Take over the holes a child reports (parent side).
+    StoreHoles { items: Vec<(EntityId, BodyHash)> },
     /// Merge part of what arrived so far (a long session).
     MergeSome,
     /// The session is over: merge what it brought.
     MergeAll,
-    /// Record the ended session: peer state, the parent's audit cursor, the audit entry.
-    Record { report: SessionReport, vector: Option<Vector>, audit_acked: Option<u64> },
+    /// Record the ended session: peer state, the parent's audit cursor, the audit entry, and
+    /// the holes the parent recorded (reported, so forgotten here).
+    Record {
+        report: SessionReport,
+        vector: Option<Vector>,
+        audit_acked: Option<u64>,
+        holes_reported: Vec<BodyHash>,
+    },
 }
 
 impl JobKind {
@@ -154,6 +158,7 @@ impl JobKind {
             JobKind::FetchBodies { .. } => |e| Done::BodiesFetched(Err(e)),
             JobKind::BodiesDelivered { .. } => |e| Done::BodiesDelivered(Err(e)),
             JobKind::StoreBodies { .. } => |e| Done::BodiesStored(Err(e)),
+            JobKind::StoreHoles { .. } => |e| Done::HolesStored(Err(e)),
             JobKind::MergeSome | JobKind::MergeAll => |e| Done::Merged(Err(e)),
             JobKind::Record { .. } => |e| Done::Recorded(Err(e)),
         }
@@ -169,6 +174,7 @@ impl std::fmt::Debug for JobKind {
             JobKind::FetchBodies { .. } => "FetchBodies",
             JobKind::BodiesDelivered { .. } => "BodiesDelivered",
             JobKind::StoreBodies { .. } => "StoreBodies",
+            JobKind::StoreHoles { .. } => "StoreHoles",
             JobKind::MergeSome => "MergeSome",
             JobKind::MergeAll => "MergeAll",
             JobKind::Record { .. } => "Record",
@@ -191,6 +197,8 @@ pub enum Done {
     BodiesFetched(Result<Vec<ResendBody>, String>),
     BodiesDelivered(Result<(), String>),
     BodiesStored(Result<BodiesReport, String>),
+    /// How many of a child's holes were taken over.
+    HolesStored(Result<u64, String>),
     /// A merge during the session, or the one after it.
     Merged(Result<MergeReport, String>),
     Recorded(Result<(), String>),
@@ -226,12 +234,17 @@ impl Job {
             JobKind::StoreBodies { bodies } => {
                 Done::BodiesStored(text(node.receive_bodies(peer, bodies)))
             }
+            JobKind::StoreHoles { items } => {
+                Done::HolesStored(text(node.take_over_holes(peer, &items)))
+            }
             JobKind::MergeSome => {
                 Done::Merged(text(node.merge_received_up_to(MERGE_DURING_SESSION_DOCS)))
             }
             JobKind::MergeAll => Done::Merged(text(node.merge_received())),
-            JobKind::Record { report, vector, audit_acked } => {
-                Done::Recorded(text(record(node, peer, &report, vector, audit_acked)))
+            JobKind::Record { report, vector, audit_acked, holes_reported } => {
+                let recorded = record(node, peer, &report, vector, audit_acked);
+                let forgotten = node.store.peer_holes_reported(&holes_reported);
+                Done::Recorded(text(recorded.and(forgotten.map_err(NodeError::from))))
             }
         }
     }
@@ -248,10 +261,7 @@ impl Job {
     /// relay changes them between the halves). Other jobs fetch nothing.
     pub fn fetch(&self, node: &Node) -> Result<Vec<WireBatch>, NodeError> {
         match &self.kind {
-            JobKind::Fetch { after, order, scope, .. } => {
-                let child = scope.as_ref().map(|s| (self.peer, s));
-                node.fetch_wire(order, after, child)
-            }
+            JobKind::Fetch { after, order, to, .. } => node.fetch_wire(order, after, self.peer, to),
             _ => Ok(Vec::new()),
         }
     }
@@ -345,6 +355,8 @@ pub struct SessionHost {
     order: Arc<Vec<NodeId>>,
     /// The peer's scope, when it is this node's child.
     scope: Option<Scope>,
+    /// What the peer's batches may leave out.
+    to: Receiver,
     /// `Batches` frames encoded when fetched, sent in order.
     ready: VecDeque<Vec<u8>>,
     /// Actions waiting to be handed out before the session's next effect.
@@ -365,6 +377,8 @@ pub struct SessionHost {
     ending: Ending,
     /// The report the record job writes (taken after the merge, so its time includes it).
     recorded: Option<SessionReport>,
+    /// The holes reported to the parent, in the order sent (child side).
+    holes: Vec<BodyHash>,
 }
 
 impl SessionHost {
@@ -382,20 +396,25 @@ impl SessionHost {
         if let Some(scope) = &scope {
             node.check_child_scope(peer, scope)?;
         }
-        // A child sends its parent the audit entries the parent's copy lacks.
-        let audit = match role {
-            Role::Child => {
-                node.store.audit_for_parent(&peer, message::AUDIT_ENTRIES_PER_MESSAGE_MAX)?
-            }
-            _ => Vec::new(),
+        // A child sends its parent the audit entries the parent's copy lacks, and the holes
+        // peers left in its batches.
+        let (audit, holes) = match role {
+            Role::Child => (
+                node.store.audit_for_parent(&peer, message::AUDIT_ENTRIES_PER_MESSAGE_MAX)?,
+                node.store.peer_holes(message::HOLES_PER_MESSAGE_MAX)?,
+            ),
+            _ => (Vec::new(), Vec::new()),
         };
         let vector = node.store.vector()?;
         let order = node.trust_order()?;
         let mut host = SessionHost::new(node.id(), peer, role, vector, now);
         host.order = Arc::new(order);
+        host.to = node.receiver(peer)?;
         host.scope = scope;
         let entries = audit.into_iter().map(|(n, stored)| AuditEntry { n, stored: stored.into() });
         host.session.send_audit(entries.collect());
+        host.holes = holes.iter().map(|(_, h)| *h).collect();
+        host.session.send_holes(holes);
         Ok(host)
     }
 
@@ -415,6 +434,7 @@ impl SessionHost {
             encoder: Default::default(),
             order: Default::default(),
             scope: None,
+            to: Receiver::Whole,
             ready: VecDeque::new(),
             queued: VecDeque::new(),
             waiting: false,
@@ -431,6 +451,7 @@ impl SessionHost {
             outcome: None,
             ending: Ending::No,
             recorded: None,
+            holes: Vec::new(),
         }
     }
 
@@ -537,9 +558,9 @@ impl SessionHost {
         match effect {
             Effect::Send(m) => return self.transmit(m),
             Effect::Fetch { after } => {
-                let (order, scope) = (self.order.clone(), self.scope.clone());
+                let (order, to) = (self.order.clone(), self.to.clone());
                 let encoder = self.encoder.clone();
-                return Some(self.job(JobKind::Fetch { after, order, scope, encoder }));
+                return Some(self.job(JobKind::Fetch { after, order, to, encoder }));
             }
             Effect::Closed(outcome) => {
                 self.outcome = Some(outcome.clone());
@@ -556,6 +577,7 @@ impl SessionHost {
             Effect::FetchBodies => JobKind::FetchBodies { scope: self.scope.clone() },
             Effect::BodiesDelivered { items } => JobKind::BodiesDelivered { items },
             Effect::StoreBodies { bodies } => JobKind::StoreBodies { bodies },
+            Effect::StoreHoles { items } => JobKind::StoreHoles { items },
             Effect::Send(_) | Effect::Fetch { .. } | Effect::Closed(_) => return None,
         };
         Some(self.job(kind))
@@ -604,7 +626,9 @@ impl SessionHost {
         self.recorded = Some(report.clone());
         let vector = self.session.handshaken().then(|| self.session.peer_vector().clone());
         let audit_acked = self.session.stats().audit_acked;
-        Some(self.job(JobKind::Record { report, vector, audit_acked }))
+        let acked = self.session.stats().holes_acked.unwrap_or(0) as usize;
+        let holes_reported = self.holes.iter().take(acked).copied().collect();
+        Some(self.job(JobKind::Record { report, vector, audit_acked, holes_reported }))
     }
 
     /// What the session did so far.
@@ -663,6 +687,13 @@ impl SessionHost {
                 match r {
                     Ok(r) => s.handle_bodies_stored(now, r.hashes),
                     Err(e) => s.handle_local_error(format!("storing re-sent bodies: {e}")),
+                }
+            }
+            Done::HolesStored(r) => {
+                self.waiting = false;
+                match r {
+                    Ok(_) => s.handle_holes_stored(now),
+                    Err(e) => s.handle_local_error(format!("recording reported holes: {e}")),
                 }
             }
             Done::Merged(r) => self.merged(now, r),

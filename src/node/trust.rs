@@ -157,6 +157,44 @@ impl Node {
         Ok(limits)
     }
 
+    /// What `peer`'s batches may leave out: a child's scope is this node's config; a peer's is
+    /// the one its own parent publishes, if any.
+    pub fn receiver(&self, peer: NodeId) -> Result<super::Receiver, NodeError> {
+        use super::Receiver;
+        let Some(entry) = self.config.peer(&peer) else { return Ok(Receiver::Whole) };
+        Ok(match entry.role {
+            Role::Child => Receiver::Child(entry.scope.clone()),
+            Role::Peer => {
+                self.published_scope(&peer)?.map_or(Receiver::Whole, Receiver::ScopedPeer)
+            }
+            Role::Parent => Receiver::Whole,
+        })
+    }
+
+    /// The scope `node`'s parent gives it, as the first roster in trust order that lists it as
+    /// a child publishes it (`None`: no parent here limits it).
+    pub fn published_scope(
+        &self,
+        node: &NodeId,
+    ) -> Result<Option<crate::config::Scope>, NodeError> {
+        for owner in self.trust_order()?.into_iter().skip(1) {
+            let entries = self.roster_entries(&owner)?;
+            let Some((_, entry)) = entries.iter().find(|(m, _)| m == node) else { continue };
+            if entry.get("role") != Some(&Value::from("child")) {
+                continue;
+            }
+            let list = |field: &str| entry.get(field).and_then(Value::as_array).cloned();
+            return Ok(Some(crate::config::Scope {
+                types: list("types")
+                    .map(|t| t.iter().filter_map(|v| v.as_str()?.parse().ok()).collect()),
+                catchment: list("catchment").map(|c| {
+                    c.iter().filter_map(|v| crate::id::parse_uuid(v.as_str()?).ok()).collect()
+                }),
+            }));
+        }
+        Ok(None)
+    }
+
     /// Writes this node's roster from its config: every configured peer with its role, and the
     /// nodes of `[[trust]]`. Only a change when the config changed.
     pub fn publish_roster(&self) -> Result<bool, NodeError> {
@@ -182,6 +220,12 @@ impl Node {
                 if let Some(types) = p.scope.types.as_ref().filter(|_| p.role == Role::Child) {
                     let names: Vec<Value> = types.iter().map(|t| Value::from(t.as_str())).collect();
                     m.insert("types".into(), Value::Array(names));
+                }
+                // And its catchment, so that its peers leave out what it may not hold.
+                if let Some(places) = p.scope.catchment.as_ref().filter(|_| p.role == Role::Child) {
+                    let uuids: Vec<Value> =
+                        places.iter().map(|u| Value::from(u.to_string())).collect();
+                    m.insert("catchment".into(), Value::Array(uuids));
                 }
                 (p.node_id.to_string(), Value::Object(m))
             })

@@ -29,6 +29,8 @@ pub const ERROR_TEXT_MAX: usize = 1024;
 pub const AUDIT_ENTRIES_PER_MESSAGE_MAX: usize = 2_000;
 /// Largest audit entry carried, in bytes.
 pub const AUDIT_ENTRY_BYTES_MAX: usize = 64 * 1024;
+/// Most items in one `Holes` message (a child reports at most this many per session).
+pub const HOLES_PER_MESSAGE_MAX: usize = 4_096;
 /// Most change bodies in one `Bodies` message (and hashes in one `BodiesAck`).
 pub const BODIES_PER_MESSAGE_MAX: usize = 4_096;
 /// A sender stops adding bodies to a `Bodies` message once it holds this many bytes (a single
@@ -136,6 +138,11 @@ impl WireBatch {
         self.withheld.len()
     }
 
+    /// How many changes the batch lists.
+    pub fn entities_len(&self) -> usize {
+        self.entities.len()
+    }
+
     /// The signed batch (body hashes recomputed, or as sent for withheld bodies) and its
     /// bodies (empty when withheld), ready to verify.
     pub fn into_parts(self) -> (SignedBatch, Vec<Vec<u8>>) {
@@ -221,6 +228,26 @@ pub enum MessageOf<B> {
     /// Child -> parent: the hashes of the last `Bodies` message the child is done with (stored
     /// durably, already held, or refused as never withheld there); not sent again.
     BodiesAck { hashes: Vec<BodyHash> },
+    /// Child -> parent, after its batches: bodies the child holds only as manifest entries
+    /// because a peer sent their batches without them (outside the child's scope as the peer
+    /// judged it, or not held by the peer). The parent takes them over as withheld by itself:
+    /// it re-sends those inside the child's scope, now or when they enter it.
+    Holes { items: Vec<(EntityId, BodyHash)> },
+    /// Parent -> child: the last `Holes` is recorded; `digest` is [`holes_digest`] of the items
+    /// as the parent read them, so a child whose report was changed on the way keeps its holes
+    /// and reports them again.
+    HolesAck { digest: [u8; 32] },
+}
+
+/// The digest a `HolesAck` carries: blake3 over the reported items in order.
+pub fn holes_digest(items: &[(EntityId, BodyHash)]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("sitesync holes report v1");
+    for (entity, hash) in items {
+        h.update(entity.key().as_bytes());
+        h.update(&[0]);
+        h.update(&hash.0);
+    }
+    *h.finalize().as_bytes()
 }
 
 /// One entry of a node's audit log as it travels: its number and its stored bytes (link to
@@ -246,6 +273,8 @@ impl<B> MessageOf<B> {
             MessageOf::AuditAck { .. } => "audit-ack",
             MessageOf::Bodies { .. } => "bodies",
             MessageOf::BodiesAck { .. } => "bodies-ack",
+            MessageOf::Holes { .. } => "holes",
+            MessageOf::HolesAck { .. } => "holes-ack",
         }
     }
 
@@ -264,6 +293,8 @@ impl<B> MessageOf<B> {
             MessageOf::AuditAck { next } => MessageOf::AuditAck { next },
             MessageOf::Bodies { bodies } => MessageOf::Bodies { bodies },
             MessageOf::BodiesAck { hashes } => MessageOf::BodiesAck { hashes },
+            MessageOf::Holes { items } => MessageOf::Holes { items },
+            MessageOf::HolesAck { digest } => MessageOf::HolesAck { digest },
         })
     }
 }
@@ -299,6 +330,8 @@ impl Encoder {
             MessageOf::AuditAck { next } => MessageOf::AuditAck { next: *next },
             MessageOf::Bodies { bodies } => MessageOf::Bodies { bodies: bodies.clone() },
             MessageOf::BodiesAck { hashes } => MessageOf::BodiesAck { hashes: hashes.clone() },
+            MessageOf::Holes { items } => MessageOf::Holes { items: items.clone() },
+            MessageOf::HolesAck { digest } => MessageOf::HolesAck { digest: *digest },
         };
         let payload = postcard::to_stdvec(&packed).unwrap_or_default();
         // Bodies go in a self-contained zstd frame, not the session's stream: they are encoded
@@ -511,6 +544,12 @@ fn check_limits(message: &MessageOf<PackedBatch>) -> Result<(), CodecError> {
             if bodies.iter().any(|b| b.is_empty() || b.len() > crate::batch::CHANGE_BYTES_MAX) =>
         {
             Err(CodecError::Limit("a body that is empty or over the change size limit".into()))
+        }
+        MessageOf::Holes { items } if items.is_empty() || items.len() > HOLES_PER_MESSAGE_MAX => {
+            Err(CodecError::Limit(format!(
+                "{} items in one holes message (1 to {HOLES_PER_MESSAGE_MAX})",
+                items.len()
+            )))
         }
         MessageOf::BodiesAck { hashes } if hashes.len() > BODIES_PER_MESSAGE_MAX => {
             Err(CodecError::Limit(format!(

@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use serde_bytes::ByteBuf;
 
 use super::message::{AuditEntry, ErrorCode, Message, PROTOCOL_VERSION, Role, WireBatch};
-use crate::id::{BodyHash, NodeId, Vector};
+use crate::id::{BodyHash, EntityId, NodeId, Vector};
 
 /// A session ends if nothing arrives for this long (milliseconds).
 pub const SESSION_IDLE_MS: u64 = 120_000;
@@ -79,6 +79,10 @@ pub enum Effect {
     /// Child side: bodies the parent withheld earlier arrived: store those this node holds as
     /// withheld, then call [`Session::handle_bodies_stored`].
     StoreBodies { bodies: Vec<Vec<u8>> },
+    /// Parent side: the child reported bodies it lacks because a peer left them out: take
+    /// them over as withheld from the child (durably, marked due for the re-send at the end
+    /// of this round), then call [`Session::handle_holes_stored`].
+    StoreHoles { items: Vec<(EntityId, BodyHash)> },
 }
 
 /// A body a parent re-sends, with the record its scope follows (the "anchor"; opaque to the
@@ -105,6 +109,19 @@ pub struct SessionStats {
     /// Withheld bodies re-sent to the child (parent side) / received from the parent.
     pub bodies_sent: u64,
     pub bodies_received: u64,
+    /// Holes reported to the parent in this session, and how many it recorded (child side).
+    pub holes_sent: u64,
+    pub holes_acked: Option<u64>,
+}
+
+/// A child's report of the holes peers left in its batches, sent after its batches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum HolesReport {
+    None,
+    Ready(Vec<(EntityId, BodyHash)>),
+    /// Sent: how many, and their digest.
+    AwaitingAck(u64, [u8; 32]),
+    Done,
 }
 
 /// The parent's re-send of withheld bodies, after its batches.
@@ -150,6 +167,10 @@ pub struct Session {
     resend: Resend,
     /// Re-sent bodies are being stored (child side).
     storing_bodies: bool,
+    /// The report of holes left by peers (child side).
+    holes: HolesReport,
+    /// A child's holes are being recorded (parent side): the digest of what arrived.
+    storing_holes: Option<[u8; 32]>,
     local_done: bool,
     remote_done: bool,
     last_activity: u64,
@@ -183,6 +204,8 @@ impl Session {
             batches_done: false,
             resend: if role == Role::Parent { Resend::Waiting } else { Resend::Finished },
             storing_bodies: false,
+            holes: HolesReport::None,
+            storing_holes: None,
             local_done: false,
             remote_done: false,
             last_activity: now,
@@ -264,6 +287,26 @@ impl Session {
         }
     }
 
+    /// Queues this (child) node's report of the holes peers left in its batches, sent once its
+    /// own batches are acknowledged and before its `Done`. The parent's `HolesAck` (in
+    /// [`SessionStats::holes_acked`]) says how many it recorded.
+    pub fn send_holes(&mut self, items: Vec<(EntityId, BodyHash)>) {
+        if self.role == Role::Child && !items.is_empty() && self.phase != Phase::Closed {
+            self.holes = HolesReport::Ready(items);
+        }
+    }
+
+    /// The child's holes are recorded (parent side).
+    pub fn handle_holes_stored(&mut self, now: u64) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        let Some(digest) = self.storing_holes.take() else { return };
+        self.last_activity = self.last_activity.max(now);
+        self.send(Message::HolesAck { digest });
+        self.check_complete();
+    }
+
     /// The child's audit entries are stored; `next` is the first entry the copy lacks.
     pub fn handle_audit_stored(&mut self, now: u64, next: u64) {
         if self.phase != Phase::Running || !self.storing_audit {
@@ -280,7 +323,9 @@ impl Session {
             && !self.awaiting_ack
             && !self.applying
             && !self.storing_audit
-            && !self.storing_bodies;
+            && !self.storing_bodies
+            && self.storing_holes.is_none()
+            && !matches!(self.holes, HolesReport::AwaitingAck(..));
         if self.phase == Phase::Running && self.local_done && self.remote_done && idle {
             self.close(Outcome::Complete);
         }
@@ -324,6 +369,25 @@ impl Session {
             }
             (Phase::Running, Message::AuditAck { next }) if self.role == Role::Child => {
                 self.stats.audit_acked = Some(next);
+            }
+            (Phase::Running, Message::Holes { items })
+                if self.role == Role::Parent
+                    && self.storing_holes.is_none()
+                    && !self.remote_done =>
+            {
+                self.storing_holes = Some(super::message::holes_digest(&items));
+                self.effects.push_back(Effect::StoreHoles { items });
+            }
+            (Phase::Running, Message::HolesAck { digest })
+                if matches!(self.holes, HolesReport::AwaitingAck(..)) =>
+            {
+                if let HolesReport::AwaitingAck(count, sent) = self.holes {
+                    // A report changed on the way is not recorded as sent: reported again.
+                    self.stats.holes_acked = Some(if digest == sent { count } else { 0 });
+                }
+                self.holes = HolesReport::Done;
+                self.next_local_step();
+                self.check_complete();
             }
             (Phase::Running, Message::Done) if !self.remote_done => {
                 self.remote_done = true;
@@ -430,6 +494,22 @@ impl Session {
                 self.effects.push_back(Effect::FetchBodies);
             }
             Resend::Finished => {
+                // A child reports the holes peers left once its own batches are acknowledged,
+                // then waits for the record before it is done.
+                match std::mem::replace(&mut self.holes, HolesReport::Done) {
+                    HolesReport::Ready(items) if !self.awaiting_ack => {
+                        self.stats.holes_sent = items.len() as u64;
+                        let digest = super::message::holes_digest(&items);
+                        self.holes = HolesReport::AwaitingAck(items.len() as u64, digest);
+                        self.send(Message::Holes { items });
+                        return;
+                    }
+                    waiting @ (HolesReport::Ready(_) | HolesReport::AwaitingAck(..)) => {
+                        self.holes = waiting;
+                        return;
+                    }
+                    other => self.holes = other,
+                }
                 self.local_done = true;
                 self.send(Message::Done);
             }

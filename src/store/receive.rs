@@ -106,7 +106,17 @@ pub struct ApplyContext<'a> {
     /// Most changes and body bytes taken out of waiting (`PENDING`) in one transaction; when a
     /// long gap fills, the rest follow in further transactions (memory stays bounded).
     pub promote_max: (usize, usize),
+    /// The batches come from this node's parent: their absent bodies were withheld by it,
+    /// which remembers them. Absent bodies from anyone else (and in batches that waited) are
+    /// recorded in `PEER_HOLES` for the parent, but for records that travel nowhere.
+    pub from_parent: bool,
+    /// Whether a record, by its author's node, is held back everywhere (outside its author's
+    /// push types): its absent body is not worth reporting.
+    pub held_back: HeldBack<'a>,
 }
+
+/// Whether a record, by its author's node, is held back everywhere ([`ApplyContext::held_back`]).
+pub type HeldBack<'a> = Box<dyn Fn(&NodeId, &EntityId) -> bool + 'a>;
 
 /// Where an accepted batch comes from: this call's input or the pending table.
 #[derive(Clone, Copy)]
@@ -235,7 +245,7 @@ impl Store {
         };
         report.rejected = refused;
         report.rejected.extend(plan.rejected.iter().cloned());
-        write_plan(&tx, &plan, incoming, &mut report)?;
+        write_plan(&tx, &plan, incoming, ctx, &mut report)?;
         // Rosters decide trust for what comes next: merge them at once (they are tiny).
         let mut rosters: Vec<String> = Vec::new();
         for &src in &plan.accepted {
@@ -430,6 +440,7 @@ fn write_plan(
     tx: &redb::WriteTransaction,
     plan: &Plan,
     incoming: &[VerifiedBatch],
+    ctx: &ApplyContext<'_>,
     report: &mut ApplyReport,
 ) -> Result<(), StoreError> {
     let mut touched: BTreeMap<String, Vec<BodyHash>> = BTreeMap::new();
@@ -438,19 +449,29 @@ fn write_plan(
     let mut bodies = tx.open_table(BODIES)?;
     let mut pending = tx.open_table(PENDING)?;
     let mut withheld = tx.open_table(WITHHELD)?;
+    let mut peer_holes = tx.open_table(PEER_HOLES)?;
+    // Bodies children reported as holes before this node held them (rare: usually none).
+    let awaited = tx.open_table(AWAITED)?.len()? > 0;
     for &src in &plan.accepted {
         let b = plan.batch(incoming, src);
+        let from_parent = ctx.from_parent && matches!(src, Src::Incoming(_));
         let (author, seq) = (b.signed.author(), b.signed.seq());
         let actor = author.actor_bytes();
         batches.insert((&actor, seq), encode_batch(&b.hash, &b.signed).as_slice())?;
         vector.insert(&actor, seq)?;
         for (r, body) in b.signed.batch.changes.iter().zip(&b.bodies) {
             if body.is_empty() {
-                // Withheld by the parent: the manifest is held, the record is not.
+                // Absent: the manifest is held, the record is not.
                 withheld.insert(&r.body.0, r.entity.key().as_str())?;
+                if !from_parent && !(ctx.held_back)(&author.node, &r.entity) {
+                    peer_holes.insert(&r.body.0, r.entity.key().as_str())?;
+                }
                 continue;
             }
             bodies.insert(&r.body.0, body.as_slice())?;
+            if awaited {
+                super::resend::wake_awaited(tx, &r.body)?;
+            }
             touched.entry(r.entity.key()).or_default().push(r.body);
         }
         report.applied_batches += 1;

@@ -223,6 +223,61 @@ impl Store {
         Ok(())
     }
 
+    /// Records that `child` reported holes this node does not hold the bodies of yet, with the
+    /// anchors they were taken over under: when a body arrives, its anchors become due.
+    pub fn await_bodies(
+        &self,
+        child: &NodeId,
+        items: &[(BodyHash, Vec<String>)],
+    ) -> Result<(), StoreError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(AWAITED)?;
+            for (hash, anchors) in items {
+                for anchor in anchors {
+                    table.insert((&hash.0, &child.0, anchor.as_str()), ())?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Up to `max` absent bodies a node other than the parent left out (`PEER_HOLES`), to
+    /// report to the parent, in hash order.
+    pub fn peer_holes(&self, max: usize) -> Result<Vec<(EntityId, BodyHash)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = match tx.open_table(PEER_HOLES) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for item in table.iter()?.take(max) {
+            let (hash, key) = item?;
+            let entity: EntityId =
+                key.value().parse().map_err(|e| corrupt("peer hole", format!("{e}")))?;
+            out.push((entity, BodyHash(*hash.value())));
+        }
+        Ok(out)
+    }
+
+    /// The parent recorded these holes: they are its to re-send now.
+    pub fn peer_holes_reported(&self, hashes: &[BodyHash]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(PEER_HOLES)?;
+            for h in hashes {
+                table.remove(&h.0)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Stores the bodies of a `Bodies` message from this node's parent `from`, in one write
     /// transaction: each body whose hash this node holds as withheld is stored, its withheld
     /// entry removed and its record marked for the next merge (where the changes that waited
@@ -237,6 +292,7 @@ impl Store {
         let tx = self.db.begin_write()?;
         {
             let mut withheld = tx.open_table(WITHHELD)?;
+            let mut peer_holes = tx.open_table(PEER_HOLES)?;
             let mut stored = tx.open_table(BODIES)?;
             let mut touched: BTreeMap<String, Vec<BodyHash>> = BTreeMap::new();
             for body in bodies {
@@ -246,7 +302,9 @@ impl Store {
                 match key {
                     Some(key) if is_change_chunk(&body) => {
                         withheld.remove(&hash.0)?;
+                        peer_holes.remove(&hash.0)?;
                         stored.insert(&hash.0, body.as_slice())?;
+                        wake_awaited(&tx, &hash)?;
                         touched.entry(key).or_default().push(hash);
                         report.stored += 1;
                     }
@@ -282,4 +340,23 @@ fn is_change_chunk(body: &[u8]) -> bool {
     }
     let bytes = body.to_vec();
     matches!(std::panic::catch_unwind(|| automerge::Change::from_bytes(bytes)), Ok(Ok(_)))
+}
+
+/// A body arrived (in the transaction `tx` stores it): the children that reported it as a hole
+/// before this node held it get its anchors checked at their next session.
+pub(crate) fn wake_awaited(tx: &redb::WriteTransaction, hash: &BodyHash) -> Result<(), StoreError> {
+    let mut awaited = tx.open_table(AWAITED)?;
+    let waiting: Vec<([u8; 32], String)> = awaited
+        .range((&hash.0, &HASH_MIN, "")..=(&hash.0, &HASH_MAX, "\u{10ffff}"))?
+        .map(|item| item.map(|(k, _)| (*k.value().1, k.value().2.to_string())))
+        .collect::<Result<_, _>>()?;
+    if waiting.is_empty() {
+        return Ok(());
+    }
+    let mut due = tx.open_table(RESEND_DUE)?;
+    for (child, anchor) in &waiting {
+        due.insert((child, anchor.as_str()), ())?;
+        awaited.remove((&hash.0, child, anchor.as_str()))?;
+    }
+    Ok(())
 }

@@ -114,10 +114,18 @@ pub const DIRTY: TableDefinition<&str, &[u8]> = TableDefinition::new("dirty-1");
 /// parent withheld their bodies (outside this node's scope). Relayed as withheld too.
 pub const WITHHELD: TableDefinition<&[u8; 32], &str> = TableDefinition::new("withheld-1");
 
+/// `blake3(body) -> "type/uuid"`: of those, the ones a node other than this node's parent left
+/// out (a peer, outside this node's scope as the peer judged it, or not held by the peer; or a
+/// batch that waited, whose sender is not known any more). Reported to the parent (`Holes`),
+/// which re-sends what is inside this node's scope; removed once the parent recorded them, or
+/// when the body arrives. Added in this version; a store without it reads it as empty.
+pub const PEER_HOLES: TableDefinition<&[u8; 32], &str> = TableDefinition::new("peer-holes-1");
+
 /// `(child node id, anchor "type/uuid", blake3(body)) -> "type/uuid"`: bodies this node (a
 /// parent) withheld from a child, by the record the scope decision followed (the anchor: the
-/// patient of a patient-linked record, else the record itself) (`store/resend.rs`). Only bodies
-/// held here; an entry goes when the child acknowledges the re-sent body.
+/// patient of a patient-linked record, else the record itself) (`store/resend.rs`); also the
+/// holes a child reported (`Holes`), taken over as if withheld here. An entry goes when the
+/// child acknowledges the re-sent body.
 pub const WITHHELD_FOR: TableDefinition<(&[u8; 32], &str, &[u8; 32]), &str> =
     TableDefinition::new("withheld-for-1");
 
@@ -125,6 +133,13 @@ pub const WITHHELD_FOR: TableDefinition<(&[u8; 32], &str, &[u8; 32]), &str> =
 /// against the child's scope again at its next session (a change of the anchor travelled with
 /// its body, or the child's scope changed).
 pub const RESEND_DUE: TableDefinition<(&[u8; 32], &str), ()> = TableDefinition::new("resend-due-1");
+
+/// `(blake3(body), child node id, anchor "type/uuid") -> ()`: holes a child reported whose body
+/// this node did not hold yet. When the body arrives (a receipt, a re-sent body), its anchors
+/// become due for that child and the entries go. Added in this version; a store without it
+/// reads it as empty.
+pub const AWAITED: TableDefinition<(&[u8; 32], &[u8; 32], &str), ()> =
+    TableDefinition::new("awaited-1");
 
 /// `child node id -> blake3 of its scope (32 B)`: the scope the child's entries were last
 /// checked against; a different one makes every anchor of that child due.

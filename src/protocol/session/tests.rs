@@ -20,6 +20,9 @@ struct Toy {
     resend: Vec<Vec<u8>>,
     delivered: Vec<BodyHash>,
     bodies: Vec<Vec<u8>>,
+    /// Parent: bodies it holds that a child may report as holes; child: holes reported.
+    known: Vec<Vec<u8>>,
+    holes: Vec<(EntityId, BodyHash)>,
 }
 
 impl Toy {
@@ -115,6 +118,16 @@ fn run(
                     Effect::BodiesDelivered { items } => {
                         me.1.delivered.extend(items.iter().map(|b| b.hash));
                     }
+                    Effect::StoreHoles { items } => {
+                        // Taken over: the parent re-sends the bodies it holds.
+                        for (_, hash) in &items {
+                            if let Some(b) = me.1.known.iter().find(|b| BodyHash::of(b) == *hash) {
+                                me.1.resend.push(b.clone());
+                            }
+                        }
+                        me.1.holes.extend(items.iter().copied());
+                        me.0.handle_holes_stored(0);
+                    }
                     Effect::StoreBodies { bodies } => {
                         let hashes = bodies.iter().map(|b| BodyHash::of(b)).collect();
                         me.1.bodies.extend(bodies);
@@ -204,6 +217,31 @@ fn a_child_sends_its_audit_entries_and_learns_where_the_next_upload_starts() {
     assert!(a.1.audit.is_empty());
     assert_eq!(a.0.stats().audit_acked, Some(3));
     assert_eq!(a.0.stats().audit_sent, 3);
+}
+
+/// A child reports the holes peers left in its batches after its own batches and before its
+/// `Done`; the parent records them first, so its re-send at the end of the same round already
+/// carries the bodies it holds. A parent never reports holes.
+#[test]
+fn a_child_reports_peer_holes_and_gets_the_bodies_in_the_same_round() {
+    let (ka, kb) = (Keypair::from_secret([1; 32]), Keypair::from_secret([2; 32]));
+    let (mut ta, mut tb) = (Toy::default(), Toy::default());
+    ta.apply(batches(&ka, 2));
+    tb.apply(batches(&kb, 1));
+    let (held, missing) = (vec![7u8, 7, 7], vec![8u8]);
+    tb.known = vec![held.clone()];
+    let e = |n| EntityId::new(EntityType::Patient, Uid::from_random([n; 16]));
+    let holes = vec![(e(1), BodyHash::of(&held)), (e(2), BodyHash::of(&missing))];
+    let (mut a, mut b) = pair(&ka, &kb, ta, tb);
+    a.0.send_holes(holes.clone());
+    b.0.send_holes(holes.clone());
+    let (oa, ob, _) = run(&mut a, &mut b, None);
+    assert_eq!((oa, ob), (Outcome::Complete, Outcome::Complete));
+    assert_eq!(b.1.holes, holes, "the parent took over both holes");
+    assert!(a.1.holes.is_empty(), "a parent reports none");
+    assert_eq!(a.0.stats().holes_acked, Some(2));
+    assert_eq!(a.1.bodies, vec![held], "the body the parent holds came in the same round");
+    assert_eq!(a.1.vector(), b.1.vector());
 }
 
 #[test]
