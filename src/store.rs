@@ -618,7 +618,7 @@ pub(crate) fn decode_doc(key: &str, bytes: &[u8]) -> Result<DocRecord, StoreErro
 }
 
 /// The heads of a stored [`DocRecord`] (its first field), without copying the document.
-fn decode_doc_heads(key: &str, bytes: &[u8]) -> Result<Vec<[u8; 32]>, StoreError> {
+pub(crate) fn decode_doc_heads(key: &str, bytes: &[u8]) -> Result<Vec<[u8; 32]>, StoreError> {
     postcard::take_from_bytes(bytes)
         .map(|(heads, _)| heads)
         .map_err(|e| corrupt(format!("document {key}"), e))

@@ -96,6 +96,7 @@ impl Node {
         let mut check = ScopeCheck::new(self, scope);
         let mut out = Vec::with_capacity(batches.len());
         let mut withheld = Vec::new();
+        let mut unsure = Vec::new();
         let mut sent = std::collections::BTreeSet::new();
         for (signed, mut bodies) in batches {
             for (c, body) in signed.batch.changes.iter().zip(bodies.iter_mut()) {
@@ -104,9 +105,9 @@ impl Node {
                 if body.is_empty() {
                     continue;
                 }
-                let (allowed, anchors) = check.verdict(&c.entity)?;
-                let anchors: Vec<String> = anchors.iter().map(EntityId::key).collect();
-                if allowed {
+                let verdict = check.verdict(&c.entity)?;
+                let anchors: Vec<String> = verdict.anchors.iter().map(EntityId::key).collect();
+                if verdict.allowed {
                     sent.extend(anchors);
                     // A change withheld when its record could not be read yet is remembered
                     // under the record itself: this one travelling makes it due too.
@@ -114,6 +115,7 @@ impl Node {
                 } else {
                     body.clear();
                     withheld.push((anchors, c.entity, c.body));
+                    unsure.extend(verdict.unsure(&c.entity));
                 }
             }
             out.push(WireBatch::new(signed, bodies));
@@ -121,7 +123,7 @@ impl Node {
         // Durable before the message leaves: a body withheld and forgotten is never re-sent. (A
         // peer's parent takes over what is left out for the peer, when the peer reports it.)
         if child {
-            self.store.note_withheld(&peer, &withheld, &sent)?;
+            self.store.note_withheld(&peer, &withheld, &sent, &unsure)?;
         }
         Ok(out)
     }

@@ -15,7 +15,7 @@ use crate::config::Scope;
 use crate::id::{BodyHash, EntityId, NodeId};
 use crate::protocol::message::{BODIES_BYTES_TARGET, BODIES_PER_MESSAGE_MAX};
 use crate::protocol::session::ResendBody;
-use crate::store::resend::BodiesReport;
+use crate::store::resend::{BodiesReport, Unsure};
 
 /// Due anchors read per store transaction while looking for bodies to re-send.
 const DUE_ANCHORS_PER_READ: usize = 256;
@@ -62,19 +62,20 @@ impl Node {
         // Scope follows the merged records.
         self.merge_received()?;
         let mut check = ScopeCheck::new(self, &scope);
-        let (mut withheld, mut due, mut awaited) =
-            (Vec::new(), std::collections::BTreeSet::new(), Vec::new());
+        let (mut withheld, mut due, mut awaited, mut unsure) =
+            (Vec::new(), std::collections::BTreeSet::new(), Vec::new(), Vec::new());
         for (entity, hash) in items {
-            let (_, anchors) = check.verdict(entity)?;
-            let anchors: Vec<String> = anchors.iter().map(EntityId::key).collect();
+            let verdict = check.verdict(entity)?;
+            unsure.extend(verdict.unsure(entity));
+            let anchors: Vec<String> = verdict.anchors.iter().map(EntityId::key).collect();
             if self.store.body(hash)?.is_none() {
                 awaited.push((*hash, anchors.clone()));
             }
             due.extend(anchors.iter().cloned());
             withheld.push((anchors, *entity, *hash));
         }
-        self.store.note_withheld(&child, &withheld, &Default::default())?;
-        self.store.note_withheld(&child, &[], &due)?;
+        self.store.note_withheld(&child, &withheld, &Default::default(), &unsure)?;
+        self.store.note_withheld(&child, &[], &due, &[])?;
         self.store.await_bodies(&child, &awaited)?;
         Ok(items.len() as u64)
     }
@@ -96,11 +97,19 @@ impl Node {
             if due.is_empty() {
                 return Ok(out);
             }
-            let mut idle = Vec::new();
+            let (mut idle, mut unsure) = (Vec::new(), Vec::new());
             for (anchor, items) in due {
                 let mut any = false;
                 for (entity, hash) in items {
-                    if !check.allows(&entity)? {
+                    let verdict = check.verdict(&entity)?;
+                    if !verdict.allowed {
+                        // Still outside; if only for want of a record, checked again when it
+                        // merges here (under the anchor it is remembered under).
+                        let waits = verdict
+                            .unsure(&entity)
+                            .into_iter()
+                            .map(|u| Unsure { anchor: anchor.clone(), ..u });
+                        unsure.extend(waits);
                         continue;
                     }
                     let Some(body) = self.store.body(&hash)? else { continue };
@@ -117,6 +126,8 @@ impl Node {
                     idle.push(anchor);
                 }
             }
+            unsure.dedup();
+            self.store.note_withheld(&child, &[], &Default::default(), &unsure)?;
             self.store.clear_due(&child, &idle)?;
             if !out.is_empty() {
                 return Ok(out);

@@ -10,6 +10,11 @@
 //! withheld from a child is remembered under its anchors and checked again when one of them
 //! changes (`src/node/resend.rs`); an anchor inside the scope makes its records inside too,
 //! except for `types`, whose change re-checks everything.
+//!
+//! A verdict taken without something it needed (the record itself, or its patient, not held or
+//! not readable here yet) also names what it **missed**: the body is remembered as withheld
+//! until then, and merging a missed record here makes its anchor due again
+//! (`src/store/resend.rs`, table `unsure-1`), whichever way the record arrives.
 
 use std::collections::HashMap;
 
@@ -18,14 +23,48 @@ use serde_json::Value;
 use super::{Node, NodeError};
 use crate::config::Scope;
 use crate::id::{EntityId, EntityType, Uid, parse_uuid};
+use crate::store::resend::Unsure;
+
+/// Whether a child may receive the body of a change to a record, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    pub(crate) allowed: bool,
+    /// The records whose state decided it.
+    pub(crate) anchors: Vec<EntityId>,
+    /// The records it needed and could not read here (none when decided on full knowledge).
+    pub(crate) missed: Vec<EntityId>,
+    /// A patient-linked record read before the field naming its patient arrived (an edit
+    /// merged without its creation): anchored under itself.
+    pub(crate) unlinked: bool,
+}
+
+impl Verdict {
+    /// What a body withheld from a child under this verdict waits for ([`Unsure`]).
+    pub(crate) fn unsure(&self, entity: &EntityId) -> Vec<Unsure> {
+        let missed = self.missed.iter().map(|m| (m, true));
+        let unlinked = self.unlinked.then_some((entity, false));
+        missed
+            .chain(unlinked)
+            .flat_map(|(m, absent)| {
+                self.anchors.iter().map(move |a| Unsure {
+                    missed: m.key(),
+                    anchor: a.key(),
+                    absent,
+                })
+            })
+            .collect()
+    }
+}
 
 pub(crate) struct ScopeCheck<'a> {
     node: &'a Node,
     scope: &'a Scope,
     /// Patient uuid -> inside the catchment (`None`: no such patient here).
     patients: HashMap<Uid, Option<bool>>,
-    /// Record -> its verdict and anchors, for records changed several times in one fetch.
-    records: HashMap<EntityId, (bool, Vec<EntityId>)>,
+    /// Record -> its verdict, for records changed several times in one fetch.
+    records: HashMap<EntityId, Verdict>,
+    /// The records read as absent while deciding the current verdict.
+    missed: Vec<EntityId>,
     /// Patient-linked records read for a verdict, read once for its anchors too.
     read: HashMap<EntityId, Option<Value>>,
 }
@@ -37,25 +76,28 @@ impl<'a> ScopeCheck<'a> {
             scope,
             patients: HashMap::new(),
             records: HashMap::new(),
+            missed: Vec::new(),
             read: HashMap::new(),
         }
     }
 
-    /// Whether the child may receive the body of a change to `entity`.
-    pub(crate) fn allows(&mut self, entity: &EntityId) -> Result<bool, NodeError> {
-        Ok(self.verdict(entity)?.0)
-    }
-
-    /// Whether the child may receive the body of a change to `entity`, and its anchors.
-    pub(crate) fn verdict(
-        &mut self,
-        entity: &EntityId,
-    ) -> Result<(bool, Vec<EntityId>), NodeError> {
+    /// Whether the child may receive the body of a change to `entity`, its anchors, and what
+    /// the decision missed.
+    pub(crate) fn verdict(&mut self, entity: &EntityId) -> Result<Verdict, NodeError> {
         if let Some(v) = self.records.get(entity) {
             return Ok(v.clone());
         }
+        self.missed.clear();
         let allowed = self.decide(entity)?;
-        let v = (allowed, self.anchors(entity)?);
+        let anchors = self.anchors(entity)?;
+        let mut missed = std::mem::take(&mut self.missed);
+        missed.sort_by_key(EntityId::key);
+        missed.dedup();
+        let unlinked = self.scope.catchment.is_some()
+            && linked_fields(entity.ty).is_some()
+            && anchors == [*entity]
+            && !missed.contains(entity);
+        let v = Verdict { allowed, anchors, missed, unlinked };
         self.records.insert(*entity, v.clone());
         Ok(v)
     }
@@ -67,10 +109,7 @@ impl<'a> ScopeCheck<'a> {
         let fields: &[&str] = match entity.ty {
             _ if self.scope.catchment.is_none() => &[],
             T::Patient | T::Person => return Ok(vec![patient(entity.uuid)]),
-            T::Visit | T::Encounter | T::Condition | T::Allergy | T::Appointment => &["patient"],
-            T::Obs => &["person"],
-            T::Relationship => &["personA", "personB"],
-            _ => &[],
+            ty => linked_fields(ty).unwrap_or(&[]),
         };
         let record = if fields.is_empty() { None } else { self.record(entity)? };
         let mut out: Vec<EntityId> = fields
@@ -138,16 +177,25 @@ impl<'a> ScopeCheck<'a> {
     }
 
     fn record(&mut self, entity: &EntityId) -> Result<Option<Value>, NodeError> {
-        if let Some(v) = self.read.get(entity) {
-            return Ok(v.clone());
+        let v = match self.read.get(entity) {
+            Some(v) => v.clone(),
+            None => {
+                let v = self.node.store.get(entity)?.map(|(json, _)| json);
+                self.read.insert(*entity, v.clone());
+                v
+            }
+        };
+        if v.is_none() {
+            self.missed.push(*entity);
         }
-        let v = self.node.store.get(entity)?.map(|(json, _)| json);
-        self.read.insert(*entity, v.clone());
         Ok(v)
     }
 
     fn patient(&mut self, uuid: Uid) -> Result<Option<bool>, NodeError> {
         if let Some(&v) = self.patients.get(&uuid) {
+            if v.is_none() {
+                self.missed.push(EntityId::new(EntityType::Patient, uuid));
+            }
             return Ok(v);
         }
         let catchment = self.scope.catchment.as_ref();
@@ -160,6 +208,18 @@ impl<'a> ScopeCheck<'a> {
         });
         self.patients.insert(uuid, v);
         Ok(v)
+    }
+}
+
+/// The fields naming the patient (or persons) of a patient-linked record other than a patient
+/// or person (`None`: not patient-linked).
+fn linked_fields(ty: EntityType) -> Option<&'static [&'static str]> {
+    use EntityType as T;
+    match ty {
+        T::Visit | T::Encounter | T::Condition | T::Allergy | T::Appointment => Some(&["patient"]),
+        T::Obs => Some(&["person"]),
+        T::Relationship => Some(&["personA", "personB"]),
+        _ => None,
     }
 }
 

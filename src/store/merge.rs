@@ -136,12 +136,14 @@ pub(crate) fn merge_keys(
     let mut docs = tx.open_table(DOCS)?;
     let bodies = tx.open_table(BODIES)?;
     let mut check = Vec::new();
+    let mut merged = Vec::new();
     let index = tx.open_table(CONFLICT_INDEX)?;
     for (key, result) in results {
         match result {
             Ok(Merged { record, concurrent }) => {
                 docs.insert(key.as_str(), encode(&record).as_slice())?;
                 report.documents += 1;
+                merged.push(key.clone());
                 // Conflicts can only appear where concurrent changes met (several heads, or a
                 // change merging several) and only disappear where some were on record.
                 if record.heads.len() > 1 || concurrent || index.get(key.as_str())?.is_some() {
@@ -170,6 +172,7 @@ pub(crate) fn merge_keys(
         docs.insert(key.as_str(), encode(&record).as_slice())?;
         update_conflicts(tx, &key, &record, time)?;
         report.documents += 1;
+        merged.push(key.clone());
         for (hash, reason) in skipped {
             let kind =
                 EventKind::Unmergeable { entity, reason: format!("change {hash}: {reason}") };
@@ -177,6 +180,9 @@ pub(crate) fn merge_keys(
             report.skipped.push((entity, hash, reason));
         }
     }
+    // Scope verdicts that missed one of these records are taken again (a parent's re-send).
+    drop((docs, bodies));
+    super::resend::wake_unsure(tx, &merged)?;
     Ok(report)
 }
 

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use super::tables::*;
 use super::{Store, StoreError, append_event, corrupt};
@@ -28,6 +28,16 @@ const HASH_MAX: [u8; 32] = [0xff; 32];
 
 /// A body withheld from a child: the anchors its scope follows, its record and its hash.
 pub type WithheldBody = (Vec<String>, EntityId, BodyHash);
+
+/// A verdict taken without a record it needed (`missed`, "type/uuid"): merging that record
+/// here makes `anchor` due again for the child. `absent`: the record was not readable here at
+/// all when the verdict was taken (one merged since then makes the anchor due at once).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unsure {
+    pub missed: String,
+    pub anchor: String,
+    pub absent: bool,
+}
 
 /// A due anchor and the bodies withheld under it (record, body hash).
 pub type DueAnchor = (String, Vec<(EntityId, BodyHash)>);
@@ -48,13 +58,15 @@ pub struct BodiesReport {
 impl Store {
     /// Records the bodies withheld from `child` in one fetch, under each of their anchors, and
     /// marks due each anchor of `sent` (records whose changes travel with their bodies now)
-    /// under which bodies were withheld from `child` before. No write transaction when there
-    /// is nothing to record.
+    /// under which bodies were withheld from `child` before; `unsure` lists the verdicts taken
+    /// without a record they needed ([`Unsure`]). No write transaction when there is nothing
+    /// to record.
     pub fn note_withheld(
         &self,
         child: &NodeId,
         withheld: &[WithheldBody],
         sent: &BTreeSet<String>,
+        unsure: &[Unsure],
     ) -> Result<(), StoreError> {
         let due: Vec<&String> = {
             let tx = self.db.begin_read()?;
@@ -72,7 +84,7 @@ impl Store {
                 }
             }
         };
-        if withheld.is_empty() && due.is_empty() {
+        if withheld.is_empty() && due.is_empty() && unsure.is_empty() {
             return Ok(());
         }
         let tx = self.db.begin_write()?;
@@ -87,6 +99,22 @@ impl Store {
             let mut marks = tx.open_table(RESEND_DUE)?;
             for anchor in due {
                 marks.insert((&child.0, anchor.as_str()), ())?;
+            }
+            let docs = tx.open_table(DOCS)?;
+            let mut waiting = tx.open_table(UNSURE)?;
+            for u in unsure {
+                // Merged since the verdict (by a session running beside this one): due now.
+                let merged = match docs.get(u.missed.as_str())? {
+                    Some(v) if u.absent => {
+                        !super::decode_doc_heads(&u.missed, v.value())?.is_empty()
+                    }
+                    _ => false,
+                };
+                if merged {
+                    marks.insert((&child.0, u.anchor.as_str()), ())?;
+                } else {
+                    waiting.insert((u.missed.as_str(), &child.0, u.anchor.as_str()), ())?;
+                }
             }
         }
         tx.commit()?;
@@ -340,6 +368,27 @@ fn is_change_chunk(body: &[u8]) -> bool {
     }
     let bytes = body.to_vec();
     matches!(std::panic::catch_unwind(|| automerge::Change::from_bytes(bytes)), Ok(Ok(_)))
+}
+
+/// Records were merged (in the transaction `tx`): the verdicts that missed one of them are
+/// taken again, as their anchors become due for their children.
+pub(crate) fn wake_unsure(tx: &redb::WriteTransaction, keys: &[String]) -> Result<(), StoreError> {
+    let mut unsure = tx.open_table(UNSURE)?;
+    if unsure.is_empty()? {
+        return Ok(());
+    }
+    let mut due = tx.open_table(RESEND_DUE)?;
+    for key in keys {
+        let waiting: Vec<([u8; 32], String)> = unsure
+            .range((key.as_str(), &HASH_MIN, "")..=(key.as_str(), &HASH_MAX, "\u{10ffff}"))?
+            .map(|item| item.map(|(k, _)| (*k.value().1, k.value().2.to_string())))
+            .collect::<Result<_, _>>()?;
+        for (child, anchor) in &waiting {
+            due.insert((child, anchor.as_str()), ())?;
+            unsure.remove((key.as_str(), child, anchor.as_str()))?;
+        }
+    }
+    Ok(())
 }
 
 /// A body arrived (in the transaction `tx` stores it): the children that reported it as a hole

@@ -141,6 +141,12 @@ pub const RESEND_DUE: TableDefinition<(&[u8; 32], &str), ()> = TableDefinition::
 pub const AWAITED: TableDefinition<(&[u8; 32], &[u8; 32], &str), ()> =
     TableDefinition::new("awaited-1");
 
+/// `(record "type/uuid", child node id, anchor "type/uuid") -> ()`: a scope verdict on a body
+/// withheld from the child (or re-checked) was taken without this record (not held or not
+/// readable here yet). When a merge here changes the record, the anchor becomes due for the
+/// child and the entry goes. Added in this version; a store without it reads it as empty.
+pub const UNSURE: TableDefinition<(&str, &[u8; 32], &str), ()> = TableDefinition::new("unsure-1");
+
 /// `child node id -> blake3 of its scope (32 B)`: the scope the child's entries were last
 /// checked against; a different one makes every anchor of that child due.
 pub const WITHHELD_SCOPE: TableDefinition<&[u8; 32], &[u8; 32]> =
