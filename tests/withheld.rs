@@ -129,3 +129,42 @@ fn a_body_withheld_while_its_record_was_unreadable_is_resent_once_it_is_readable
     assert_eq!(obs_comment(&b), Some(json!("edited at C")), "B reads what the district reads");
     assert!(district.fetch_bodies(b.id(), &b_scope).expect("fetch").is_empty(), "sent once");
 }
+
+/// Peers leave bodies out for a clinic only when its parent takes over the holes the clinic
+/// reports: a parent of this version marks each child so in its signed roster (`holes`). A
+/// parent of an older version publishes no mark: its children's peers send them whole batches,
+/// as before, and its children report nothing it could not read.
+#[test]
+fn peers_leave_bodies_out_only_for_a_clinic_whose_parent_takes_over_holes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mk = |n: &str| Node::init(&tmp.path().join(n), n).expect("init");
+    let (mut district, mut a, mut b) = (mk("district"), mk("a"), mk("b"));
+    let catchment: BTreeSet<_> = [parse_uuid(CLINIC_B).expect("uuid")].into_iter().collect();
+    let b_scope = Scope { types: None, catchment: Some(catchment) };
+    link(&mut district, &mut a, Scope::default());
+    link(&mut district, &mut b, b_scope.clone());
+    a.config.peers.push(peer(b.id(), Role::Peer, Scope::default()));
+    a.save_config().expect("save");
+    carry(&district, &a, None);
+    carry(&district, &b, None);
+    assert_eq!(a.receiver(b.id()).expect("receiver"), Receiver::ScopedPeer(b_scope.clone()));
+    assert_eq!(b.published_scope(&b.id()).expect("scope"), Some(b_scope.clone()), "reports");
+
+    // The district's roster as an older version wrote it: the same members, no `holes` mark.
+    let roster_id =
+        sitesync::id::EntityId::new(EntityType::Roster, sitesync::id::Uid::of_node(&district.id()));
+    let (mut roster, _) = district.store.get(&roster_id).expect("get").expect("roster");
+    for (_, member) in roster["members"].as_object_mut().expect("members").iter_mut() {
+        member.as_object_mut().expect("member").remove("holes");
+    }
+    let key_text = std::fs::read_to_string(tmp.path().join("district").join("node.key"))
+        .expect("district key");
+    let key = sitesync::identity::Keypair::from_file_text(&key_text).expect("key");
+    let body = roster.as_object().expect("object").clone();
+    let older = sitesync::entity::Record { id: roster_id, body };
+    district.store.put(&key, &[older], 0).expect("older roster");
+    carry(&district, &a, None);
+    assert_eq!(a.receiver(b.id()).expect("receiver"), Receiver::Whole, "whole batches");
+    carry(&district, &b, None);
+    assert_eq!(b.published_scope(&b.id()).expect("scope"), None, "no holes reported");
+}

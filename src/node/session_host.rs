@@ -397,11 +397,15 @@ impl SessionHost {
             node.check_child_scope(peer, scope)?;
         }
         // A child sends its parent the audit entries the parent's copy lacks, and the holes
-        // peers left in its batches.
+        // peers left in its batches if the parent takes them over (its roster says so; an
+        // older parent could not read the message).
         let (audit, holes) = match role {
             Role::Child => (
                 node.store.audit_for_parent(&peer, message::AUDIT_ENTRIES_PER_MESSAGE_MAX)?,
-                node.store.peer_holes(message::HOLES_PER_MESSAGE_MAX)?,
+                match node.published_scope(&node.id())? {
+                    Some(_) => node.store.peer_holes(message::HOLES_PER_MESSAGE_MAX)?,
+                    None => Vec::new(),
+                },
             ),
             _ => (Vec::new(), Vec::new()),
         };

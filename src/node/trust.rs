@@ -172,7 +172,8 @@ impl Node {
     }
 
     /// The scope `node`'s parent gives it, as the first roster in trust order that lists it as
-    /// a child publishes it (`None`: no parent here limits it).
+    /// a child publishes it (`None`: no parent here limits it, or its parent is of a version
+    /// that does not take over holes, so the node must get whole batches).
     pub fn published_scope(
         &self,
         node: &NodeId,
@@ -182,6 +183,9 @@ impl Node {
             let Some((_, entry)) = entries.iter().find(|(m, _)| m == node) else { continue };
             if entry.get("role") != Some(&Value::from("child")) {
                 continue;
+            }
+            if entry.get("holes") != Some(&Value::Bool(true)) {
+                return Ok(None);
             }
             let list = |field: &str| entry.get(field).and_then(Value::as_array).cloned();
             return Ok(Some(crate::config::Scope {
@@ -226,6 +230,12 @@ impl Node {
                     let uuids: Vec<Value> =
                         places.iter().map(|u| Value::from(u.to_string())).collect();
                     m.insert("catchment".into(), Value::Array(uuids));
+                }
+                // This parent takes over the holes the child reports (`Holes`): its peers may
+                // leave bodies out for it. An older parent publishes no such mark, and peers
+                // send its children whole batches, as they did.
+                if p.role == Role::Child {
+                    m.insert("holes".into(), Value::Bool(true));
                 }
                 (p.node_id.to_string(), Value::Object(m))
             })
