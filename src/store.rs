@@ -260,6 +260,24 @@ impl Store {
         Ok(Some((json, doc.conflicts())))
     }
 
+    /// The record as JSON (`None` as for [`Store::get`]) and the heads it was read at (none if
+    /// no change of it is merged here), in one read.
+    pub fn get_with_heads(
+        &self,
+        id: &EntityId,
+    ) -> Result<(Option<serde_json::Value>, Vec<[u8; 32]>), StoreError> {
+        let tx = self.db.begin_read()?;
+        let docs = tx.open_table(DOCS)?;
+        let key = id.key();
+        let Some(v) = docs.get(key.as_str())? else { return Ok((None, Vec::new())) };
+        let rec = decode_doc(&key, v.value())?;
+        if rec.doc.is_empty() {
+            return Ok((None, rec.heads));
+        }
+        let doc = EntityDoc::load(&rec.doc)?;
+        Ok((Some(entity::to_output(id.ty, &doc.to_json())), rec.heads))
+    }
+
     /// The Automerge heads of a record (which fix its content), without loading its document;
     /// `None` if the store holds no merged change of it.
     pub fn heads(&self, id: &EntityId) -> Result<Option<Vec<[u8; 32]>>, StoreError> {

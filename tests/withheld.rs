@@ -168,3 +168,128 @@ fn peers_leave_bodies_out_only_for_a_clinic_whose_parent_takes_over_holes() {
     carry(&district, &b, None);
     assert_eq!(b.published_scope(&b.id()).expect("scope"), None, "no holes reported");
 }
+
+/// A child cannot get a body outside its scope by naming it as a hole of a record inside: the
+/// parent takes over only holes whose body is a change of the record named, and checks again
+/// before it re-sends. (Each hash is one the child holds from a signed manifest, so a false
+/// report would otherwise pass the child's own check.)
+#[test]
+fn a_false_hole_report_gets_a_child_nothing_outside_its_scope() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mk = |n: &str| Node::init(&tmp.path().join(n), n).expect("init");
+    let (mut district, mut a, mut b) = (mk("district"), mk("a"), mk("b"));
+    let catchment: BTreeSet<_> = [parse_uuid(CLINIC_B).expect("uuid")].into_iter().collect();
+    let b_scope = Scope { types: None, catchment: Some(catchment) };
+    link(&mut district, &mut a, Scope::default());
+    link(&mut district, &mut b, b_scope.clone());
+    carry(&district, &a, None);
+    // Clinic A registers a patient of clinic B's area and one of its own.
+    let at = |uuid: &str, location: &str| {
+        json!({"uuid": uuid,
+               "identifiers": [{"uuid": uuid.replace("00000000-", "00000001-"),
+                                "identifier": uuid[30..].to_string(),
+                                "identifierType": "05a29f94-c0ed-11e2-94be-8c13b969e334",
+                                "location": location}],
+               "names": [{"uuid": uuid.replace("00000000-", "00000002-"), "givenName": "G"}],
+               "gender": "F"})
+    };
+    let inside = "00000000-0000-4000-8000-000000000011";
+    let outside = "00000000-0000-4000-8000-000000000022";
+    a.put(EntityType::Patient, &json!([at(inside, CLINIC_B), at(outside, OBS)])).expect("put");
+    carry(&a, &district, Some(&[a.id()]));
+
+    // The district sends B its batches: the outside patient's body withheld.
+    let receiver = district.receiver(b.id()).expect("receiver");
+    let order = district.trust_order().expect("order");
+    let batches = district
+        .fetch_wire(&order, &b.store.vector().expect("v"), b.id(), &receiver)
+        .expect("fetch");
+    let id = |u: &str| sitesync::id::EntityId::new(EntityType::Patient, parse_uuid(u).expect("u"));
+    let hash_of = |uuid: &str| {
+        batches
+            .iter()
+            .flat_map(|w| w.clone().into_parts().0.batch.changes)
+            .find(|c| c.entity == id(uuid))
+            .expect("listed")
+            .body
+    };
+    let (inside_hash, outside_hash) = (hash_of(inside), hash_of(outside));
+    b.apply_wire(district.id(), batches).expect("apply");
+    assert!(b.store.get(&id(outside)).expect("get").is_none(), "withheld from B");
+
+    // B claims the outside patient's body is a hole of the inside patient.
+    let taken = district
+        .take_over_holes(b.id(), &[(id(inside), outside_hash), (id(inside), inside_hash)])
+        .expect("take over");
+    assert_eq!(taken, 1, "only the true report is taken over");
+    let bodies = district.fetch_bodies(b.id(), &b_scope).expect("fetch bodies");
+    assert!(
+        bodies.iter().all(|r| r.hash != outside_hash),
+        "the outside patient's body is not re-sent"
+    );
+    let report = b
+        .receive_bodies(district.id(), bodies.iter().map(|r| r.body.clone()).collect())
+        .expect("receive");
+    assert_eq!(report.stored, 0, "B holds the inside patient already");
+    b.merge_received().expect("merge");
+    assert!(b.store.get(&id(outside)).expect("get").is_none(), "still withheld from B");
+}
+
+/// A body remembered under its own record (unreadable when withheld) whose record turns out to
+/// belong to a patient outside the child's scope is remembered under that patient from then
+/// on: when the patient is transferred into the child's catchment, the body is re-sent.
+#[test]
+fn a_body_first_unreadable_follows_its_patient_into_the_childs_scope() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mk = |n: &str| Node::init(&tmp.path().join(n), n).expect("init");
+    let (mut district, mut a, mut b, mut c) = (mk("district"), mk("a"), mk("b"), mk("c"));
+    let catchment: BTreeSet<_> = [parse_uuid(CLINIC_B).expect("uuid")].into_iter().collect();
+    let b_scope = Scope { types: None, catchment: Some(catchment) };
+    link(&mut district, &mut a, Scope::default());
+    link(&mut district, &mut b, b_scope.clone());
+    link(&mut district, &mut c, Scope::default());
+    for n in [&a, &b, &c] {
+        carry(&district, n, None);
+    }
+    // As in the first test, but the patient is registered elsewhere (outside B's catchment).
+    let elsewhere = "0f0f0f0f-0d5e-4d0e-9a43-2f1b7c0d0b0b";
+    let mut patient = json!({
+        "uuid": PATIENT,
+        "identifiers": [{"uuid": "00000001-0000-4000-8000-000000000001", "identifier": "X-1",
+                         "identifierType": "05a29f94-c0ed-11e2-94be-8c13b969e334",
+                         "location": elsewhere}],
+        "names": [{"uuid": "00000002-0000-4000-8000-000000000001", "givenName": "Grace"}],
+        "gender": "F"
+    });
+    a.put(EntityType::Patient, &patient).expect("put patient");
+    let mut obs = json!({"uuid": OBS, "person": PATIENT,
+                         "concept": "e376a8ae-b11e-4d53-a00d-1bf68b98fdd7",
+                         "obsDatetime": "2024-03-05T08:55:00.000+0300", "valueNumeric": 61.5,
+                         "comment": "created at A", "status": "FINAL", "voided": false});
+    a.put(EntityType::Obs, &obs).expect("put obs");
+    carry(&a, &c, Some(&[a.id()]));
+    obs["comment"] = json!("edited at C");
+    c.put(EntityType::Obs, &obs).expect("edit obs");
+    carry(&c, &district, Some(&[c.id()]));
+    carry(&district, &b, None);
+    carry(&a, &b, Some(&[a.id()]));
+    carry(&a, &district, Some(&[a.id()]));
+    // The district can read the observation now: its patient is outside B's catchment.
+    assert!(district.fetch_bodies(b.id(), &b_scope).expect("fetch").is_empty(), "outside");
+    assert_eq!(obs_comment(&b), Some(json!("created at A")));
+
+    // The district registers the patient at clinic B too (a transfer).
+    patient["identifiers"].as_array_mut().expect("identifiers").push(
+        json!({"uuid": "00000001-0000-4000-8000-000000000002", "identifier": "B-1",
+                     "identifierType": "05a29f94-c0ed-11e2-94be-8c13b969e334",
+                     "location": CLINIC_B}),
+    );
+    district.put(EntityType::Patient, &patient).expect("transfer");
+    carry(&district, &b, None);
+    let bodies = district.fetch_bodies(b.id(), &b_scope).expect("fetch bodies");
+    assert_eq!(bodies.len(), 1, "C's edit is re-sent with the patient");
+    b.receive_bodies(district.id(), bodies.iter().map(|r| r.body.clone()).collect())
+        .expect("receive");
+    b.merge_received().expect("merge");
+    assert_eq!(obs_comment(&b), Some(json!("edited at C")));
+}

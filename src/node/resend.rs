@@ -3,8 +3,10 @@
 //!
 //! A parent remembers each body it withholds from a child under the body's anchors
 //! (`Node::fetch_wire`). An anchor becomes due when a change under it travels to the child with
-//! its body (a transfer: the patient got an identifier at the child's clinic), or when the
-//! child's scope is not the one the entries were last checked against. At the end of each
+//! its body (a transfer: the patient got an identifier at the child's clinic), when a record
+//! a verdict missed is merged here, or when the child's scope is not the one the entries were
+//! last checked against. The holes a child reports (bodies its peers left out) are taken over
+//! the same way. At the end of each
 //! session the parent checks the records of the due anchors against the child's scope as it
 //! stands and sends the bodies now inside it; each is forgotten once the child acknowledged it,
 //! so a cut session sends them again.
@@ -15,7 +17,7 @@ use crate::config::Scope;
 use crate::id::{BodyHash, EntityId, NodeId};
 use crate::protocol::message::{BODIES_BYTES_TARGET, BODIES_PER_MESSAGE_MAX};
 use crate::protocol::session::ResendBody;
-use crate::store::resend::{BodiesReport, Unsure};
+use crate::store::resend::{BodiesReport, Settled};
 
 /// Due anchors read per store transaction while looking for bodies to re-send.
 const DUE_ANCHORS_PER_READ: usize = 256;
@@ -51,8 +53,10 @@ impl Node {
     /// Each is recorded as withheld from the child under its anchors (as if this node had
     /// withheld it itself) and made due, so this round's re-send sends what is inside the
     /// child's scope, and a later one what enters it. A body this node does not hold yet is
-    /// awaited: when it arrives, its anchors become due again. Returns how many items were
-    /// taken over (all of them).
+    /// awaited: when it arrives, its anchors become due again. A body held here that is not a
+    /// change of the record the child names is dropped (a false report could otherwise get a
+    /// child a body outside its scope); the re-send checks the others again before sending.
+    /// Returns how many items were taken over.
     pub fn take_over_holes(
         &self,
         child: NodeId,
@@ -64,27 +68,37 @@ impl Node {
         let mut check = ScopeCheck::new(self, &scope);
         let (mut withheld, mut due, mut awaited, mut unsure) =
             (Vec::new(), std::collections::BTreeSet::new(), Vec::new(), Vec::new());
+        let mut false_reports = 0u64;
         for (entity, hash) in items {
             let verdict = check.verdict(entity)?;
-            unsure.extend(verdict.unsure(entity));
             let anchors: Vec<String> = verdict.anchors.iter().map(EntityId::key).collect();
-            if self.store.body(hash)?.is_none() {
-                awaited.push((*hash, anchors.clone()));
+            match self.store.body(hash)? {
+                None => awaited.push((*hash, anchors.clone())),
+                Some(body) if !self.store.is_change_of(entity, &body)? => {
+                    false_reports += 1;
+                    continue;
+                }
+                Some(_) => {}
             }
+            unsure.extend(verdict.unsure());
             due.extend(anchors.iter().cloned());
             withheld.push((anchors, *entity, *hash));
+        }
+        if false_reports > 0 {
+            tracing::warn!(%child, false_reports, "holes naming a body of another record dropped");
         }
         self.store.note_withheld(&child, &withheld, &Default::default(), &unsure)?;
         self.store.note_withheld(&child, &[], &due, &[])?;
         self.store.await_bodies(&child, &awaited)?;
-        Ok(items.len() as u64)
+        Ok(withheld.len() as u64)
     }
 
     /// The next bodies withheld from `child` that are inside `scope` now, within one `Bodies`
     /// message's limits (none: nothing more to re-send). Due anchors with nothing inside the
-    /// scope stop being due.
+    /// scope stop being due; a body outside it for want of a record waits for that record's
+    /// merge (`unsure-1`), under the anchors its verdict follows now.
     pub fn fetch_bodies(&self, child: NodeId, scope: &Scope) -> Result<Vec<ResendBody>, NodeError> {
-        if self.store.due_withheld(&child, 1)?.is_empty() {
+        if self.store.due_withheld(&child, None, 1)?.is_empty() {
             return Ok(Vec::new());
         }
         // Scope follows the merged records.
@@ -92,44 +106,54 @@ impl Node {
         let mut check = ScopeCheck::new(self, scope);
         let mut out: Vec<ResendBody> = Vec::new();
         let mut bytes = 0;
+        let mut after: Option<String> = None;
         loop {
-            let due = self.store.due_withheld(&child, DUE_ANCHORS_PER_READ)?;
-            if due.is_empty() {
-                return Ok(out);
-            }
-            let (mut idle, mut unsure) = (Vec::new(), Vec::new());
+            let due = self.store.due_withheld(&child, after.as_deref(), DUE_ANCHORS_PER_READ)?;
+            let Some((last, _)) = due.last() else { return Ok(out) };
+            after = Some(last.clone());
+            let mut settled = Settled::default();
+            let mut full = false;
             for (anchor, items) in due {
-                let mut any = false;
+                // Stays due while a body inside the scope is not held here yet, or this
+                // message is full before the anchor is done.
+                let mut keep = false;
                 for (entity, hash) in items {
                     let verdict = check.verdict(&entity)?;
                     if !verdict.allowed {
-                        // Still outside; if only for want of a record, checked again when it
-                        // merges here (under the anchor it is remembered under).
-                        let waits = verdict
-                            .unsure(&entity)
-                            .into_iter()
-                            .map(|u| Unsure { anchor: anchor.clone(), ..u });
-                        unsure.extend(waits);
+                        settled.unsure.extend(verdict.unsure());
+                        let anchors: Vec<String> =
+                            verdict.anchors.iter().map(EntityId::key).collect();
+                        if anchors != [anchor.clone()] {
+                            settled.refile.push((anchors, entity, hash));
+                        }
+                        continue;
+                    }
+                    keep = true;
+                    if full {
                         continue;
                     }
                     let Some(body) = self.store.body(&hash)? else { continue };
-                    let full = out.len() >= BODIES_PER_MESSAGE_MAX
-                        || bytes + body.len() > BODIES_BYTES_TARGET;
-                    if !out.is_empty() && full {
-                        return Ok(out);
+                    if !self.store.is_change_of(&entity, &body)? {
+                        tracing::warn!(%child, "a withheld entry naming a body of another record dropped");
+                        settled.forget.push((anchor.clone(), hash));
+                        continue;
+                    }
+                    if !out.is_empty()
+                        && (out.len() >= BODIES_PER_MESSAGE_MAX
+                            || bytes + body.len() > BODIES_BYTES_TARGET)
+                    {
+                        full = true;
+                        continue;
                     }
                     bytes += body.len();
-                    any = true;
                     out.push(ResendBody { anchor: anchor.clone(), hash, body });
                 }
-                if !any {
-                    idle.push(anchor);
+                if !keep {
+                    settled.idle.push(anchor);
                 }
             }
-            unsure.dedup();
-            self.store.note_withheld(&child, &[], &Default::default(), &unsure)?;
-            self.store.clear_due(&child, &idle)?;
-            if !out.is_empty() {
+            self.store.settle_due(&child, &settled)?;
+            if full || out.len() >= BODIES_PER_MESSAGE_MAX {
                 return Ok(out);
             }
         }

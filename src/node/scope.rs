@@ -31,25 +31,25 @@ pub(crate) struct Verdict {
     pub(crate) allowed: bool,
     /// The records whose state decided it.
     pub(crate) anchors: Vec<EntityId>,
-    /// The records it needed and could not read here (none when decided on full knowledge).
-    pub(crate) missed: Vec<EntityId>,
-    /// A patient-linked record read before the field naming its patient arrived (an edit
-    /// merged without its creation): anchored under itself.
-    pub(crate) unlinked: bool,
+    /// The records it needed and could not read here, with the heads they were read at (none
+    /// when decided on full knowledge). A patient-linked record read before the field naming
+    /// its patient arrived (an edit merged without its creation) is among them: it is
+    /// anchored under itself.
+    pub(crate) missed: Vec<(EntityId, Heads)>,
 }
+
+type Heads = Vec<[u8; 32]>;
 
 impl Verdict {
     /// What a body withheld from a child under this verdict waits for ([`Unsure`]).
-    pub(crate) fn unsure(&self, entity: &EntityId) -> Vec<Unsure> {
-        let missed = self.missed.iter().map(|m| (m, true));
-        let unlinked = self.unlinked.then_some((entity, false));
-        missed
-            .chain(unlinked)
-            .flat_map(|(m, absent)| {
+    pub(crate) fn unsure(&self) -> Vec<Unsure> {
+        self.missed
+            .iter()
+            .flat_map(|(m, heads)| {
                 self.anchors.iter().map(move |a| Unsure {
                     missed: m.key(),
                     anchor: a.key(),
-                    absent,
+                    heads: heads.clone(),
                 })
             })
             .collect()
@@ -64,9 +64,9 @@ pub(crate) struct ScopeCheck<'a> {
     /// Record -> its verdict, for records changed several times in one fetch.
     records: HashMap<EntityId, Verdict>,
     /// The records read as absent while deciding the current verdict.
-    missed: Vec<EntityId>,
-    /// Patient-linked records read for a verdict, read once for its anchors too.
-    read: HashMap<EntityId, Option<Value>>,
+    missed: Vec<(EntityId, Heads)>,
+    /// Records read for a verdict (read once for its anchors too), with the heads read at.
+    read: HashMap<EntityId, (Option<Value>, Heads)>,
 }
 
 impl<'a> ScopeCheck<'a> {
@@ -91,13 +91,15 @@ impl<'a> ScopeCheck<'a> {
         let allowed = self.decide(entity)?;
         let anchors = self.anchors(entity)?;
         let mut missed = std::mem::take(&mut self.missed);
-        missed.sort_by_key(EntityId::key);
-        missed.dedup();
         let unlinked = self.scope.catchment.is_some()
             && linked_fields(entity.ty).is_some()
-            && anchors == [*entity]
-            && !missed.contains(entity);
-        let v = Verdict { allowed, anchors, missed, unlinked };
+            && anchors == [*entity];
+        if unlinked && let Some((_, heads)) = self.read.get(entity) {
+            missed.push((*entity, heads.clone()));
+        }
+        missed.sort_by_key(|(m, _)| m.key());
+        missed.dedup_by(|a, b| a.0 == b.0);
+        let v = Verdict { allowed, anchors, missed };
         self.records.insert(*entity, v.clone());
         Ok(v)
     }
@@ -177,16 +179,16 @@ impl<'a> ScopeCheck<'a> {
     }
 
     fn record(&mut self, entity: &EntityId) -> Result<Option<Value>, NodeError> {
-        let v = match self.read.get(entity) {
+        let (v, heads) = match self.read.get(entity) {
             Some(v) => v.clone(),
             None => {
-                let v = self.node.store.get(entity)?.map(|(json, _)| json);
+                let v = self.node.store.get_with_heads(entity)?;
                 self.read.insert(*entity, v.clone());
                 v
             }
         };
         if v.is_none() {
-            self.missed.push(*entity);
+            self.missed.push((*entity, heads));
         }
         Ok(v)
     }
@@ -194,7 +196,9 @@ impl<'a> ScopeCheck<'a> {
     fn patient(&mut self, uuid: Uid) -> Result<Option<bool>, NodeError> {
         if let Some(&v) = self.patients.get(&uuid) {
             if v.is_none() {
-                self.missed.push(EntityId::new(EntityType::Patient, uuid));
+                let id = EntityId::new(EntityType::Patient, uuid);
+                let heads = self.read.get(&id).map(|(_, h)| h.clone()).unwrap_or_default();
+                self.missed.push((id, heads));
             }
             return Ok(v);
         }

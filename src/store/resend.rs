@@ -30,13 +30,30 @@ const HASH_MAX: [u8; 32] = [0xff; 32];
 pub type WithheldBody = (Vec<String>, EntityId, BodyHash);
 
 /// A verdict taken without a record it needed (`missed`, "type/uuid"): merging that record
-/// here makes `anchor` due again for the child. `absent`: the record was not readable here at
-/// all when the verdict was taken (one merged since then makes the anchor due at once).
+/// here makes `anchor` due again for the child. `heads`: the record's heads when the verdict
+/// was taken (none: not readable here at all); if they differ when the verdict is recorded, a
+/// merge came in between and the anchor is due at once.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unsure {
     pub missed: String,
     pub anchor: String,
-    pub absent: bool,
+    pub heads: Vec<[u8; 32]>,
+}
+
+/// What one pass over a child's due anchors decided ([`Store::settle_due`]).
+#[derive(Clone, Debug, Default)]
+pub struct Settled {
+    /// Anchors with nothing inside the scope now: no longer due (unless a merge since says
+    /// otherwise).
+    pub idle: Vec<String>,
+    /// Verdicts that missed a record.
+    pub unsure: Vec<Unsure>,
+    /// Bodies outside the scope whose verdict follows other anchors than the one they are
+    /// remembered under: remembered under those too.
+    pub refile: Vec<WithheldBody>,
+    /// Entries whose body is not a change of the record they name (a child's false report):
+    /// forgotten.
+    pub forget: Vec<(String, BodyHash)>,
 }
 
 /// A due anchor and the bodies withheld under it (record, body hash).
@@ -100,21 +117,8 @@ impl Store {
             for anchor in due {
                 marks.insert((&child.0, anchor.as_str()), ())?;
             }
-            let docs = tx.open_table(DOCS)?;
-            let mut waiting = tx.open_table(UNSURE)?;
-            for u in unsure {
-                // Merged since the verdict (by a session running beside this one): due now.
-                let merged = match docs.get(u.missed.as_str())? {
-                    Some(v) if u.absent => {
-                        !super::decode_doc_heads(&u.missed, v.value())?.is_empty()
-                    }
-                    _ => false,
-                };
-                if merged {
-                    marks.insert((&child.0, u.anchor.as_str()), ())?;
-                } else {
-                    waiting.insert((u.missed.as_str(), &child.0, u.anchor.as_str()), ())?;
-                }
+            for anchor in note_unsure(&tx, child, unsure)? {
+                marks.insert((&child.0, anchor.as_str()), ())?;
             }
         }
         tx.commit()?;
@@ -164,8 +168,14 @@ impl Store {
         Ok(count)
     }
 
-    /// At most `max` due anchors of `child`, each with the bodies withheld under it.
-    pub fn due_withheld(&self, child: &NodeId, max: usize) -> Result<Vec<DueAnchor>, StoreError> {
+    /// At most `max` due anchors of `child` after `after` (from the first if `None`), each
+    /// with the bodies withheld under it.
+    pub fn due_withheld(
+        &self,
+        child: &NodeId,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<DueAnchor>, StoreError> {
         let tx = self.db.begin_read()?;
         let (marks, table) = match (tx.open_table(RESEND_DUE), tx.open_table(WITHHELD_FOR)) {
             (Ok(m), Ok(t)) => (m, t),
@@ -174,11 +184,14 @@ impl Store {
             (Err(e), _) | (_, Err(e)) => return Err(e.into()),
         };
         let mut out = Vec::new();
-        for item in marks.range((&child.0, "")..)? {
+        for item in marks.range((&child.0, after.unwrap_or(""))..)? {
             let (k, _) = item?;
             let (node, anchor) = k.value();
             if node != &child.0 || out.len() >= max {
                 break;
+            }
+            if Some(anchor) == after {
+                continue;
             }
             let mut items = Vec::new();
             for e in table.range((&child.0, anchor, &HASH_MIN)..=(&child.0, anchor, &HASH_MAX))? {
@@ -201,20 +214,73 @@ impl Store {
         Ok(bodies.get(&hash.0)?.map(|v| v.value().to_vec()))
     }
 
-    /// These anchors of `child` need no check before something changes again.
-    pub fn clear_due(&self, child: &NodeId, anchors: &[String]) -> Result<(), StoreError> {
-        if anchors.is_empty() {
+    /// Records, in one transaction, what a pass over `child`'s due anchors decided
+    /// ([`Settled`]): idle anchors stop being due, unless a record one of their verdicts missed
+    /// was merged since (then they stay due, as a merge after this transaction would make them).
+    pub fn settle_due(&self, child: &NodeId, settled: &Settled) -> Result<(), StoreError> {
+        let Settled { idle, unsure, refile, forget } = settled;
+        if idle.is_empty() && unsure.is_empty() && refile.is_empty() && forget.is_empty() {
             return Ok(());
         }
         let tx = self.db.begin_write()?;
         {
+            let mut table = tx.open_table(WITHHELD_FOR)?;
+            for (anchors, entity, hash) in refile {
+                let key = entity.key();
+                for anchor in anchors {
+                    table.insert((&child.0, anchor.as_str(), &hash.0), key.as_str())?;
+                }
+            }
+            for (anchor, hash) in forget {
+                table.remove((&child.0, anchor.as_str(), &hash.0))?;
+            }
+            let changed: BTreeSet<String> = note_unsure(&tx, child, unsure)?.into_iter().collect();
             let mut marks = tx.open_table(RESEND_DUE)?;
-            for anchor in anchors {
-                marks.remove((&child.0, anchor.as_str()))?;
+            for anchor in idle {
+                if !changed.contains(anchor) {
+                    marks.remove((&child.0, anchor.as_str()))?;
+                }
+            }
+            for anchor in &changed {
+                marks.insert((&child.0, anchor.as_str()), ())?;
             }
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Whether `body` is a change of `entity` here: merged into its document, queued in it, or
+    /// received and not merged yet (one read transaction, so a merge cannot fall in between).
+    pub fn is_change_of(&self, entity: &EntityId, body: &[u8]) -> Result<bool, StoreError> {
+        let hash = BodyHash::of(body);
+        let key = entity.key();
+        let tx = self.db.begin_read()?;
+        if let Ok(dirty) = tx.open_table(DIRTY)
+            && let Some(list) = dirty.get(key.as_str())?
+        {
+            let fresh: Vec<BodyHash> = postcard::from_bytes(list.value())
+                .map_err(|e| corrupt(format!("dirty list {key}"), e))?;
+            if fresh.contains(&hash) {
+                return Ok(true);
+            }
+        }
+        let docs = tx.open_table(DOCS)?;
+        let Some(v) = docs.get(key.as_str())? else { return Ok(false) };
+        let rec = super::decode_doc(&key, v.value())?;
+        if rec.queued.contains(&hash) {
+            return Ok(true);
+        }
+        if rec.doc.is_empty() || !is_change_chunk(body) {
+            return Ok(false);
+        }
+        let bytes = body.to_vec();
+        let Ok(Ok(change)) = std::panic::catch_unwind(|| automerge::Change::from_bytes(bytes))
+        else {
+            return Ok(false);
+        };
+        let doc = automerge::Automerge::load(&rec.doc)
+            .map_err(|e| corrupt(format!("document {key}"), e))?;
+        Ok(automerge::ReadDoc::get_change_by_hash(&doc, &change.hash()).is_some())
     }
 
     /// `child` acknowledged these re-sent bodies: they are no longer withheld from it. An
@@ -368,6 +434,33 @@ fn is_change_chunk(body: &[u8]) -> bool {
     }
     let bytes = body.to_vec();
     matches!(std::panic::catch_unwind(|| automerge::Change::from_bytes(bytes)), Ok(Ok(_)))
+}
+
+/// Records the verdicts that missed a record (in `tx`); returns the anchors whose missed
+/// record was merged since the verdict (they are due now, not waiting).
+fn note_unsure(
+    tx: &redb::WriteTransaction,
+    child: &NodeId,
+    unsure: &[Unsure],
+) -> Result<Vec<String>, StoreError> {
+    let mut changed = Vec::new();
+    if unsure.is_empty() {
+        return Ok(changed);
+    }
+    let docs = tx.open_table(DOCS)?;
+    let mut waiting = tx.open_table(UNSURE)?;
+    for u in unsure {
+        let heads = match docs.get(u.missed.as_str())? {
+            Some(v) => super::decode_doc_heads(&u.missed, v.value())?,
+            None => Vec::new(),
+        };
+        if heads != u.heads {
+            changed.push(u.anchor.clone());
+        } else {
+            waiting.insert((u.missed.as_str(), &child.0, u.anchor.as_str()), ())?;
+        }
+    }
+    Ok(changed)
 }
 
 /// Records were merged (in the transaction `tx`): the verdicts that missed one of them are
