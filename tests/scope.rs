@@ -4,6 +4,8 @@
 
 mod net;
 
+mod admin;
+
 use std::time::Duration;
 
 use net::*;
@@ -279,13 +281,20 @@ fn a_record_outside_a_childs_types_is_held_back_and_the_rest_arrives() {
     for p in &later {
         child.put("patient", p);
     }
-    let _servers = [national.serve(), parent.serve(), child.serve()];
+    // The district (with its admin view) holds the national roster before the child's round.
+    let national_serve = national.serve();
+    let (parent_serve, base) = admin::serve_admin(&parent);
+    let ready =
+        wait_for(WAIT_MAX, || (seq_of_node(&parent.status(), &national.id) > 0).then_some(()));
+    assert!(ready.is_some(), "the district syncs with national:\n{}", parent.status());
+    let _servers = [national_serve, parent_serve, child.serve()];
     let arrived =
         wait_for(WAIT_MAX, || later.iter().all(|p| holds(&parent, "patient", p)).then_some(()));
     assert!(arrived.is_some(), "the 5 patients reach the parent:\n{}", parent.status());
     let relayed = wait_for(WAIT_MAX, || {
         let all = later.iter().all(|p| holds(&national, "patient", p));
-        (all && vector(&national) == vector(&child)).then_some(())
+        let (n, c) = (national.status(), child.status());
+        (all && seq_of_node(&n, &child.id) == seq_of_node(&c, &child.id)).then_some(())
     });
     assert!(relayed.is_some(), "and its parent:\n{}\n{}", national.status(), parent.status());
     assert_eq!(national.ok(&["list", "visit"]), "", "the visit travels nowhere");
@@ -303,6 +312,14 @@ fn a_record_outside_a_childs_types_is_held_back_and_the_rest_arrives() {
     assert!(held["reason"].as_str().is_some_and(|r| r.contains("outside")), "{held}");
     let log = parent.ok(&["audit", "list", "--limit", "1000"]);
     assert!(log.contains("held back") && log.contains("visit/"), "{log}");
+    // And in the web view, with the reason.
+    let mut web = admin::Http::new(&base);
+    web.login(&admin::token(&parent));
+    let page = web.get("/failures").text();
+    assert!(
+        page.contains("held back") && page.contains("outside what this node may push"),
+        "{page}"
+    );
     let id = held["id"].as_str().expect("id");
     let r = parent.run(&["retry", id]);
     assert_eq!(r.code, Some(2), "nothing to retry: {}", r.describe());
