@@ -33,7 +33,7 @@ pub enum Receiver {
 /// author's push types, which its author's parent holds back and which travels nowhere.
 pub(super) struct HoleRule {
     pub(super) from_parent: bool,
-    /// From a peer, while this node's parent takes over the holes it reports.
+    /// From a peer, while this node has a parent to report the holes to.
     pub(super) from_reporting_peer: bool,
     pub(super) limits: PushLimits,
 }
@@ -188,12 +188,13 @@ impl Node {
     ) -> Result<(Vector, ApplyReport, usize), NodeError> {
         let trust = self.trust_set()?;
         let peer = self.config.peers.iter().find(|p| p.node_id == from);
-        // A peer may leave bodies out only if this node reports them to a parent that takes
-        // them over (the parent's roster says so: the rule the peer itself follows).
-        let from_peer = peer.is_some_and(|p| p.role == Role::Peer);
+        // A peer may leave bodies out when this node has a parent to report them to. (The peer
+        // does so only when it holds that parent's roster with the `holes` mark; this node may
+        // not hold it yet, early on, and reports the holes once it does.)
+        let has_parent = self.config.peers.iter().any(|p| p.role == Role::Parent);
         let rule = HoleRule {
             from_parent: peer.is_some_and(|p| p.role == Role::Parent),
-            from_reporting_peer: from_peer && self.published_scope(&self.id())?.is_some(),
+            from_reporting_peer: has_parent && peer.is_some_and(|p| p.role == Role::Peer),
             limits: self.push_limits()?,
         };
         let (mut verified, mut refused) = (Vec::with_capacity(batches.len()), Vec::new());

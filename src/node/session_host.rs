@@ -402,9 +402,9 @@ impl SessionHost {
         let (audit, holes) = match role {
             Role::Child => (
                 node.store.audit_for_parent(&peer, message::AUDIT_ENTRIES_PER_MESSAGE_MAX)?,
-                match node.published_scope(&node.id())? {
-                    Some(_) => node.store.peer_holes(message::HOLES_PER_MESSAGE_MAX)?,
-                    None => Vec::new(),
+                match node.parent_takes_over_holes()? {
+                    true => node.store.peer_holes(message::HOLES_PER_MESSAGE_MAX)?,
+                    false => Vec::new(),
                 },
             ),
             _ => (Vec::new(), Vec::new()),

@@ -199,6 +199,24 @@ impl Node {
         Ok(None)
     }
 
+    /// Whether this node's parent takes over the holes it reports: the parent's roster, as
+    /// held here, lists this node as a child with the `holes` mark (an older parent's does
+    /// not, and could not read a `Holes` message).
+    pub fn parent_takes_over_holes(&self) -> Result<bool, NodeError> {
+        for parent in self.config.peers.iter().filter(|p| p.role == Role::Parent) {
+            let entries = self.roster_entries(&parent.node_id)?;
+            let marked = entries.iter().any(|(m, entry)| {
+                *m == self.id()
+                    && entry.get("role") == Some(&Value::from("child"))
+                    && entry.get("holes") == Some(&Value::Bool(true))
+            });
+            if marked {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Writes this node's roster from its config: every configured peer with its role, and the
     /// nodes of `[[trust]]`. Only a change when the config changed.
     pub fn publish_roster(&self) -> Result<bool, NodeError> {
