@@ -59,6 +59,45 @@ fn obs_comment(n: &Node) -> Option<Value> {
     n.store.get(&id).expect("get").map(|(json, _)| json["comment"].clone())
 }
 
+/// A patient `uuid` with one identifier `identifier`, issued at `location`.
+fn patient_at(uuid: &str, identifier: &str, location: &str) -> Value {
+    json!({"uuid": uuid,
+           "identifiers": [{"uuid": uuid.replacen("00000000-", "00000001-", 1),
+                            "identifier": identifier,
+                            "identifierType": "05a29f94-c0ed-11e2-94be-8c13b969e334",
+                            "location": location}],
+           "names": [{"uuid": uuid.replacen("00000000-", "00000002-", 1), "givenName": "Grace"}],
+           "gender": "F"})
+}
+
+/// Clinic A registers `patient` and an observation of it; clinic C gets both from A (a peer
+/// link) and edits the observation. The district hears from C first, with C's batches only:
+/// it holds the edit, not the observation it edits, so it cannot tell whose it is and
+/// withholds it from clinic B. Then B gets A's records from A directly, and the district gets
+/// them too: from here on, no change of the observation travels from the district to B.
+fn edit_arrives_before_its_creation(
+    district: &Node,
+    a: &Node,
+    b: &Node,
+    c: &Node,
+    patient: &Value,
+) {
+    a.put(EntityType::Patient, patient).expect("put patient");
+    let mut obs = json!({"uuid": OBS, "person": PATIENT,
+                         "concept": "e376a8ae-b11e-4d53-a00d-1bf68b98fdd7",
+                         "obsDatetime": "2024-03-05T08:55:00.000+0300", "valueNumeric": 61.5,
+                         "comment": "created at A", "status": "FINAL", "voided": false});
+    a.put(EntityType::Obs, &obs).expect("put obs");
+    carry(a, c, Some(&[a.id()]));
+    obs["comment"] = json!("edited at C");
+    c.put(EntityType::Obs, &obs).expect("edit obs");
+    carry(c, district, Some(&[c.id()]));
+    assert_eq!(obs_comment(district), None, "the district cannot read the observation yet");
+    carry(district, b, None);
+    carry(a, b, Some(&[a.id()]));
+    carry(a, district, Some(&[a.id()]));
+}
+
 #[test]
 fn a_body_withheld_while_its_record_was_unreadable_is_resent_once_it_is_readable() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -74,35 +113,9 @@ fn a_body_withheld_while_its_record_was_unreadable_is_resent_once_it_is_readable
         carry(&district, n, None);
     }
 
-    // Clinic A registers a patient of clinic B's area and an observation of it.
-    let patient = json!({
-        "uuid": PATIENT,
-        "identifiers": [{"uuid": "00000001-0000-4000-8000-000000000001", "identifier": "B-1",
-                         "identifierType": "05a29f94-c0ed-11e2-94be-8c13b969e334",
-                         "location": CLINIC_B}],
-        "names": [{"uuid": "00000002-0000-4000-8000-000000000001", "givenName": "Grace"}],
-        "gender": "F"
-    });
-    a.put(EntityType::Patient, &patient).expect("put patient");
-    let mut obs = json!({"uuid": OBS, "person": PATIENT,
-                         "concept": "e376a8ae-b11e-4d53-a00d-1bf68b98fdd7",
-                         "obsDatetime": "2024-03-05T08:55:00.000+0300", "valueNumeric": 61.5,
-                         "comment": "created at A", "status": "FINAL", "voided": false});
-    a.put(EntityType::Obs, &obs).expect("put obs");
-    // Clinic C gets them from A (a peer link) and edits the observation.
-    carry(&a, &c, Some(&[a.id()]));
-    obs["comment"] = json!("edited at C");
-    c.put(EntityType::Obs, &obs).expect("edit obs");
-
-    // The district hears from C first, with C's batches only: it holds the edit, not the
-    // observation it edits, so it cannot tell whose it is and withholds it from clinic B.
-    carry(&c, &district, Some(&[c.id()]));
-    assert_eq!(obs_comment(&district), None, "the district cannot read the observation yet");
-    carry(&district, &b, None);
-    // Clinic B gets A's records from A directly (inside its catchment), and the district gets
-    // them too: from here on, no change of the observation travels from the district to B.
-    carry(&a, &b, Some(&[a.id()]));
-    carry(&a, &district, Some(&[a.id()]));
+    // Clinic A registers a patient of clinic B's area.
+    let patient = patient_at(PATIENT, "B-1", CLINIC_B);
+    edit_arrives_before_its_creation(&district, &a, &b, &c, &patient);
     assert_eq!(obs_comment(&district), Some(json!("edited at C")));
     assert_eq!(obs_comment(&b), Some(json!("created at A")), "B lacks C's edit");
     let receiver = district.receiver(b.id()).expect("receiver");
@@ -184,18 +197,10 @@ fn a_false_hole_report_gets_a_child_nothing_outside_its_scope() {
     link(&mut district, &mut b, b_scope.clone());
     carry(&district, &a, None);
     // Clinic A registers a patient of clinic B's area and one of its own.
-    let at = |uuid: &str, location: &str| {
-        json!({"uuid": uuid,
-               "identifiers": [{"uuid": uuid.replace("00000000-", "00000001-"),
-                                "identifier": uuid[30..].to_string(),
-                                "identifierType": "05a29f94-c0ed-11e2-94be-8c13b969e334",
-                                "location": location}],
-               "names": [{"uuid": uuid.replace("00000000-", "00000002-"), "givenName": "G"}],
-               "gender": "F"})
-    };
     let inside = "00000000-0000-4000-8000-000000000011";
     let outside = "00000000-0000-4000-8000-000000000022";
-    a.put(EntityType::Patient, &json!([at(inside, CLINIC_B), at(outside, OBS)])).expect("put");
+    let both = json!([patient_at(inside, "I-1", CLINIC_B), patient_at(outside, "O-1", OBS)]);
+    a.put(EntityType::Patient, &both).expect("put");
     carry(&a, &district, Some(&[a.id()]));
 
     // The district sends B its batches: the outside patient's body withheld.
@@ -253,27 +258,8 @@ fn a_body_first_unreadable_follows_its_patient_into_the_childs_scope() {
     }
     // As in the first test, but the patient is registered elsewhere (outside B's catchment).
     let elsewhere = "0f0f0f0f-0d5e-4d0e-9a43-2f1b7c0d0b0b";
-    let mut patient = json!({
-        "uuid": PATIENT,
-        "identifiers": [{"uuid": "00000001-0000-4000-8000-000000000001", "identifier": "X-1",
-                         "identifierType": "05a29f94-c0ed-11e2-94be-8c13b969e334",
-                         "location": elsewhere}],
-        "names": [{"uuid": "00000002-0000-4000-8000-000000000001", "givenName": "Grace"}],
-        "gender": "F"
-    });
-    a.put(EntityType::Patient, &patient).expect("put patient");
-    let mut obs = json!({"uuid": OBS, "person": PATIENT,
-                         "concept": "e376a8ae-b11e-4d53-a00d-1bf68b98fdd7",
-                         "obsDatetime": "2024-03-05T08:55:00.000+0300", "valueNumeric": 61.5,
-                         "comment": "created at A", "status": "FINAL", "voided": false});
-    a.put(EntityType::Obs, &obs).expect("put obs");
-    carry(&a, &c, Some(&[a.id()]));
-    obs["comment"] = json!("edited at C");
-    c.put(EntityType::Obs, &obs).expect("edit obs");
-    carry(&c, &district, Some(&[c.id()]));
-    carry(&district, &b, None);
-    carry(&a, &b, Some(&[a.id()]));
-    carry(&a, &district, Some(&[a.id()]));
+    let mut patient = patient_at(PATIENT, "X-1", elsewhere);
+    edit_arrives_before_its_creation(&district, &a, &b, &c, &patient);
     // The district can read the observation now: its patient is outside B's catchment.
     assert!(district.fetch_bodies(b.id(), &b_scope).expect("fetch").is_empty(), "outside");
     assert_eq!(obs_comment(&b), Some(json!("created at A")));

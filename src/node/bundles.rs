@@ -59,22 +59,12 @@ impl Node {
         // bodies this node does not hold (withheld by its parent); the receiver gets the rest
         // from a node that holds them. A record held back (outside its author's push types)
         // travels nowhere: its absent body does not stop the batch.
-        let rule = HoleRule {
-            from_parent: false,
-            from_reporting_peer: false,
-            limits: self.push_limits()?,
-        };
+        let rule = HoleRule::held_back_only(self.push_limits()?);
         let mut stopped: std::collections::BTreeSet<crate::id::AuthorId> = Default::default();
         self.store.export_in_order::<NodeError>(&order, since, |signed, mut bodies| {
             let author = signed.author();
             rule.hold_back(author, &signed.batch.changes, &mut bodies);
-            let lacks = signed
-                .batch
-                .changes
-                .iter()
-                .zip(&bodies)
-                .any(|(c, b)| b.is_empty() && !rule.held_back(&author.node, &c.entity));
-            if stopped.contains(&author) || lacks {
+            if stopped.contains(&author) || rule.lacks(author, &signed.batch.changes, &bodies) {
                 stopped.insert(signed.author());
                 report.withheld_batches += 1;
                 return Ok(true);
@@ -118,11 +108,7 @@ impl Node {
             ..ImportReport::default()
         };
         let mut trust = self.trust_set()?;
-        let mut rule = HoleRule {
-            from_parent: false,
-            from_reporting_peer: false,
-            limits: self.push_limits()?,
-        };
+        let mut rule = HoleRule::held_back_only(self.push_limits()?);
         let mut held = Vec::new();
         let mut chunk: Vec<VerifiedBatch> = Vec::new();
         // Batches of authors not trusted yet: a roster earlier in the bundle may vouch for them

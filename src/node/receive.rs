@@ -39,6 +39,26 @@ pub(super) struct HoleRule {
 }
 
 impl HoleRule {
+    /// The rule for batches whose sender is neither this node's parent nor a reporting peer
+    /// (a bundle, or what this node itself sends): held-back records only.
+    pub(super) fn held_back_only(limits: PushLimits) -> Self {
+        HoleRule { from_parent: false, from_reporting_peer: false, limits }
+    }
+
+    /// Whether a batch's `bodies` (held-back ones cleared) lack a body that is not held back:
+    /// one withheld from this node, which it cannot pass on.
+    pub(super) fn lacks(
+        &self,
+        author: AuthorId,
+        changes: &[ChangeRef],
+        bodies: &[Vec<u8>],
+    ) -> bool {
+        changes
+            .iter()
+            .zip(bodies)
+            .any(|(c, b)| b.is_empty() && !self.held_back(&author.node, &c.entity))
+    }
+
     /// Whether `entity`, written by `author`, is outside what its author may push.
     pub(super) fn held_back(&self, author: &NodeId, entity: &EntityId) -> bool {
         entity.ty != EntityType::Roster
@@ -138,11 +158,7 @@ impl Node {
         after: &Vector,
         holes: bool,
     ) -> Result<Vec<crate::store::BatchWithBodies>, NodeError> {
-        let rule = HoleRule {
-            from_parent: false,
-            from_reporting_peer: false,
-            limits: self.push_limits()?,
-        };
+        let rule = HoleRule::held_back_only(self.push_limits()?);
         let mut after = after.clone();
         loop {
             let fetched = self.store.fetch_after(
@@ -158,13 +174,7 @@ impl Node {
                     continue;
                 }
                 rule.hold_back(author, &signed.batch.changes, &mut bodies);
-                let lacks = signed
-                    .batch
-                    .changes
-                    .iter()
-                    .zip(&bodies)
-                    .any(|(c, b)| b.is_empty() && !rule.held_back(&author.node, &c.entity));
-                if lacks && !holes {
+                if !holes && rule.lacks(author, &signed.batch.changes, &bodies) {
                     after.0.insert(author, u64::MAX);
                     stopped = true;
                     continue;
