@@ -409,3 +409,49 @@ fn peers_under_catchments_exchange_what_both_may_hold() {
     }
     drop((srv_a, srv_b));
 }
+
+/// Two clinics that have never reached their district meet as peers first: neither knows yet
+/// what the other may hold, so neither sends the other a record (before, each sent whole
+/// batches and a patient outside the other's catchment stayed there for good). Once the
+/// district's roster arrives, what both may hold flows and the rest stays out.
+#[test]
+fn a_clinic_that_has_not_heard_from_its_parent_sends_its_peer_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (parent, a, b, _pp, loc_a, loc_b) = district_and_two_clinics(tmp.path());
+    let (la, lb) = (loc_a["uuid"].as_str().expect("a"), loc_b["uuid"].as_str().expect("b"));
+    let bp = addr(free_port());
+    b.network(Some(&bp), 1);
+    a.peer_add(&b, "peer", Some(&bp));
+    b.peer_add(&a, "peer", None);
+    let own = patient_at("own", &[la]);
+    let shared = patient_at("shared", &[la, lb]);
+    a.put("patient", &json!([own, shared]));
+
+    // The district has never run: the peers meet, and nothing of A's reaches B.
+    let (srv_a, srv_b) = (a.serve(), b.serve());
+    let met = wait_for(WAIT_MAX, || {
+        let s = a.status();
+        let link = peer_entry(&s, &b.id);
+        (!link["last_success"].is_null()).then_some(())
+    });
+    assert!(met.is_some(), "A and B had a session:\n{}", a.status());
+    assert!(!holds(&b, "patient", &own), "A sent B a patient outside B's catchment");
+    assert!(!holds(&b, "patient", &shared), "A sent B a record before knowing B's scope");
+
+    // The district comes up: the shared patient reaches B, A's own never does.
+    parent.put("location", &json!([loc_a, loc_b]));
+    let _district = parent.serve();
+    let arrived = wait_for(WAIT_MAX, || holds(&b, "patient", &shared).then_some(()));
+    assert!(arrived.is_some(), "B gets the shared patient:\n{}\n{}", b.status(), a.status());
+    let settled = wait_for(WAIT_MAX, || (vector(&b) == vector(&parent)).then_some(()));
+    assert!(settled.is_some(), "B caught up:\n{}\n{}", b.status(), parent.status());
+    assert!(!holds(&b, "patient", &own), "still outside B's catchment");
+    for n in [&a, &b] {
+        let s = n.status();
+        for p in s["peers"].as_array().expect("peers") {
+            let e = p["last_error"].as_str().unwrap_or("");
+            assert!(!e.contains("Forbidden"), "{}: {p}", n.name);
+        }
+    }
+    drop((srv_a, srv_b));
+}

@@ -26,6 +26,11 @@ pub enum Receiver {
     ScopedPeer(Scope),
     /// Anyone else (this node's parent; a peer under no parent's scope): whole batches only.
     Whole,
+    /// A peer, while this node has not yet heard from its own parent (it holds no roster of
+    /// it): nothing. This node cannot tell yet whether the parent limits what the peer may
+    /// hold, and a body sent by mistake cannot be taken back. The peer's batches still come
+    /// in, and the parent's roster, relayed by any peer, opens the way.
+    NotYet,
 }
 
 /// The absent bodies a node accepts in a batch ([`Holes`]): any from its parent, which
@@ -102,11 +107,14 @@ impl Node {
         peer: NodeId,
         to: &Receiver,
     ) -> Result<Vec<WireBatch>, NodeError> {
+        if *to == Receiver::NotYet {
+            return Ok(Vec::new());
+        }
         let batches = self.fetch_whole(order, after, !matches!(to, Receiver::Whole))?;
         let (scope, child) = match to {
             Receiver::Child(s) => (s, true),
             Receiver::ScopedPeer(s) => (s, false),
-            Receiver::Whole => (&Scope::default(), false),
+            Receiver::Whole | Receiver::NotYet => (&Scope::default(), false),
         };
         if scope.is_everything() {
             return Ok(batches.into_iter().map(|(b, bodies)| WireBatch::new(b, bodies)).collect());

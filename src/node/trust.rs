@@ -158,17 +158,35 @@ impl Node {
     }
 
     /// What `peer`'s batches may leave out: a child's scope is this node's config; a peer's is
-    /// the one its own parent publishes, if any.
+    /// the one its own parent publishes, if any. Nothing goes to a peer whose scope is
+    /// unknown while this node has not heard from its own parent yet ([`Receiver::NotYet`]).
     pub fn receiver(&self, peer: NodeId) -> Result<super::Receiver, NodeError> {
         use super::Receiver;
         let Some(entry) = self.config.peer(&peer) else { return Ok(Receiver::Whole) };
         Ok(match entry.role {
             Role::Child => Receiver::Child(entry.scope.clone()),
-            Role::Peer => {
-                self.published_scope(&peer)?.map_or(Receiver::Whole, Receiver::ScopedPeer)
-            }
+            Role::Peer => match self.published_scope(&peer)? {
+                Some(scope) => Receiver::ScopedPeer(scope),
+                None if self.parent_unheard()? => Receiver::NotYet,
+                None => Receiver::Whole,
+            },
             Role::Parent => Receiver::Whole,
         })
+    }
+
+    /// Whether this node has a parent and holds no roster of any of its parents: it has not
+    /// heard from its parent yet, directly or through a peer that relayed the parent's roster.
+    pub fn parent_unheard(&self) -> Result<bool, NodeError> {
+        let mut parents = self.config.peers.iter().filter(|p| p.role == Role::Parent).peekable();
+        if parents.peek().is_none() {
+            return Ok(false);
+        }
+        for parent in parents {
+            if !self.roster_entries(&parent.node_id)?.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// The scope `node`'s parent gives it, as the first roster in trust order that lists it as
