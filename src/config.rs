@@ -51,6 +51,9 @@ struct RawConfig {
     /// FHIR export settings and push targets (`src/fhir/target.rs`), kept as written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     fhir: Option<toml::Table>,
+    /// EMR bridges (`src/emr/config.rs`), kept as written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    emr: Vec<toml::Table>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -274,6 +277,8 @@ pub struct Config {
     pub failures: FailuresConfig,
     /// `[fhir]`: export settings and push targets.
     pub fhir: crate::fhir::FhirConfig,
+    /// `[[emr]]`: the EMRs this node bridges to.
+    pub emr: crate::emr::EmrConfig,
 }
 
 /// The `[admin]` section: where `serve` runs the admin web view and JSON API (default: enabled,
@@ -395,6 +400,7 @@ impl Config {
             failures: FailuresConfig::default(),
             admin: AdminConfig::default(),
             fhir: Default::default(),
+            emr: Default::default(),
         })
     }
 
@@ -521,6 +527,12 @@ impl Config {
                 crate::fhir::SettingsError::Parse(m) => invalid("fhir".into(), m),
             })?,
         };
+        let emr = crate::emr::EmrConfig::from_tables(raw.emr).map_err(|e| match e {
+            crate::fhir::SettingsError::Invalid { field, message } => {
+                invalid(format!("emr{field}"), message)
+            }
+            crate::fhir::SettingsError::Parse(m) => invalid("emr".into(), m),
+        })?;
         Ok(Config {
             name: raw.node.name,
             listen,
@@ -532,6 +544,7 @@ impl Config {
             admin,
             failures,
             fhir,
+            emr,
         })
     }
 
@@ -600,6 +613,7 @@ impl Config {
                 .map(|(k, p)| (k.clone(), p.as_str().to_string()))
                 .collect(),
             fhir: self.fhir.raw.clone(),
+            emr: self.emr.raw.clone(),
         };
         let body = toml::to_string(&raw).unwrap_or_default();
         format!("# sitesync node configuration; see docs/operating.md\n{body}")

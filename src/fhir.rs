@@ -13,6 +13,8 @@
 //! - [`target`]: [`FhirConfig`], the `[fhir]` table of `sitesync.toml` with its push targets.
 //! - [`push`]: transaction Bundles to a FHIR server: ordering, retries, refusals (sans-IO; the
 //!   HTTP client and the store glue are in `node/push.rs`).
+//! - [`unmap`]: the inverse of [`map`]: one resource -> the record fields it expresses, for
+//!   the EMR bridge's read side ([`Unmapper`]).
 //!
 //! `concept`, `generic` and `roster` records have no resource: concepts become codings inside
 //! the resources that use them; generic and roster records are not clinical data.
@@ -29,6 +31,7 @@ mod read;
 pub mod settings;
 pub mod target;
 pub mod time;
+pub mod unmap;
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +46,7 @@ pub use push::{PushReport, PushState, PushTargetStatus};
 pub use settings::{FhirSettings, SettingsError};
 pub use target::{FhirConfig, PushTarget};
 pub use time::Date;
+pub use unmap::{ConceptCodes, UnmapError, Unmapped, Unmapper, WaitsFor};
 
 /// A record that cannot be expressed as a valid FHIR resource: which record, which field, why.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]

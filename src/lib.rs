@@ -22,8 +22,9 @@
 //!   documents), [`bundle`] (the bundle file format)
 //! - pure core: [`protocol`] (messages, frame codec, the sans-IO session), [`batch`] (sealing and
 //!   verifying signed batches), [`entity`] (validation, canonical form, Automerge mapping),
-//!   [`conflict`] (conflicts and their policies), [`fhir`] (the FHIR R4 mapping, exports, the
-//!   push protocol), [`config`] (validated `sitesync.toml`), [`event`] (audit log entries),
+//!   [`conflict`] (conflicts and their policies), [`fhir`] (the FHIR R4 mapping and its
+//!   inverse, exports, the push protocol), [`emr`] (the EMR bridge's config and its field-by-field
+//!   comparison), [`config`] (validated `sitesync.toml`), [`event`] (audit log entries),
 //!   [`identity`] (ed25519), [`id`] (identifier newtypes)
 //!
 //! See `docs/architecture.md` for the data flow.
@@ -34,6 +35,7 @@ pub mod cli;
 pub mod config;
 pub mod conflict;
 pub mod demo;
+pub mod emr;
 pub mod entity;
 pub mod event;
 pub mod fhir;

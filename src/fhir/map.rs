@@ -39,6 +39,7 @@ use super::{MapError, Warning};
 use crate::id::{EntityId, EntityType, NodeId, Uid};
 use terminology::ConceptInfo;
 
+pub(crate) use terminology::interpretation_name;
 pub use terminology::ucum_code;
 
 pub const EXT: &str = "http://fhir.openmrs.org/ext";
@@ -54,7 +55,7 @@ pub const EXT_LOCATION_TAG: &str = "http://fhir.openmrs.org/ext/location-tag";
 pub const EXT_ENCOUNTER_TAG: &str = "http://fhir.openmrs.org/ext/encounter-tag";
 pub const CS_ENCOUNTER_TYPE: &str = "http://fhir.openmrs.org/code-system/encounter-type";
 pub const CS_VISIT_TYPE: &str = "http://fhir.openmrs.org/code-system/visit-type";
-const HL7: &str = "http://terminology.hl7.org/CodeSystem";
+pub(crate) const HL7: &str = "http://terminology.hl7.org/CodeSystem";
 pub const URI_SYSTEM: &str = "urn:ietf:rfc:3986";
 pub const UCUM: &str = "http://unitsofmeasure.org";
 

@@ -36,6 +36,10 @@ impl Coding {
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct CodeableConcept {
+    /// The item uuid when the concept stands for a keyed collection item (an allergy
+    /// reaction), so that reading the resource back finds the same item.
+    #[serde(skip_serializing_if = "none")]
+    pub id: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub coding: Vec<Coding>,
     #[serde(skip_serializing_if = "none")]
@@ -44,11 +48,16 @@ pub struct CodeableConcept {
 
 impl CodeableConcept {
     pub fn of(coding: Coding) -> CodeableConcept {
-        CodeableConcept { coding: vec![coding], text: None }
+        CodeableConcept { id: None, coding: vec![coding], text: None }
     }
 
     pub fn is_empty(&self) -> bool {
         self.coding.is_empty() && self.text.is_none()
+    }
+
+    /// A concept given as text only.
+    pub fn text(text: String) -> CodeableConcept {
+        CodeableConcept { id: None, coding: Vec::new(), text: Some(text) }
     }
 }
 
@@ -64,6 +73,10 @@ pub enum ExtensionValue {
 /// An extension: a value or nested extensions, never both (ext-1).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Extension {
+    /// The item uuid of a keyed collection item carried as an extension (a person attribute),
+    /// so that reading the resource back finds the same item.
+    #[serde(skip_serializing_if = "none")]
+    pub id: Option<String>,
     pub url: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub extension: Vec<Extension>,
@@ -74,6 +87,7 @@ pub struct Extension {
 impl Extension {
     pub fn string(url: &str, value: String) -> Extension {
         Extension {
+            id: None,
             url: url.into(),
             extension: Vec::new(),
             value: Some(ExtensionValue::String(value)),
@@ -82,6 +96,7 @@ impl Extension {
 
     pub fn reference(url: &str, value: Reference) -> Extension {
         Extension {
+            id: None,
             url: url.into(),
             extension: Vec::new(),
             value: Some(ExtensionValue::Reference(value)),
@@ -90,7 +105,18 @@ impl Extension {
 
     /// A complex extension; `None` when it would have no sub-extension.
     pub fn nested(url: &str, extension: Vec<Extension>) -> Option<Extension> {
-        (!extension.is_empty()).then(|| Extension { url: url.into(), extension, value: None })
+        (!extension.is_empty()).then(|| Extension {
+            id: None,
+            url: url.into(),
+            extension,
+            value: None,
+        })
+    }
+
+    /// The same extension with an element id.
+    pub fn with_id(mut self, id: String) -> Extension {
+        self.id = Some(id);
+        self
     }
 }
 

@@ -25,6 +25,10 @@ pub const TARGET_NAME_BYTES_MAX: usize = 64;
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }

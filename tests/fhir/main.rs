@@ -17,6 +17,7 @@
 //!   an error and never a panic.
 //! - `context`: what the settings and today's date change in a mapping.
 //! - `cli`: `sitesync fhir export` on a node.
+//! - `roundtrip`: the inverse mapping against the export (what the EMR bridge reads back).
 //! - `checks` (no tests): the validator run and the checks every export's output passes.
 //! - `generator` (no tests): the deterministic generated data set.
 //!
@@ -31,6 +32,7 @@ mod exports;
 mod generator;
 mod golden;
 mod refusals;
+mod roundtrip;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -121,9 +121,7 @@ impl Job<'_, '_> {
             Some(concept) => Some(self.concept("condition.coded", &concept)),
             // Not FHIR2 (which only has the extension): a receiver that does not know the
             // extension would otherwise get a condition without any meaning.
-            None => {
-                non_coded.clone().map(|t| CodeableConcept { coding: Vec::new(), text: Some(t) })
-            }
+            None => non_coded.clone().map(CodeableConcept::text),
         };
         if code.is_none() {
             return Err(c.err("coded", "the condition has neither coded nor nonCoded"));
@@ -235,11 +233,11 @@ impl Job<'_, '_> {
                     cc
                 }
                 None => match text {
-                    Some(t) => CodeableConcept { coding: Vec::new(), text: Some(t) },
+                    Some(t) => CodeableConcept::text(t),
                     None => continue,
                 },
             };
-            manifestation.push(cc);
+            manifestation.push(CodeableConcept { id: Some(item.uuid.to_string()), ..cc });
         }
         let reaction = if manifestation.is_empty() {
             if severity.is_some() {
@@ -319,9 +317,7 @@ impl Job<'_, '_> {
                 "WALKIN",
                 "A previously unscheduled walk-in visit",
             )),
-            Some("Virtual") => {
-                Some(CodeableConcept { coding: Vec::new(), text: Some("Virtual".into()) })
-            }
+            Some("Virtual") => Some(CodeableConcept::text("Virtual".into())),
             Some(_) => return Err(o.err("appointmentKind", "is not Scheduled, WalkIn or Virtual")),
         };
         let mut participant = vec![AppointmentParticipant {

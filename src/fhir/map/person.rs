@@ -98,13 +98,16 @@ impl Job<'_, '_> {
                     rank: cp.rank,
                 });
             } else if extensions {
-                ext.extend(Extension::nested(
-                    EXT_PERSON_ATTRIBUTE,
-                    vec![
-                        Extension::string(EXT_PERSON_ATTRIBUTE_TYPE, ty.to_string()),
-                        Extension::string(EXT_PERSON_ATTRIBUTE_VALUE, value),
-                    ],
-                ));
+                ext.extend(
+                    Extension::nested(
+                        EXT_PERSON_ATTRIBUTE,
+                        vec![
+                            Extension::string(EXT_PERSON_ATTRIBUTE_TYPE, ty.to_string()),
+                            Extension::string(EXT_PERSON_ATTRIBUTE_VALUE, value),
+                        ],
+                    )
+                    .map(|e| e.with_id(item.uuid.to_string())),
+                );
             }
         }
         Ok((telecom, ext))

@@ -72,6 +72,7 @@ fn concept_info(settings: &FhirSettings, uuid: &Uid, map: &Map<String, Value>) -
     let o = Obj::root(EntityId::new(EntityType::Concept, *uuid), map);
     let display = o.text("display").ok().flatten();
     let mut code = CodeableConcept {
+        id: None,
         coding: vec![Coding {
             code: Some(uuid.to_string()),
             display: display.clone(),
@@ -115,27 +116,37 @@ fn concept_info(settings: &FhirSettings, uuid: &Uid, map: &Map<String, Value>) -
     }
 }
 
+/// OpenMRS obs interpretations, their v3-ObservationInterpretation codes and displays.
+const INTERPRETATIONS: &[(&str, &str, &str)] = &[
+    ("NORMAL", "N", "Normal"),
+    ("ABNORMAL", "A", "Abnormal"),
+    ("CRITICALLY_ABNORMAL", "AA", "Critical abnormal"),
+    ("CRITICALLY_HIGH", "HH", "Critical high"),
+    ("CRITICALLY_LOW", "LL", "Critical low"),
+    ("HIGH", "H", "High"),
+    ("LOW", "L", "Low"),
+    ("OFF_SCALE_LOW", "<", "Off scale low"),
+    ("OFF_SCALE_HIGH", ">", "Off scale high"),
+    ("SIGNIFICANT_CHANGE_DOWN", "D", "Significant change down"),
+    ("SIGNIFICANT_CHANGE_UP", "U", "Significant change up"),
+    ("RESISTANT", "R", "Resistant"),
+    ("SUSCEPTIBLE", "S", "Susceptible"),
+    ("INTERMEDIATE", "I", "Intermediate"),
+    ("POSITIVE", "POS", "Positive"),
+    ("NEGATIVE", "NEG", "Negative"),
+];
+
 /// OpenMRS obs interpretation -> v3-ObservationInterpretation code and display.
 pub(super) fn interpretation(i: &str) -> Option<(&'static str, &'static str)> {
-    Some(match i {
-        "NORMAL" => ("N", "Normal"),
-        "ABNORMAL" => ("A", "Abnormal"),
-        "CRITICALLY_ABNORMAL" => ("AA", "Critical abnormal"),
-        "CRITICALLY_HIGH" => ("HH", "Critical high"),
-        "CRITICALLY_LOW" => ("LL", "Critical low"),
-        "HIGH" => ("H", "High"),
-        "LOW" => ("L", "Low"),
-        "OFF_SCALE_LOW" => ("<", "Off scale low"),
-        "OFF_SCALE_HIGH" => (">", "Off scale high"),
-        "SIGNIFICANT_CHANGE_DOWN" => ("D", "Significant change down"),
-        "SIGNIFICANT_CHANGE_UP" => ("U", "Significant change up"),
-        "RESISTANT" => ("R", "Resistant"),
-        "SUSCEPTIBLE" => ("S", "Susceptible"),
-        "INTERMEDIATE" => ("I", "Intermediate"),
-        "POSITIVE" => ("POS", "Positive"),
-        "NEGATIVE" => ("NEG", "Negative"),
-        _ => return None,
-    })
+    INTERPRETATIONS
+        .iter()
+        .find(|(name, _, _)| *name == i)
+        .map(|(_, code, display)| (*code, *display))
+}
+
+/// v3-ObservationInterpretation code -> OpenMRS obs interpretation.
+pub(crate) fn interpretation_name(code: &str) -> Option<&'static str> {
+    INTERPRETATIONS.iter().find(|(_, c, _)| *c == code).map(|(name, _, _)| *name)
 }
 
 /// The UCUM code of a concept's units, for the units OpenMRS dictionaries use most; other
