@@ -7,6 +7,7 @@
 
 mod admin;
 mod config;
+mod emr;
 mod fhir;
 mod print;
 mod request;
@@ -194,6 +195,12 @@ pub enum Command {
     Admin {
         #[command(subcommand)]
         action: admin::AdminAction,
+    },
+    /// The bridge to the clinic's EMR ([[emr]] in sitesync.toml, docs/emr.md): its state, or a
+    /// run now.
+    Emr {
+        #[command(subcommand)]
+        action: emr::EmrAction,
     },
 }
 

@@ -77,6 +77,17 @@ pub enum EventKind {
     /// Bodies the parent had withheld, received later: stored, held already (another path
     /// brought them), refused (never withheld here: not stored).
     BodiesReceived { from: NodeId, stored: u64, held: u64, refused: u64 },
+    /// A run of the bridge to an EMR (counts only, never patient data): resources read,
+    /// records changed here by them, resources written into the EMR, resources that failed,
+    /// and why the run stopped early.
+    EmrRun {
+        emr: String,
+        read: u64,
+        records_in: u64,
+        written: u64,
+        failed: u64,
+        error: Option<String>,
+    },
 }
 
 /// How a failure record changed. New variants go at the end (postcard).
@@ -210,6 +221,17 @@ impl std::fmt::Display for EventKind {
                 "received withheld bodies from {from}: {stored} stored, {held} already held, \
                  {refused} refused"
             ),
+            EventKind::EmrRun { emr, read, records_in, written, failed, error } => {
+                write!(
+                    f,
+                    "emr {emr}: read {read} resources, {records_in} records changed here, \
+                     {written} written into the EMR, {failed} failed"
+                )?;
+                match error {
+                    Some(e) => write!(f, "; stopped: {e}"),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }

@@ -46,7 +46,7 @@ pub use push::{PushReport, PushState, PushTargetStatus};
 pub use settings::{FhirSettings, SettingsError};
 pub use target::{FhirConfig, PushTarget};
 pub use time::Date;
-pub use unmap::{ConceptCodes, UnmapError, Unmapped, Unmapper, WaitsFor};
+pub use unmap::{ConceptCodes, Skipped, UnmapError, Unmapped, Unmapper, WaitsFor};
 
 /// A record that cannot be expressed as a valid FHIR resource: which record, which field, why.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]

@@ -27,6 +27,7 @@ mod admin_view;
 mod bundles;
 pub mod command;
 pub mod control;
+pub mod emr;
 pub mod env;
 mod files;
 mod handle;

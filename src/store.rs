@@ -19,6 +19,7 @@
 //! and no scope: the node layer does.
 
 mod admin;
+pub mod emr;
 pub use admin::EventPage;
 pub mod audit;
 pub(crate) mod conflicts;

@@ -14,16 +14,18 @@
 //! The server needs Node >= 20.19 and its npm packages (`scripts/test` installs them; the
 //! server's start script runs `npm ci` when they are missing). Without `node`, these tests fail.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
 mod net;
+
+use net::fhir_server::FhirServer;
 
 /// One FHIR server at a time: each takes ~300 MB and a core to load its schema.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -39,123 +41,8 @@ const PARENT_LOCATION: &str = "2a4ac92a-f045-4c9f-8d48-a6f02acadd4b";
 
 // ------------------------------------------------------------------ server ---
 
-/// The server's start script: `shared/tools/fhir-server/start.sh` beside the project, or
-/// `$FHIR_SERVER_START`.
-fn start_script() -> PathBuf {
-    if let Some(p) = std::env::var_os("FHIR_SERVER_START") {
-        return PathBuf::from(p);
-    }
-    root()
-        .ancestors()
-        .map(|a| a.join("shared/tools/fhir-server/start.sh"))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| {
-            panic!(
-                "shared/tools/fhir-server/start.sh was not found beside {} or any parent \
-                 directory; set FHIR_SERVER_START=/path/to/start.sh",
-                root().display()
-            )
-        })
-}
-
-/// A running FHIR server, killed (by its PID) when dropped, even on a panic.
-struct FhirServer {
-    child: Child,
-    base: String,
-    log: PathBuf,
-}
-
+/// What `fhir push` sent, from the server's request log.
 impl FhirServer {
-    fn start(dir: &Path, options: &[&str]) -> FhirServer {
-        let node = Command::new("node").arg("--version").output();
-        assert!(
-            node.as_ref().is_ok_and(|o| o.status.success()),
-            "`node` is not installed: the FHIR push tests need Node >= 20.19 and npm for \
-             ../shared/tools/fhir-server (CI installs them)"
-        );
-        let log = dir.join("requests.jsonl");
-        let mut child = Command::new("bash")
-            .arg(start_script())
-            .arg("0")
-            .args(["--ref-integrity", "--quiet", "--request-log"])
-            .arg(&log)
-            .args(options)
-            .current_dir(root())
-            .env("FHIR_SERVER_WORKDIR", root().join("target/fhir-server"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the FHIR server");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let mut seen = String::new();
-        let base = loop {
-            match lines.next() {
-                Some(Ok(line)) => {
-                    if let Some(url) = line.strip_prefix("ready ") {
-                        break url.trim().to_string();
-                    }
-                    seen.push_str(&line);
-                    seen.push('\n');
-                }
-                _ => {
-                    let _ = child.kill();
-                    panic!("the FHIR server stopped before it was ready:\n{seen}");
-                }
-            }
-        };
-        // Keep draining its stdout so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        FhirServer { child, base, log }
-    }
-
-    fn origin(&self) -> String {
-        self.base.trim_end_matches("/fhir/R4").to_string()
-    }
-
-    fn get(&self, url: &str) -> (u16, Value) {
-        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
-        let mut resp = agent.get(url).call().expect("GET");
-        let status = resp.status().as_u16();
-        let body = resp.body_mut().read_to_string().expect("body");
-        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
-    }
-
-    fn read(&self, key: &str) -> (u16, Value) {
-        self.get(&format!("{}/{key}", self.base))
-    }
-
-    /// Resources held, per type.
-    fn counts(&self) -> Value {
-        self.get(&format!("{}/_admin/stats", self.origin())).1["counts"].clone()
-    }
-
-    /// The versions the server keeps of `key`.
-    fn versions(&self, key: &str) -> u64 {
-        let (status, history) = self.read(&format!("{key}/_history"));
-        assert_eq!(status, 200, "{key}/_history: {history}");
-        history["entry"].as_array().map_or(0, |e| e.len() as u64)
-    }
-
-    /// Requests logged so far: (method, url, request body).
-    fn requests(&self) -> Vec<(String, String, Value)> {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .map(|v| {
-                let body = match &v["request"] {
-                    Value::String(s) => serde_json::from_str(s).unwrap_or(Value::Null),
-                    other => other.clone(),
-                };
-                (
-                    v["method"].as_str().unwrap_or_default().to_string(),
-                    v["url"].as_str().unwrap_or_default().to_string(),
-                    body,
-                )
-            })
-            .collect()
-    }
-
     /// Transaction Bundles posted so far.
     fn posts(&self) -> usize {
         self.requests().iter().filter(|(m, _, _)| m == "POST").count()
@@ -174,13 +61,6 @@ impl FhirServer {
             }
         }
         out
-    }
-}
-
-impl Drop for FhirServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -90,6 +90,7 @@ pub(super) fn reply(command: &Command, reply: Reply) -> Result<i32, CliError> {
         }
         (Command::Retry { id }, Reply::Retried(r)) => retried(id, &r)?,
         (Command::Fhir { action }, reply) => return super::fhir::print(action, reply),
+        (Command::Emr { action }, reply) => return super::emr::print(action, reply),
         (_, other) => return Err(unexpected(&other)),
     }
     Ok(0)

@@ -88,6 +88,7 @@ pub(super) fn of(command: &Command) -> Result<Kind<'_>, CliError> {
         }
         Command::Retry { id } => Request::Retry { id: id.clone() },
         Command::Fhir { action } => super::fhir::request(action)?,
+        Command::Emr { action } => super::emr::request(action),
         Command::Init { name } => return Ok(Kind::Local(Local::Init { name })),
         Command::Trust { action } => return Ok(Kind::Local(Local::Trust(action))),
         Command::Peer { action } => return Ok(Kind::Local(Local::Peer(action))),

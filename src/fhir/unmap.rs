@@ -74,9 +74,23 @@ pub struct Unmapped {
     /// An obs group's members (`hasMember`): FHIR names them only on the group, so each
     /// member's `obsGroup` is this record; the caller writes it into the members it holds.
     pub members: Vec<Uid>,
-    /// What was left out of the record (an identifier of an unknown system, a telecom of no
-    /// configured attribute type), by element path.
-    pub warnings: Vec<String>,
+    /// Elements left out of the record (an identifier of an unknown system, a telecom of no
+    /// configured attribute type). A write into the EMR keeps them as they are.
+    pub skipped: Vec<Skipped>,
+}
+
+/// An element of a resource that the record cannot hold, and why (never its value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    /// The element path, e.g. `identifier[2]`.
+    pub path: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
 }
 
 /// Held concepts by their mapped codes: `(system, code)` -> concept uuid, built from concept
@@ -183,7 +197,7 @@ impl Unmapper<'_> {
             unsaid: Vec::new(),
             defaults: Map::new(),
             members: Vec::new(),
-            warnings: Vec::new(),
+            skipped: Vec::new(),
         };
         let r = In { key: &key, path: String::new(), map };
         match ty {
@@ -206,7 +220,7 @@ impl Unmapper<'_> {
             unsaid: job.unsaid,
             defaults: job.defaults,
             members: job.members,
-            warnings: job.warnings,
+            skipped: job.skipped,
         }))
     }
 }
@@ -229,7 +243,7 @@ struct Job<'u, 'a> {
     unsaid: Vec<&'static str>,
     defaults: Map<String, Value>,
     members: Vec<Uid>,
-    warnings: Vec<String>,
+    skipped: Vec<Skipped>,
 }
 
 impl Job<'_, '_> {
@@ -237,8 +251,8 @@ impl Job<'_, '_> {
         self.u.settings
     }
 
-    fn warn(&mut self, path: &str, message: impl std::fmt::Display) {
-        self.warnings.push(format!("{}: {path}: {message}", self.key));
+    fn warn(&mut self, path: &str, reason: impl std::fmt::Display) {
+        self.skipped.push(Skipped { path: path.to_string(), reason: reason.to_string() });
     }
 
     fn set(&mut self, field: &str, value: impl Into<Value>) {

@@ -261,10 +261,13 @@ fn classify(kind: &EventKind) -> (&'static str, &'static str, Option<NodeId>) {
         EventKind::BodiesReceived { from, refused, .. } => {
             ("bodies", if *refused > 0 { "rejected" } else { "ok" }, Some(*from))
         }
+        EventKind::EmrRun { failed, error, .. } => {
+            ("emr", if *failed == 0 && error.is_none() { "ok" } else { "error" }, None)
+        }
     }
 }
 
-const KINDS: [&str; 13] = [
+const KINDS: [&str; 14] = [
     "local_write",
     "received",
     "rejected",
@@ -278,6 +281,7 @@ const KINDS: [&str; 13] = [
     "failure",
     "fhir_push",
     "bodies",
+    "emr",
 ];
 const OUTCOMES: [&str; 6] = ["ok", "rejected", "error", "open", "closed", "resolved"];
 
@@ -411,7 +415,12 @@ impl AdminData for AdminView {
                 _ => r.op.describe(),
             };
             let retryable = entry.is_some_and(|p| p.addr.is_some())
-                || matches!(r.op, Operation::FhirPush { .. });
+                || matches!(
+                    r.op,
+                    Operation::FhirPush { .. }
+                        | Operation::EmrLink { .. }
+                        | Operation::EmrRecord { .. }
+                );
             let last_success = match entry {
                 Some(p) => {
                     Some(self.node.store.peer_state(&p.node_id)?.last_success).filter(|t| *t > 0)

@@ -127,6 +127,10 @@ pub enum Request {
     FhirPush { target: String, full: bool },
     /// Each push target's state.
     FhirStatus,
+    /// Run the EMR bridge now (to one `[[emr]]` or all).
+    EmrSync { emr: Option<String> },
+    /// Each EMR link's state.
+    EmrStatus,
 }
 
 impl Request {
@@ -193,6 +197,8 @@ pub enum Reply {
     FhirExported(FhirExported),
     Pushed(JsonOf<PushReport>),
     PushStatus(JsonOf<Vec<PushTargetStatus>>),
+    EmrRuns(JsonOf<Vec<super::emr::EmrReport>>),
+    EmrStatus(JsonOf<Vec<super::emr::EmrLinkStatus>>),
 }
 
 impl Node {
@@ -246,6 +252,8 @@ impl Node {
                 Reply::Pushed(JsonOf(self.push_run(&target, opts)?))
             }
             Request::FhirStatus => Reply::PushStatus(JsonOf(self.push_status()?)),
+            Request::EmrSync { emr } => Reply::EmrRuns(JsonOf(self.emr_now(emr.as_deref())?)),
+            Request::EmrStatus => Reply::EmrStatus(JsonOf(self.emr_status()?)),
             Request::Sync { .. } | Request::Retry { .. } => {
                 return Err(NodeError::NotRunning(self.dir.clone()));
             }

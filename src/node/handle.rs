@@ -120,6 +120,10 @@ impl NodeHandle {
                 node.store.record_manual_retry(id, node.now())?;
                 push = Some(super::command::JsonOf(node.push_now(target)?));
             }
+            (Operation::EmrLink { emr } | Operation::EmrRecord { emr, .. }, _) => {
+                node.store.record_manual_retry(id, node.now())?;
+                node.emr_now(Some(emr))?;
+            }
             (_, Some(p)) => {
                 if !loops.triggers.contains_key(&p) {
                     return Err(NodeError::Input(format!(

@@ -119,6 +119,7 @@ async fn serve_async(node: Arc<Node>, events: Arc<dyn ServeEvents>) -> Result<()
     events.started(node.id(), listen, admin);
     // FHIR push targets with `continuous = true`, each on its interval (src/node/push.rs).
     super::push::spawn_push_loops(&node, &mut tasks, &shutdown_rx);
+    super::emr::spawn_emr_loops(&node, &mut tasks, &shutdown_rx);
 
     wait_for_signal().await;
     tracing::info!("shutting down");

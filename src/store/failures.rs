@@ -39,6 +39,12 @@ pub enum Operation {
     /// was applied without that record's body. Nothing to retry: the record stays with the
     /// child (widening the child's `types` lets its later records through).
     HeldBack { from: NodeId, entity: crate::id::EntityId },
+    /// A run of the bridge to an EMR that stopped early: the EMR unreachable or answering
+    /// errors (retry: run the bridge now).
+    EmrLink { emr: String },
+    /// One resource the bridge could not carry between the EMR and this node (retry: run the
+    /// bridge now; each run tries it again, and the record closes when it goes through).
+    EmrRecord { emr: String, resource: String },
 }
 
 impl Operation {
@@ -58,6 +64,11 @@ impl Operation {
                 let h = blake3::hash(entity.key().as_bytes());
                 format!("record-{}", &h.to_hex()[..OP_ID_CHARS])
             }
+            Operation::EmrLink { emr } => format!("emr-{emr}"),
+            Operation::EmrRecord { emr, resource } => {
+                let h = blake3::hash(format!("{emr}\u{0}{resource}").as_bytes());
+                format!("emr-record-{}", &h.to_hex()[..OP_ID_CHARS])
+            }
         }
     }
 
@@ -74,6 +85,8 @@ impl Operation {
             Operation::HeldBack { from, entity } => {
                 format!("record {entity} from {} held back", &from.to_string()[..OP_ID_CHARS])
             }
+            Operation::EmrLink { emr } => format!("EMR bridge to {emr}"),
+            Operation::EmrRecord { emr, resource } => format!("{resource} with EMR {emr}"),
         }
     }
 
@@ -84,6 +97,7 @@ impl Operation {
             Operation::Batch { from, .. } => *from,
             Operation::FhirPush { .. } => None,
             Operation::HeldBack { from, .. } => Some(*from),
+            Operation::EmrLink { .. } | Operation::EmrRecord { .. } => None,
         }
     }
 }

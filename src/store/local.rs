@@ -43,14 +43,28 @@ impl Store {
         records: &[Record],
         time: i64,
     ) -> Result<Vec<PutOutcome>, StoreError> {
-        let author = self.author();
         let tx = self.db.begin_write()?;
+        let outcomes = self.put_in(&tx, key, records, time)?;
+        tx.commit()?;
+        Ok(outcomes)
+    }
+
+    /// [`Store::put`] inside a transaction the caller commits (with writes of its own that
+    /// must be durable together with the records, e.g. the EMR bridge's cursor).
+    pub(crate) fn put_in(
+        &self,
+        tx: &redb::WriteTransaction,
+        key: &Keypair,
+        records: &[Record],
+        time: i64,
+    ) -> Result<Vec<PutOutcome>, StoreError> {
+        let author = self.author();
         let mut outcomes = Vec::with_capacity(records.len());
         let mut refs = Vec::new();
         // Received changes to these records are merged first, so the local write builds on them
         // (and does not read as concurrent with what this node already holds).
         let keys: Vec<String> = records.iter().map(|r| r.id.key()).collect();
-        let merged = merge_keys(&tx, &keys, 1, time)?;
+        let merged = merge_keys(tx, &keys, 1, time)?;
         if !merged.skipped.is_empty() {
             tracing::warn!(skipped = merged.skipped.len(), "changes left out while merging");
         }
@@ -77,23 +91,22 @@ impl Store {
                     rec.doc = doc.save();
                     docs.insert(key_str.as_str(), encode(&rec).as_slice())?;
                     // A local write over a conflicting field supersedes its values.
-                    if conflicts::has_entries(&tx, &key_str)? {
-                        conflicts::update(&tx, record.id, &doc, time)?;
+                    if conflicts::has_entries(tx, &key_str)? {
+                        conflicts::update(tx, record.id, &doc, time)?;
                     }
                 }
                 outcomes.push(PutOutcome { id: record.id, changed });
             }
         }
-        let batches = seal(&tx, key, author, &refs)?;
+        let batches = seal(tx, key, author, &refs)?;
         if !refs.is_empty() {
             let kind = EventKind::LocalWrite {
                 records: records.len() as u64,
                 changes: refs.len() as u64,
                 batches,
             };
-            append_event(&tx, Event { time, kind })?;
+            append_event(tx, Event { time, kind })?;
         }
-        tx.commit()?;
         Ok(outcomes)
     }
 

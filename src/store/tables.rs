@@ -180,3 +180,14 @@ pub const FHIR_PUSH: TableDefinition<&str, &[u8]> = TableDefinition::new("fhir-p
 /// run after a crash or a failure never resends what was delivered.
 pub const FHIR_PUSH_SENT: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("fhir-push-sent-1");
+
+/// `(EMR name, FHIR resource type) -> postcard(EmrCursor)`: where reading that type from that
+/// EMR stands (`store/emr.rs`).
+pub const EMR_CURSOR: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("emr-cursor-1");
+
+/// `"<EMR name>\0type/uuid" -> postcard(EmrBase)`: the last state of the record the EMR and
+/// this node agreed on, and a write into the EMR in flight.
+pub const EMR_BASE: TableDefinition<&str, &[u8]> = TableDefinition::new("emr-base-1");
+
+/// `EMR name -> postcard(EmrState)`: the write side's position and the link's counters.
+pub const EMR_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("emr-state-1");

@@ -1,0 +1,176 @@
+//! The EMR bridge (docs/emr.md) with real FHIR servers as two clinics' EMRs
+//! (`../shared/tools/fhir-server`, Medplum's engine, on 127.0.0.1 with `--ref-integrity`):
+//! nodes A and B beside EMRs A and B, a district D, QUIC between them, `serve` everywhere and
+//! nobody running a command.
+//!
+//! 1. A clinician creates a patient, a visit, an encounter and an observation in EMR A (direct
+//!    FHIR calls): they appear in EMR B with the same ids and content.
+//! 4. Echo: once everything settled, more polls produce no batch at any node, and EMR B keeps
+//!    one version of each resource.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+mod net;
+
+use net::fhir_server::FhirServer;
+use net::*;
+
+const SETTLE_MAX: Duration = Duration::from_secs(90);
+
+const PATIENT: &str = "5b1f7a8e-2c44-4b9e-9d51-0a3c2e6f7b10";
+const VISIT: &str = "6c2e8b9f-3d55-4cae-8e62-1b4d3f708c21";
+const ENCOUNTER: &str = "7d3f9ca0-4e66-4dbf-9f73-2c5e40819d32";
+const OBS: &str = "8e40adb1-5f77-4ec0-a084-3d6f51920e43";
+const VISIT_TYPE: &str = "7b0f5697-27e3-40c4-8bae-f4049abfb4ed";
+const ENCOUNTER_TYPE: &str = "67a71486-1a54-468f-ac3e-7091a9a79584";
+const WEIGHT: &str = "5089AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+fn root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Bridges `node` to the EMR at `base` (polled every second, pages of 20), with the FHIR
+/// settings of the FHIR tests (identifier systems, contact points).
+fn bridge(node: &Node, name: &str, base: &str) {
+    let settings = std::fs::read_to_string(root().join("tests/fixtures/fhir/settings.toml"))
+        .expect("settings fixture");
+    let path = node.dir.join("sitesync.toml");
+    let mut text = std::fs::read_to_string(&path).expect("sitesync.toml");
+    text.push_str(&format!(
+        "\n[[emr]]\nname = \"{name}\"\nbase_url = \"{base}\"\npoll_secs = 1\npage_size = 20\noverlap_secs = 2\n\n{settings}"
+    ));
+    std::fs::write(&path, text).expect("write sitesync.toml");
+}
+
+/// A clinician's write: `PUT Type/id` straight into the EMR.
+fn clinician_puts(emr: &FhirServer, resource: &Value) {
+    let key = format!(
+        "{}/{}",
+        resource["resourceType"].as_str().expect("type"),
+        resource["id"].as_str().expect("id")
+    );
+    let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    let mut resp = agent
+        .put(&format!("{}/{key}", emr.base))
+        .header("Content-Type", "application/fhir+json")
+        .send(resource.to_string().as_bytes())
+        .expect("PUT");
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_string().unwrap_or_default();
+    assert!(status == 200 || status == 201, "PUT {key}: {status} {body}");
+}
+
+fn clinic_records() -> Vec<Value> {
+    vec![
+        json!({"resourceType": "Patient", "id": PATIENT,
+            "identifier": [{"system": "https://fhir.example.org/sid/national-id", "value": "NID-77-1"}],
+            "name": [{"use": "official", "family": "Achieng", "given": ["Mary", "Atieno"]}],
+            "gender": "female", "birthDate": "1990-04-01"}),
+        json!({"resourceType": "Encounter", "id": VISIT, "status": "in-progress",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "type": [{"coding": [{"system": "http://fhir.openmrs.org/code-system/visit-type", "code": VISIT_TYPE}]}],
+            "subject": {"reference": format!("Patient/{PATIENT}")},
+            "period": {"start": "2026-12-01T09:00:00+03:00"}}),
+        json!({"resourceType": "Encounter", "id": ENCOUNTER, "status": "in-progress",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "type": [{"coding": [{"system": "http://fhir.openmrs.org/code-system/encounter-type", "code": ENCOUNTER_TYPE}]}],
+            "subject": {"reference": format!("Patient/{PATIENT}")},
+            "partOf": {"reference": format!("Encounter/{VISIT}")},
+            "period": {"start": "2026-12-01T09:10:00+03:00"}}),
+        json!({"resourceType": "Observation", "id": OBS, "status": "final",
+            "code": {"coding": [{"code": WEIGHT}], "text": "Weight (kg)"},
+            "subject": {"reference": format!("Patient/{PATIENT}")},
+            "encounter": {"reference": format!("Encounter/{ENCOUNTER}")},
+            "effectiveDateTime": "2026-12-01T09:15:00+03:00",
+            "valueQuantity": {"value": 72.5, "unit": "kg"}}),
+    ]
+}
+
+/// The district and two clinics, each clinic bridged to its EMR; every node serving.
+struct Network {
+    _tmp: tempfile::TempDir,
+    emr_a: FhirServer,
+    emr_b: FhirServer,
+    nodes: Vec<Node>,
+    _serving: Vec<Serve>,
+}
+
+fn network() -> Network {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (dir_a, dir_b) = (tmp.path().join("emr-a"), tmp.path().join("emr-b"));
+    for d in [&dir_a, &dir_b] {
+        std::fs::create_dir_all(d).expect("EMR directory");
+    }
+    let emr_a = FhirServer::start(&dir_a, &[]);
+    let emr_b = FhirServer::start(&dir_b, &[]);
+    let d = Node::init(tmp.path(), "district");
+    let a = Node::init(tmp.path(), "clinic-a");
+    let b = Node::init(tmp.path(), "clinic-b");
+    let dp = format!("127.0.0.1:{}", free_port());
+    d.network(Some(&dp), 1);
+    for c in [&a, &b] {
+        d.peer_add(c, "child", None);
+        c.peer_add(&d, "parent", Some(&dp));
+        c.network(None, 1);
+    }
+    bridge(&a, "emr-a", &emr_a.base);
+    bridge(&b, "emr-b", &emr_b.base);
+    let serving = vec![d.serve(), a.serve(), b.serve()];
+    Network { _tmp: tmp, emr_a, emr_b, nodes: vec![d, a, b], _serving: serving }
+}
+
+#[test]
+fn records_written_in_one_emr_appear_in_the_other_and_nothing_echoes() {
+    let net = network();
+    for r in clinic_records() {
+        clinician_puts(&net.emr_a, &r);
+    }
+    let keys = [
+        format!("Patient/{PATIENT}"),
+        format!("Encounter/{VISIT}"),
+        format!("Encounter/{ENCOUNTER}"),
+        format!("Observation/{OBS}"),
+    ];
+    let arrived =
+        wait_for(SETTLE_MAX, || keys.iter().all(|k| net.emr_b.read(k).0 == 200).then_some(()));
+    let (a, b) = (&net.nodes[1], &net.nodes[2]);
+    assert!(
+        arrived.is_some(),
+        "EMR B holds what the clinician wrote in EMR A:\n{}\n{}\n{}",
+        a.ok(&["emr", "status"]),
+        b.ok(&["emr", "status"]),
+        b.ok(&["failures"])
+    );
+    let (_, patient) = net.emr_b.read(&keys[0]);
+    assert_eq!(patient["name"][0]["family"], "Achieng");
+    assert_eq!(patient["name"][0]["given"], json!(["Mary", "Atieno"]));
+    assert_eq!(patient["gender"], "female");
+    assert_eq!(patient["birthDate"], "1990-04-01");
+    assert_eq!(patient["identifier"][0]["value"], "NID-77-1");
+    let (_, encounter) = net.emr_b.read(&keys[2]);
+    assert_eq!(encounter["partOf"]["reference"], format!("Encounter/{VISIT}"));
+    let (_, obs) = net.emr_b.read(&keys[3]);
+    assert_eq!(obs["valueQuantity"]["value"], json!(72.5));
+    assert_eq!(obs["encounter"]["reference"], format!("Encounter/{ENCOUNTER}"));
+
+    // Echo: once settled, further polls change nothing anywhere.
+    let vectors =
+        || -> Vec<Value> { net.nodes.iter().map(|n| n.status()["vector"].clone()).collect() };
+    let settled = wait_for(SETTLE_MAX, || {
+        let before = vectors();
+        std::thread::sleep(Duration::from_secs(3));
+        (vectors() == before).then_some(before)
+    });
+    let before = settled.expect("the network settles");
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(vectors(), before, "polls after settling wrote batches (an echo)");
+    for k in &keys {
+        assert_eq!(net.emr_b.versions(k), 1, "{k}: EMR B got one version, not an echo");
+        assert_eq!(net.emr_a.versions(k), 1, "{k}: EMR A was not written back");
+    }
+    let status: Value = serde_json::from_str(&b.ok(&["emr", "status", "--json"])).expect("json");
+    assert_eq!(status[0]["failed"], 0, "{status}");
+    assert!(status[0]["records_out"].as_u64() >= Some(4), "{status}");
+}
