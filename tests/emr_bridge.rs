@@ -5,9 +5,15 @@
 //!
 //! 1. A clinician creates a patient, a visit, an encounter and an observation in EMR A (direct
 //!    FHIR calls): they appear in EMR B with the same ids and content.
+//! 2. While the clinics are cut off from the district, EMR A edits one field of the patient and
+//!    EMR B another: after the heal both EMRs hold both edits.
+//! 3. Both EMRs edit the birth date while apart: the conflict shows at the district; resolving
+//!    it there writes the chosen value into both EMRs.
 //! 4. Echo: once everything settled, more polls produce no batch at any node, and EMR B keeps
 //!    one version of each resource.
+//! 8. A patient deleted in EMR A is voided everywhere and inactive in EMR B.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -18,6 +24,9 @@ use net::fhir_server::FhirServer;
 use net::*;
 
 const SETTLE_MAX: Duration = Duration::from_secs(90);
+
+/// One network at a time: each runs two FHIR servers (~300 MB and a core each to start).
+static SERIAL: Mutex<()> = Mutex::new(());
 
 const PATIENT: &str = "5b1f7a8e-2c44-4b9e-9d51-0a3c2e6f7b10";
 const VISIT: &str = "6c2e8b9f-3d55-4cae-8e62-1b4d3f708c21";
@@ -39,7 +48,7 @@ fn bridge(node: &Node, name: &str, base: &str) {
     let path = node.dir.join("sitesync.toml");
     let mut text = std::fs::read_to_string(&path).expect("sitesync.toml");
     text.push_str(&format!(
-        "\n[[emr]]\nname = \"{name}\"\nbase_url = \"{base}\"\npoll_secs = 1\npage_size = 20\noverlap_secs = 2\n\n{settings}"
+        "\n[[emr]]\nname = \"{name}\"\nbase_url = \"{base}\"\npoll_secs = 1\npage_size = 20\noverlap_secs = 2\nreconcile_secs = 2\n\n{settings}"
     ));
     std::fs::write(&path, text).expect("write sitesync.toml");
 }
@@ -94,7 +103,54 @@ struct Network {
     emr_a: FhirServer,
     emr_b: FhirServer,
     nodes: Vec<Node>,
-    _serving: Vec<Serve>,
+    serving: Vec<Option<Serve>>,
+}
+
+impl Network {
+    /// The district stops (the clinics are cut off from each other) or starts again.
+    fn district(&mut self, up: bool) {
+        self.serving[0] = up.then(|| self.nodes[0].serve());
+    }
+
+    fn status(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes[1..] {
+            out.push_str(&n.ok(&["emr", "status"]));
+            out.push_str(&n.ok(&["failures"]));
+        }
+        out
+    }
+
+    /// Waits until every resource in `keys` is in both EMRs.
+    fn everywhere(&self, keys: &[String]) {
+        let arrived = wait_for(SETTLE_MAX, || {
+            let there = |emr: &FhirServer| keys.iter().all(|k| emr.read(k).0 == 200);
+            (there(&self.emr_a) && there(&self.emr_b)).then_some(())
+        });
+        assert!(arrived.is_some(), "both EMRs hold {keys:?}:\n{}", self.status());
+    }
+}
+
+/// A clinician's edit: read the resource from the EMR, change it, `PUT` it back.
+fn clinician_edits(emr: &FhirServer, key: &str, edit: impl FnOnce(&mut Value)) {
+    let (status, mut resource) = emr.read(key);
+    assert_eq!(status, 200, "{key}: {resource}");
+    edit(&mut resource);
+    clinician_puts(emr, &resource);
+}
+
+/// Waits until node `i` holds the patient with `want` in it (read from its EMR).
+fn read_in(net: &Network, i: usize, field: &str, want: &str) {
+    let n = &net.nodes[i];
+    let found = wait_for(SETTLE_MAX, || {
+        let got: Value = serde_json::from_str(&n.ok(&["get", "patient", PATIENT])).ok()?;
+        got.to_string().contains(want).then_some(())
+    });
+    assert!(found.is_some(), "{}: {field} read from its EMR:\n{}", n.name, net.status());
+}
+
+fn patient_key() -> String {
+    format!("Patient/{PATIENT}")
 }
 
 fn network() -> Network {
@@ -117,12 +173,13 @@ fn network() -> Network {
     }
     bridge(&a, "emr-a", &emr_a.base);
     bridge(&b, "emr-b", &emr_b.base);
-    let serving = vec![d.serve(), a.serve(), b.serve()];
-    Network { _tmp: tmp, emr_a, emr_b, nodes: vec![d, a, b], _serving: serving }
+    let serving = vec![Some(d.serve()), Some(a.serve()), Some(b.serve())];
+    Network { _tmp: tmp, emr_a, emr_b, nodes: vec![d, a, b], serving }
 }
 
 #[test]
 fn records_written_in_one_emr_appear_in_the_other_and_nothing_echoes() {
+    let _one = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let net = network();
     for r in clinic_records() {
         clinician_puts(&net.emr_a, &r);
@@ -173,4 +230,76 @@ fn records_written_in_one_emr_appear_in_the_other_and_nothing_echoes() {
     let status: Value = serde_json::from_str(&b.ok(&["emr", "status", "--json"])).expect("json");
     assert_eq!(status[0]["failed"], 0, "{status}");
     assert!(status[0]["records_out"].as_u64() >= Some(4), "{status}");
+}
+
+#[test]
+fn edits_made_apart_meet_in_both_emrs_and_a_conflict_is_settled_at_the_district() {
+    let _one = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut net = network();
+    let patient = patient_key();
+    clinician_puts(&net.emr_a, &clinic_records()[0]);
+    net.everywhere(std::slice::from_ref(&patient));
+
+    // Cut off: EMR A corrects the family name, EMR B the gender (different fields).
+    net.district(false);
+    clinician_edits(&net.emr_a, &patient, |p| p["name"][0]["family"] = json!("Achieng-Odhiambo"));
+    clinician_edits(&net.emr_b, &patient, |p| p["gender"] = json!("other"));
+    read_in(&net, 1, "family name", "Achieng-Odhiambo");
+    read_in(&net, 2, "gender", "\"gender\":\"O\"");
+    net.district(true);
+    let both = wait_for(SETTLE_MAX, || {
+        let (_, pa) = net.emr_a.read(&patient);
+        let (_, pb) = net.emr_b.read(&patient);
+        let ok = |p: &Value| p["name"][0]["family"] == "Achieng-Odhiambo" && p["gender"] == "other";
+        (ok(&pa) && ok(&pb)).then_some(())
+    });
+    assert!(both.is_some(), "both EMRs hold both edits:\n{}", net.status());
+
+    // Apart again: both EMRs change the birth date: a conflict for the district to settle.
+    net.district(false);
+    clinician_edits(&net.emr_a, &patient, |p| p["birthDate"] = json!("1990-05-01"));
+    clinician_edits(&net.emr_b, &patient, |p| p["birthDate"] = json!("1991-06-02"));
+    read_in(&net, 1, "birth date", "1990-05-01");
+    read_in(&net, 2, "birth date", "1991-06-02");
+    net.district(true);
+    let d = &net.nodes[0];
+    let open = wait_for(SETTLE_MAX, || {
+        let list: Value = serde_json::from_str(&d.ok(&["conflicts", "--open", "--json"])).ok()?;
+        let c = list.as_array()?.iter().find(|c| c["path"] == "birthdate")?.clone();
+        Some(c)
+    });
+    let conflict =
+        open.unwrap_or_else(|| panic!("the district shows the conflict:\n{}", net.status()));
+    let id = conflict["id"].as_str().expect("id");
+    d.ok(&["resolve", id, "--value", "\"1990-07-15\""]);
+    let settled = wait_for(SETTLE_MAX, || {
+        let (_, pa) = net.emr_a.read(&patient);
+        let (_, pb) = net.emr_b.read(&patient);
+        (pa["birthDate"] == "1990-07-15" && pb["birthDate"] == "1990-07-15").then_some(())
+    });
+    assert!(settled.is_some(), "the resolution reaches both EMRs:\n{}", net.status());
+}
+
+#[test]
+fn a_patient_deleted_in_one_emr_is_voided_everywhere_and_inactive_in_the_other() {
+    let _one = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let net = network();
+    let patient = patient_key();
+    clinician_puts(&net.emr_a, &clinic_records()[0]);
+    net.everywhere(std::slice::from_ref(&patient));
+    let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    let resp = agent.delete(&format!("{}/{patient}", net.emr_a.base)).call().expect("DELETE");
+    assert!(resp.status().is_success(), "DELETE: {}", resp.status());
+    let inactive =
+        wait_for(SETTLE_MAX, || (net.emr_b.read(&patient).1["active"] == false).then_some(()));
+    assert!(inactive.is_some(), "EMR B shows the patient inactive:\n{}", net.status());
+    for n in &net.nodes {
+        let got: Value = serde_json::from_str(&n.ok(&["get", "patient", PATIENT])).expect("json");
+        let voided = wait_for(SETTLE_MAX, || {
+            let got: Value = serde_json::from_str(&n.ok(&["get", "patient", PATIENT])).ok()?;
+            (got["voided"] == true).then_some(())
+        });
+        assert!(voided.is_some(), "{}: the patient is voided: {got}", n.name);
+    }
+    assert_eq!(net.emr_a.read(&patient).0, 404, "not created again in EMR A");
 }

@@ -17,8 +17,8 @@ pub enum EmrAction {
         #[arg(long)]
         json: bool,
     },
-    /// Run the bridge now: read what the EMR changed, then write what it lacks. Exit code 1 if
-    /// anything failed.
+    /// Run the bridge now: read what the EMR changed (and sweep its ids for deletes), then write
+    /// what it lacks. Exit code 1 if anything failed.
     Sync {
         /// Only this EMR (its name in sitesync.toml); all when left out.
         #[arg(long, value_name = "NAME")]
@@ -89,12 +89,13 @@ fn runs_done(runs: &[EmrReport], json: bool) -> i32 {
     }
     for r in runs {
         say!(
-            "{}: read {} resources, {} records changed here ({} unchanged); wrote {} into the EMR \
-             ({} created, {} already agreed); {} requests",
+            "{}: read {} resources, {} records changed here ({} unchanged, {} deleted in the EMR); \
+             wrote {} into the EMR ({} created, {} already agreed); {} requests",
             r.emr,
             r.read,
             r.records_in,
             r.unchanged,
+            r.deleted,
             r.written,
             r.created,
             r.agreed,

@@ -286,7 +286,7 @@ fn parse_one(raw: RawEmr, at: &dyn Fn(&str) -> String) -> Result<EmrLink, Settin
         ));
     }
     let reconcile_secs =
-        number(raw.reconcile_secs, RECONCILE_SECS_DEFAULT, 60..=7 * 86_400, at("reconcile_secs"))?;
+        number(raw.reconcile_secs, RECONCILE_SECS_DEFAULT, 1..=7 * 86_400, at("reconcile_secs"))?;
     Ok(EmrLink {
         name: raw.name,
         base_url,

@@ -252,7 +252,7 @@ impl Node {
                 Reply::Pushed(JsonOf(self.push_run(&target, opts)?))
             }
             Request::FhirStatus => Reply::PushStatus(JsonOf(self.push_status()?)),
-            Request::EmrSync { emr } => Reply::EmrRuns(JsonOf(self.emr_now(emr.as_deref())?)),
+            Request::EmrSync { emr } => Reply::EmrRuns(JsonOf(self.emr_now(emr.as_deref(), true)?)),
             Request::EmrStatus => Reply::EmrStatus(JsonOf(self.emr_status()?)),
             Request::Sync { .. } | Request::Retry { .. } => {
                 return Err(NodeError::NotRunning(self.dir.clone()));

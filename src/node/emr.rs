@@ -69,6 +69,8 @@ pub struct EmrReport {
     pub created: u64,
     /// Records the EMR already held as this node does (nothing written).
     pub agreed: u64,
+    /// Records deleted in the EMR, voided (or retired) here.
+    pub deleted: u64,
     /// Records that could not be read or written, and why (ids and reasons, never values).
     pub failed: Vec<EmrFailure>,
     /// Why the run stopped early, if it did (the EMR unreachable, a bad answer).
@@ -119,7 +121,14 @@ impl Node {
     }
 
     /// One run of the bridge to EMR `name`: read, then write, as its direction allows.
-    pub fn emr_run(&self, name: &str, http: &mut dyn EmrHttp) -> Result<EmrReport, NodeError> {
+    /// With `reconcile`, also the sweep that finds records deleted in the EMR (otherwise it
+    /// runs every `reconcile_secs`).
+    pub fn emr_run(
+        &self,
+        name: &str,
+        http: &mut dyn EmrHttp,
+        reconcile: bool,
+    ) -> Result<EmrReport, NodeError> {
         let link = self.emr_link(name)?;
         if self.store.has_dirty()? {
             self.merge_received()?;
@@ -131,6 +140,17 @@ impl Node {
             && let Err(Stop(why)) = self.emr_read(&link, http, &codes, &mut report)
         {
             stopped = Some(why);
+        }
+        let last = self.store.emr_state(&link.name)?.last_reconcile;
+        let due = reconcile || self.now() - last >= link.reconcile_secs as i64;
+        if stopped.is_none() && link.direction.reads() && due {
+            match self.emr_reconcile(&link, http, &mut report) {
+                Ok(()) => {
+                    let now = self.now();
+                    self.store.update_emr_state(&link.name, None, |s| s.last_reconcile = now)?;
+                }
+                Err(Stop(why)) => stopped = Some(why),
+            }
         }
         if stopped.is_none()
             && link.direction.writes()
@@ -418,6 +438,7 @@ impl Node {
                 last_updated: updated,
                 fields: serde_json::to_string(&emr).unwrap_or_default(),
                 pending: None,
+                gone: false,
             };
             if edits.is_empty() {
                 report.unchanged += 1;
@@ -490,6 +511,89 @@ impl Node {
             }
         }
         Ok(None)
+    }
+
+    /// The sweep that finds deletes (FHIR search never returns a deleted resource): every id
+    /// the EMR holds, per type; a record agreed with the EMR before whose id is gone, and that
+    /// the EMR answers 404 or 410 for, is voided (retired, for places and providers) here:
+    /// records are never deleted. A type whose id list could not be read whole is left alone.
+    fn emr_reconcile(
+        &self,
+        link: &EmrLink,
+        http: &mut dyn EmrHttp,
+        report: &mut EmrReport,
+    ) -> Result<(), Stop> {
+        let known = self.store.emr_known(&link.name).map_err(stop)?;
+        let mut gone: Vec<EntityId> = Vec::new();
+        for fhir_type in fhir_types(link) {
+            let mine: Vec<&EntityId> = known
+                .iter()
+                .filter(|e| crate::fhir::map::resource_type_of(e.ty) == Some(fhir_type))
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let mut ids: BTreeSet<String> = BTreeSet::new();
+            let mut next = Some(format!("{}/{fhir_type}?_count={}", link.base_url, link.page_size));
+            let mut whole = false;
+            for _ in 0..EMR_PAGES_PER_RUN_MAX * 10 {
+                let Some(url) = next.take() else {
+                    whole = true;
+                    break;
+                };
+                let page = self.emr_page(link, http, &url, report)?;
+                ids.extend(
+                    page.resources.iter().filter_map(|r| r.get("id")?.as_str().map(str::to_string)),
+                );
+                next = page.next;
+            }
+            if !whole {
+                continue;
+            }
+            for e in mine {
+                if ids.contains(e.uuid.as_str()) {
+                    continue;
+                }
+                let url = format!("{}/{fhir_type}/{}", link.base_url, e.uuid);
+                let reply = self.emr_request(http, report, |h| h.get(&url))?;
+                if matches!(reply.status, 404 | 410) {
+                    gone.push(*e);
+                }
+            }
+        }
+        let mut records = Vec::new();
+        for e in &gone {
+            let Some(mut fields) = self.stored_record(e).map_err(stop)? else { continue };
+            let flag = if matches!(e.ty, EntityType::Location | EntityType::Provider) {
+                "retired"
+            } else {
+                "voided"
+            };
+            if fields.get(flag) == Some(&Value::Bool(true)) {
+                continue;
+            }
+            fields.insert(flag.into(), Value::Bool(true));
+            let mut input = entity::to_output(e.ty, &fields);
+            input["uuid"] = Value::from(e.uuid.to_string());
+            if let Ok(r) = entity::validate(e.ty, &input, e.uuid) {
+                records.push(r);
+            }
+        }
+        if !gone.is_empty() {
+            let outcomes = self.store.put(&self.key, &records, self.now()).map_err(stop)?;
+            report.records_in += outcomes.iter().filter(|o| o.changed).count() as u64;
+            report.deleted += gone.len() as u64;
+            let old = self.store.emr_bases(&link.name, &gone).map_err(stop)?;
+            let marked: Vec<(EntityId, Option<EmrBase>)> = gone
+                .iter()
+                .map(|e| {
+                    let base = old.get(e).cloned().unwrap_or_default();
+                    (*e, Some(EmrBase { gone: true, pending: None, ..base }))
+                })
+                .collect();
+            self.store.emr_set_bases(&link.name, &marked).map_err(stop)?;
+        }
+        Ok(())
     }
 
     // ---------------------------------------------------------------- writing ---
@@ -573,6 +677,10 @@ impl Node {
         let key = format!("{fhir_type}/{}", id.uuid);
         let held = self.projection(mapper, unmapper, id, &record);
         let base = self.store.emr_bases(&link.name, &[*id]).map_err(stop)?.remove(id);
+        if base.as_ref().is_some_and(|b| b.gone) {
+            // Deleted in the EMR: its voiding here is not written back.
+            return Ok(());
+        }
         let base_flat = base.as_ref().and_then(|b| serde_json::from_str::<Flat>(&b.fields).ok());
         if base_flat.as_ref() == Some(&held) {
             // What the EMR last agreed to: nothing to write (an echo of a read, or done).
@@ -614,6 +722,7 @@ impl Node {
                         .map(str::to_string),
                     fields: serde_json::to_string(&held).unwrap_or_default(),
                     pending: None,
+                    gone: false,
                 };
                 self.store.emr_set_bases(&link.name, &[(*id, Some(agreed))]).map_err(stop)?;
                 return Ok(());
@@ -649,6 +758,7 @@ impl Node {
                             .map(str::to_string),
                         fields: serde_json::to_string(&held).unwrap_or_default(),
                         pending: None,
+                        gone: false,
                     };
                     self.store.emr_set_bases(&link.name, &[(*id, Some(agreed))]).map_err(stop)?;
                     report.written += 1;
@@ -836,8 +946,13 @@ fn emr_lock(dir: &std::path::Path, name: &str) -> std::sync::Arc<std::sync::Mute
 }
 
 impl Node {
-    /// Runs the bridge now: to EMR `name`, or to every configured EMR.
-    pub fn emr_now(&self, name: Option<&str>) -> Result<Vec<EmrReport>, NodeError> {
+    /// Runs the bridge now: to EMR `name`, or to every configured EMR; with `reconcile`, the
+    /// sweep for deletes too.
+    pub fn emr_now(
+        &self,
+        name: Option<&str>,
+        reconcile: bool,
+    ) -> Result<Vec<EmrReport>, NodeError> {
         let names: Vec<String> = match name {
             Some(n) => vec![self.emr_link(n)?.name],
             None => self.config.emr.links.iter().map(|l| l.name.clone()).collect(),
@@ -854,7 +969,7 @@ impl Node {
             let lock = emr_lock(&self.dir, &n);
             let _guard = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut http = UreqEmr::new(&link);
-            out.push(self.emr_run(&n, &mut http)?);
+            out.push(self.emr_run(&n, &mut http, reconcile)?);
         }
         Ok(out)
     }
@@ -1002,7 +1117,7 @@ pub async fn emr_loop(
             _ = shutdown.changed() => return,
         }
         let (n, l) = (node.clone(), name.clone());
-        let ok = match tokio::task::spawn_blocking(move || n.emr_now(Some(&l))).await {
+        let ok = match tokio::task::spawn_blocking(move || n.emr_now(Some(&l), false)).await {
             Ok(Ok(reports)) => reports.iter().all(|r| r.error.is_none()),
             Ok(Err(e)) => {
                 tracing::error!(emr = %name, "emr bridge: {e}");

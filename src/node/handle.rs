@@ -122,7 +122,7 @@ impl NodeHandle {
             }
             (Operation::EmrLink { emr } | Operation::EmrRecord { emr, .. }, _) => {
                 node.store.record_manual_retry(id, node.now())?;
-                node.emr_now(Some(emr))?;
+                node.emr_now(Some(emr), false)?;
             }
             (_, Some(p)) => {
                 if !loops.triggers.contains_key(&p) {

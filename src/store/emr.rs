@@ -38,6 +38,9 @@ pub struct EmrBase {
     /// The projection being written into the EMR now, until its answer (`None`: no write in
     /// flight). A read that finds it is reading the bridge's own write.
     pub pending: Option<String>,
+    /// The EMR deleted the resource (the record is voided here): never written again, unless
+    /// the EMR holds it once more.
+    pub gone: bool,
 }
 
 /// Position and counters of one EMR link.
