@@ -452,7 +452,11 @@ impl AdminData for AdminView {
             .ok_or_else(|| DataError::NotFound(format!("no failure {id:?}")))?;
         let dialled =
             rec.op.peer().and_then(|p| self.node.config.peer(&p)).filter(|e| e.addr.is_some());
-        if dialled.is_none() && !matches!(rec.op, Operation::FhirPush { .. }) {
+        let runs_here = matches!(
+            rec.op,
+            Operation::FhirPush { .. } | Operation::EmrLink { .. } | Operation::EmrRecord { .. }
+        );
+        if dialled.is_none() && !runs_here {
             let why = match rec.op.peer().and_then(|p| self.node.config.peer(&p)) {
                 Some(e) => {
                     format!("{} dials in to this node; it retries on its own schedule", e.label())
