@@ -11,7 +11,11 @@
 //!    it there writes the chosen value into both EMRs.
 //! 4. Echo: once everything settled, more polls produce no batch at any node, and EMR B keeps
 //!    one version of each resource.
+//! 5. 250 patients created in one burst, read in pages of 20 while one of them is updated
+//!    mid-crawl: none lost, none read twice, the update arrives.
 //! 8. A patient deleted in EMR A is voided everywhere and inactive in EMR B.
+//! 9. EMR B refuses one record (422): it is reported with the EMR's OperationOutcome text, and
+//!    the others are written.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -20,7 +24,7 @@ use serde_json::{Value, json};
 
 mod net;
 
-use net::fhir_server::FhirServer;
+use net::fhir_server::{FhirServer, ProxyAction, ProxyRequest, proxy};
 use net::*;
 
 const SETTLE_MAX: Duration = Duration::from_secs(90);
@@ -154,6 +158,15 @@ fn patient_key() -> String {
 }
 
 fn network() -> Network {
+    network_with(None, None)
+}
+
+/// What a proxy in front of an EMR does to each request.
+type Rule = Box<dyn Fn(&ProxyRequest) -> ProxyAction + Send>;
+
+/// As [`network`], with node A (B) reaching its EMR through a proxy that applies `rule_a`
+/// (`rule_b`).
+fn network_with(rule_a: Option<Rule>, rule_b: Option<Rule>) -> Network {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (dir_a, dir_b) = (tmp.path().join("emr-a"), tmp.path().join("emr-b"));
     for d in [&dir_a, &dir_b] {
@@ -171,8 +184,12 @@ fn network() -> Network {
         c.peer_add(&d, "parent", Some(&dp));
         c.network(None, 1);
     }
-    bridge(&a, "emr-a", &emr_a.base);
-    bridge(&b, "emr-b", &emr_b.base);
+    let through = |emr: &FhirServer, rule: Option<Rule>| match rule {
+        Some(r) => proxy(emr.host(), r),
+        None => emr.base.clone(),
+    };
+    bridge(&a, "emr-a", &through(&emr_a, rule_a));
+    bridge(&b, "emr-b", &through(&emr_b, rule_b));
     let serving = vec![Some(d.serve()), Some(a.serve()), Some(b.serve())];
     Network { _tmp: tmp, emr_a, emr_b, nodes: vec![d, a, b], serving }
 }
@@ -302,4 +319,135 @@ fn a_patient_deleted_in_one_emr_is_voided_everywhere_and_inactive_in_the_other()
         assert!(voided.is_some(), "{}: the patient is voided: {got}", n.name);
     }
     assert_eq!(net.emr_a.read(&patient).0, 404, "not created again in EMR A");
+}
+
+/// A patient of the burst.
+fn burst_patient(i: usize) -> Value {
+    json!({"resourceType": "Patient", "id": format!("0b0b0b0b-0000-4000-8000-{i:012x}"),
+        "identifier": [{"system": "https://fhir.example.org/sid/national-id", "value": format!("NID-B-{i}")}],
+        "name": [{"family": format!("Burst{i}"), "given": ["Test"]}],
+        "gender": "male", "birthDate": "1985-01-01"})
+}
+
+/// `POST base` with a transaction Bundle of `PUT` entries (the clinic's EMR importing a list).
+fn clinician_imports(emr: &FhirServer, resources: &[Value]) {
+    let entries: Vec<Value> = resources
+        .iter()
+        .map(|r| {
+            let key = format!(
+                "{}/{}",
+                r["resourceType"].as_str().expect("type"),
+                r["id"].as_str().expect("id")
+            );
+            json!({"resource": r, "request": {"method": "PUT", "url": key}})
+        })
+        .collect();
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    let mut resp = agent
+        .post(&emr.base)
+        .header("Content-Type", "application/fhir+json")
+        .send(bundle.to_string().as_bytes())
+        .expect("POST");
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_string().unwrap_or_default();
+    assert_eq!(status, 200, "transaction: {body}");
+}
+
+#[test]
+fn a_burst_read_in_pages_while_one_record_changes_loses_nothing_and_doubles_nothing() {
+    let _one = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // EMR A's proxy: at the third search page, a clinician updates patient 7 (already read or
+    // not: either way it must arrive in its updated form, once).
+    let searches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let upstream = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let (seen, up) = (searches.clone(), upstream.clone());
+    let rule: Rule = Box::new(move |r: &ProxyRequest| {
+        if r.method == "GET" && r.target.contains("/Patient?") {
+            let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n == 2
+                && let Some(base) = up.lock().expect("lock").clone()
+            {
+                let mut p = burst_patient(7);
+                p["name"][0]["family"] = json!("Updated");
+                let agent =
+                    ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+                let _ = agent
+                    .put(&format!("{base}/Patient/{}", p["id"].as_str().expect("id")))
+                    .header("Content-Type", "application/fhir+json")
+                    .send(p.to_string().as_bytes());
+            }
+        }
+        ProxyAction::Forward
+    });
+    let net = network_with(Some(rule), None);
+    *upstream.lock().expect("lock") = Some(net.emr_a.base.clone());
+    let burst: Vec<Value> = (0..250).map(burst_patient).collect();
+    for chunk in burst.chunks(50) {
+        clinician_imports(&net.emr_a, chunk);
+    }
+    let (a, b) = (&net.nodes[1], &net.nodes[2]);
+    let all = wait_for(SETTLE_MAX, || {
+        let n = b.ok(&["list", "patient"]).lines().count();
+        let in_emr = net.emr_b.counts()["Patient"].as_u64();
+        let seventh = net.emr_b.read("Patient/0b0b0b0b-0000-4000-8000-000000000007").1;
+        (n == 250 && in_emr == Some(250) && seventh["name"][0]["family"] == "Updated").then_some(())
+    });
+    assert!(all.is_some(), "all 250 at B, patient 7 updated:\n{}", net.status());
+    assert!(searches.load(std::sync::atomic::Ordering::SeqCst) > 2, "the crawl took pages");
+    assert_eq!(a.ok(&["list", "patient"]).lines().count(), 250, "none doubled at A");
+    let status: Value = serde_json::from_str(&a.ok(&["emr", "status", "--json"])).expect("json");
+    let records_in = status[0]["records_in"].as_u64().expect("records_in");
+    assert!(
+        (250..=251).contains(&records_in),
+        "each patient read in once (and the update): {status}"
+    );
+    for i in (0..250).step_by(37) {
+        let key = format!("Patient/0b0b0b0b-0000-4000-8000-{i:012x}");
+        assert_eq!(
+            net.emr_b.versions(&key),
+            1 + u64::from(i == 7),
+            "{key}: written once per version"
+        );
+    }
+}
+
+#[test]
+fn a_record_the_emr_refuses_is_reported_and_the_others_are_written() {
+    let _one = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let refused = burst_patient(2)["id"].as_str().expect("id").to_string();
+    let target = format!("/Patient/{refused}");
+    let rule: Rule = Box::new(move |r: &ProxyRequest| {
+        if r.method == "PUT" && r.target.ends_with(&target) {
+            let oo = r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"business-rule","diagnostics":"a patient with this national id exists already"}]}"#;
+            return ProxyAction::Answer(422, oo.to_string());
+        }
+        ProxyAction::Forward
+    });
+    let net = network_with(None, Some(rule));
+    let patients: Vec<Value> = (1..=3).map(burst_patient).collect();
+    for p in &patients {
+        clinician_puts(&net.emr_a, p);
+    }
+    let others =
+        [1, 3].map(|i| format!("Patient/{}", burst_patient(i)["id"].as_str().expect("id")));
+    let written =
+        wait_for(SETTLE_MAX, || others.iter().all(|k| net.emr_b.read(k).0 == 200).then_some(()));
+    assert!(written.is_some(), "the others are written:\n{}", net.status());
+    let b = &net.nodes[2];
+    let reported = wait_for(SETTLE_MAX, || {
+        let f = b.ok(&["failures"]);
+        f.contains("exists already").then_some(f)
+    });
+    assert!(reported.is_some(), "the refusal is listed with the EMR's text:\n{}", net.status());
+    assert_eq!(net.emr_b.read(&format!("Patient/{refused}")).0, 404);
+    let r = b.run(&["emr", "sync", "--emr", "emr-b"]);
+    assert_eq!(r.code, Some(1), "{}", r.describe());
+    assert!(
+        r.stdout.contains("HTTP 422") && r.stdout.contains("exists already"),
+        "{}",
+        r.describe()
+    );
+    let status: Value = serde_json::from_str(&b.ok(&["emr", "status", "--json"])).expect("json");
+    assert_eq!(status[0]["failed"], 1, "{status}");
 }

@@ -14,8 +14,8 @@
 //! The server needs Node >= 20.19 and its npm packages (`scripts/test` installs them; the
 //! server's start script runs `npm ci` when they are missing). Without `node`, these tests fail.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 
 mod net;
 
-use net::fhir_server::FhirServer;
+use net::fhir_server::{FhirServer, forward, read_request};
 
 /// One FHIR server at a time: each takes ~300 MB and a core to load its schema.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -283,45 +283,6 @@ fn fault_proxy(upstream: String, faults: Vec<Fault>) -> (String, Arc<AtomicUsize
         }
     });
     (format!("http://{addr}/fhir/R4"), count)
-}
-
-fn read_request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        if stream.read(&mut byte).ok()? == 0 {
-            return None;
-        }
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8(buf).ok()?;
-    let length = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
-        })
-        .unwrap_or(0);
-    let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).ok()?;
-    Some((head, body))
-}
-
-/// Sends the request upstream with `Connection: close` and returns the whole answer.
-fn forward(upstream: &str, head: &str, body: &[u8]) -> Vec<u8> {
-    let mut up = TcpStream::connect(upstream).expect("connect upstream");
-    let mut head: String = head
-        .trim_end()
-        .lines()
-        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
-        .map(|l| format!("{l}\r\n"))
-        .collect();
-    head.push_str("Connection: close\r\n\r\n");
-    up.write_all(head.as_bytes()).expect("write upstream");
-    up.write_all(body).expect("write upstream");
-    let mut answer = Vec::new();
-    let _ = up.read_to_end(&mut answer);
-    answer
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! 127.0.0.1 only, killed by its PID when dropped. It needs Node >= 20.19 and its npm packages
 //! (`scripts/test` installs them).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -135,4 +136,104 @@ impl Drop for FhirServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+// ------------------------------------------------------------------- proxy ---
+
+/// One request as a proxy sees it.
+pub struct ProxyRequest {
+    pub method: String,
+    /// The path and query, e.g. `/fhir/R4/Patient?_count=20`.
+    pub target: String,
+    pub body: Vec<u8>,
+}
+
+/// What a proxy does with a request.
+pub enum ProxyAction {
+    Forward,
+    /// Answer this status and FHIR JSON body without forwarding.
+    Answer(u16, String),
+}
+
+/// An HTTP proxy on 127.0.0.1 in front of a FHIR server (`upstream` host:port), one request
+/// per connection, each request decided by `rule`. Returns the proxy's FHIR base URL.
+pub fn proxy(
+    upstream: String,
+    rule: impl Fn(&ProxyRequest) -> ProxyAction + Send + 'static,
+) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut client) = conn else { continue };
+            let Some((head, body)) = read_request(&mut client) else { continue };
+            let mut first = head.lines().next().unwrap_or_default().split_whitespace();
+            let req = ProxyRequest {
+                method: first.next().unwrap_or_default().to_string(),
+                target: first.next().unwrap_or_default().to_string(),
+                body: body.clone(),
+            };
+            match rule(&req) {
+                ProxyAction::Forward => {
+                    let _ = client.write_all(&forward(&upstream, &head, &body));
+                }
+                ProxyAction::Answer(status, text) => {
+                    let _ = write!(
+                        client,
+                        "HTTP/1.1 {status} Refused\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                        text.len()
+                    );
+                }
+            }
+            let _ = client.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    format!("http://{addr}/fhir/R4")
+}
+
+impl FhirServer {
+    /// `host:port` of the server.
+    pub fn host(&self) -> String {
+        self.origin().trim_start_matches("http://").to_string()
+    }
+}
+
+/// Reads one HTTP/1.1 request (head and body) from a connection.
+pub fn read_request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).ok()?;
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).ok()?;
+    Some((head, body))
+}
+
+/// Sends the request upstream with `Connection: close` and returns the whole answer.
+pub fn forward(upstream: &str, head: &str, body: &[u8]) -> Vec<u8> {
+    let mut up = TcpStream::connect(upstream).expect("connect upstream");
+    let mut head: String = head
+        .trim_end()
+        .lines()
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    head.push_str("Connection: close\r\n\r\n");
+    up.write_all(head.as_bytes()).expect("write upstream");
+    up.write_all(body).expect("write upstream");
+    let mut answer = Vec::new();
+    let _ = up.read_to_end(&mut answer);
+    answer
 }
