@@ -13,8 +13,13 @@
 //!    one version of each resource.
 //! 5. 250 patients created in one burst, read in pages of 20 while one of them is updated
 //!    mid-crawl: none lost, none read twice, the update arrives.
+//! 6. Node A killed between its write into EMR A and noting it: after the restart the write
+//!    reads back as nothing (no batch), is not written again, and nothing is lost.
+//! 7. Node A's clock 6 hours ahead, then 6 hours behind: nothing is lost (the cursor is the
+//!    EMR's clock).
 //! 8. A patient deleted in EMR A is voided everywhere and inactive in EMR B.
-//! 9. EMR B refuses one record (422): it is reported with the EMR's OperationOutcome text, and
+//! 9. EMR B refuses one record (422): it is reported with the EMR's OperationOutcome text
+//!    (`failures`, `emr sync`, `emr status`, the admin view's EMR links and `/metrics`), and
 //!    the others are written.
 
 use std::sync::Mutex;
@@ -22,6 +27,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+mod admin;
 mod net;
 
 use net::fhir_server::{FhirServer, ProxyAction, ProxyRequest, proxy};
@@ -108,6 +114,8 @@ struct Network {
     emr_b: FhirServer,
     nodes: Vec<Node>,
     serving: Vec<Option<Serve>>,
+    /// The admin view of each node.
+    admin_bases: Vec<String>,
 }
 
 impl Network {
@@ -190,8 +198,14 @@ fn network_with(rule_a: Option<Rule>, rule_b: Option<Rule>) -> Network {
     };
     bridge(&a, "emr-a", &through(&emr_a, rule_a));
     bridge(&b, "emr-b", &through(&emr_b, rule_b));
+    let mut admin_bases = Vec::new();
+    for n in [&d, &a, &b] {
+        let listen = format!("127.0.0.1:{}", admin::free_tcp_port());
+        n.ok(&["admin", "set", "--listen", &listen]);
+        admin_bases.push(format!("http://{listen}"));
+    }
     let serving = vec![Some(d.serve()), Some(a.serve()), Some(b.serve())];
-    Network { _tmp: tmp, emr_a, emr_b, nodes: vec![d, a, b], serving }
+    Network { _tmp: tmp, emr_a, emr_b, nodes: vec![d, a, b], serving, admin_bases }
 }
 
 #[test]
@@ -450,4 +464,101 @@ fn a_record_the_emr_refuses_is_reported_and_the_others_are_written() {
     );
     let status: Value = serde_json::from_str(&b.ok(&["emr", "status", "--json"])).expect("json");
     assert_eq!(status[0]["failed"], 1, "{status}");
+    // The admin view shows the link beside the peers, and /metrics counts it.
+    let mut web = admin::Http::new(&net.admin_bases[2]);
+    web.bearer = Some(admin::token(b));
+    let overview = web.get("/").text();
+    assert!(overview.contains("EMR links") && overview.contains("emr-b"), "{overview}");
+    let metrics = web.get("/metrics").text();
+    assert!(metrics.contains("sitesync_emr_failed{emr=\"emr-b\"} 1"), "{metrics}");
+    assert!(metrics.contains("sitesync_emr_records_out_total{emr=\"emr-b\"}"), "{metrics}");
+}
+
+/// A node's clock moved `offset` seconds from the operating system's.
+struct Skewed(i64);
+
+impl sitesync::node::Env for Skewed {
+    fn now_secs(&self) -> i64 {
+        sitesync::node::now_secs() + self.0
+    }
+    fn millis(&self) -> u64 {
+        sitesync::node::OsEnv.millis()
+    }
+    fn fill_random(&self, out: &mut [u8]) -> Result<(), sitesync::node::NodeError> {
+        sitesync::node::OsEnv.fill_random(out)
+    }
+}
+
+#[test]
+fn a_node_clock_hours_ahead_or_behind_loses_nothing() {
+    let _one = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("emr-a");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let emr = FhirServer::start(&dir, &[]);
+    let a = Node::init(tmp.path(), "clinic-a");
+    bridge(&a, "emr-a", &emr.base);
+    let six_hours = 6 * 3600;
+    let mut n = 0;
+    for offset in [six_hours, -six_hours, 0] {
+        // The clinician registers patients between runs of a node whose clock is off.
+        for _ in 0..7 {
+            clinician_puts(&emr, &burst_patient(n));
+            n += 1;
+        }
+        let env: std::sync::Arc<dyn sitesync::node::Env> = std::sync::Arc::new(Skewed(offset));
+        let node = sitesync::node::Node::open_with_env(&a.dir, env).expect("open node A");
+        let reports = node.emr_now(Some("emr-a"), false).expect("run");
+        assert!(reports[0].error.is_none() && reports[0].failed.is_empty(), "{reports:?}");
+        drop(node);
+        let held = a.ok(&["list", "patient"]).lines().count();
+        assert_eq!(held, n, "clock {offset:+} s: every patient the EMR holds is here");
+    }
+}
+
+#[test]
+fn a_node_killed_between_its_write_into_the_emr_and_noting_it_neither_echoes_nor_loses() {
+    let _one = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("emr-a");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let emr = FhirServer::start(&dir, &[]);
+    let a = Node::init(tmp.path(), "clinic-a");
+    bridge(&a, "emr-a", &emr.base);
+    // A record that reaches the node otherwise than from its EMR (as one from another site).
+    let patient = patient("killed", 1);
+    let uuid = patient["uuid"].as_str().expect("uuid").to_string();
+    a.put("patient", &patient);
+    let key = format!("Patient/{uuid}");
+    // serve writes it into the EMR and dies right after the EMR's answer.
+    let mut dying = command(Some(&a.dir))
+        .env("SITESYNC_FAILPOINT", "emr-after-write")
+        .arg("serve")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let died = wait_for(SETTLE_MAX, || dying.try_wait().ok().flatten());
+    if died.is_none() {
+        let _ = dying.kill();
+    }
+    assert_eq!(died.and_then(|s| s.code()), Some(137), "serve died at the failpoint");
+    assert_eq!(emr.read(&key).0, 200, "the EMR holds the write");
+    let before = a.status()["vector"].clone();
+    // Restarted: the next runs read the resource back and find nothing new.
+    let serving = a.serve();
+    let runs = wait_for(SETTLE_MAX, || {
+        let s: Value = serde_json::from_str(&a.ok(&["emr", "status", "--json"])).ok()?;
+        (s[0]["unchanged"].as_u64()? >= 1).then_some(s)
+    });
+    assert!(runs.is_some(), "the bridge read its write back:\n{}", a.ok(&["emr", "status"]));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(a.status()["vector"], before, "no batch: the write read back is not a change");
+    assert_eq!(emr.versions(&key), 1, "not written again");
+    let puts = emr.requests().iter().filter(|(m, u, _)| m == "PUT" && u.ends_with(&key)).count();
+    assert_eq!(puts, 1, "one PUT: the restarted node did not write it again");
+    let (_, held) = emr.read(&key);
+    assert_eq!(held["name"][0]["family"], patient["names"][0]["familyName"], "nothing lost");
+    drop(serving);
 }

@@ -335,10 +335,31 @@ impl AdminData for AdminView {
         };
         let open_conflicts = self.unsettled()?.len() as u64;
         let failures = self.node.store.failures_read()?;
+        let emr = self
+            .node
+            .emr_status()?
+            .into_iter()
+            .map(|l| EmrView {
+                name: l.name,
+                base_url: l.base_url,
+                profile: l.profile,
+                direction: l.direction,
+                last_run: l.last_run,
+                last_success: l.last_success,
+                lag_secs: l.lag_secs,
+                consecutive_failures: l.consecutive_failures,
+                last_error: l.last_error,
+                records_in: l.records_in,
+                records_out: l.records_out,
+                unchanged: l.unchanged,
+                failed: l.failed,
+            })
+            .collect();
         Ok(Overview {
             time: self.node.now(),
             node,
             peers,
+            emr,
             network: self.network()?,
             open_conflicts,
             failures: failures.len() as u64,

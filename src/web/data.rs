@@ -96,6 +96,9 @@ pub struct Overview {
     pub time: i64,
     pub node: NodeSummary,
     pub peers: Vec<PeerView>,
+    /// The EMRs this node bridges to (`[[emr]]`), beside its peers.
+    #[serde(default)]
+    pub emr: Vec<EmrView>,
     /// Every node whose changes this node accepts beyond itself: configured peers and trusted
     /// nodes, and the nodes their rosters list (on a parent: every child in the network).
     pub network: Vec<NetworkNode>,
@@ -145,6 +148,26 @@ pub struct PeerView {
     pub batches_received: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+}
+
+/// One EMR link (docs/emr.md), as `sitesync emr status` reports it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EmrView {
+    pub name: String,
+    pub base_url: String,
+    pub profile: String,
+    pub direction: String,
+    pub last_run: i64,
+    pub last_success: i64,
+    /// Seconds since the last run that went through (`None`: never).
+    pub lag_secs: Option<i64>,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+    pub records_in: u64,
+    pub records_out: u64,
+    pub unchanged: u64,
+    /// Resources standing failed.
+    pub failed: u64,
 }
 
 /// A node known to this one.

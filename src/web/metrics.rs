@@ -98,6 +98,43 @@ pub fn from_overview(o: &Overview) -> Vec<MetricFamily> {
             if p.last_error.is_none() && p.last_success.is_some() { 1.0 } else { 0.0 }
         }),
     ];
+    type GetEmr = fn(&super::data::EmrView) -> f64;
+    let per_emr: [(&str, &str, &str, GetEmr); 6] = [
+        (
+            "sitesync_emr_records_in_total",
+            "counter",
+            "Records changed in this node by what the EMR changed.",
+            |e| e.records_in as f64,
+        ),
+        ("sitesync_emr_records_out_total", "counter", "Resources written into the EMR.", |e| {
+            e.records_out as f64
+        }),
+        (
+            "sitesync_emr_unchanged_total",
+            "counter",
+            "Resources read from the EMR that changed nothing (agreed, or echoes).",
+            |e| e.unchanged as f64,
+        ),
+        ("sitesync_emr_failed", "gauge", "Resources standing failed with the EMR.", |e| {
+            e.failed as f64
+        }),
+        (
+            "sitesync_emr_last_success_timestamp_seconds",
+            "gauge",
+            "Time of the last bridge run that went through (0: never).",
+            |e| e.last_success as f64,
+        ),
+        ("sitesync_emr_up", "gauge", "1 if the last bridge run went through.", |e| {
+            if e.last_error.is_none() && e.last_success > 0 { 1.0 } else { 0.0 }
+        }),
+    ];
+    for (name, kind, help, get) in per_emr {
+        let mut f = family(name, kind, help);
+        for e in &o.emr {
+            f.samples.push((vec![("emr".into(), e.name.clone())], get(e)));
+        }
+        out.push(f);
+    }
     for (name, kind, help, get) in per_peer {
         let mut f = family(name, kind, help);
         for p in &o.peers {

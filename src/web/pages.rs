@@ -199,6 +199,7 @@ async fn overview_with(s: &AppState, note: Option<String>) -> Response {
         esc(&o.node.digest)
     );
     peers_table(&mut b, s, &o);
+    emr_table(&mut b, &o);
     network_table(&mut b, &o);
     b.push_str("<h2>Records by type</h2><div class=\"scroll\"><table><tr><th>Type</th><th>Records</th></tr>");
     for (ty, n) in &o.node.entities {
@@ -256,6 +257,46 @@ fn peers_table(b: &mut String, s: &AppState, o: &Overview) {
             csrf_field(s)
         );
     }
+}
+
+fn emr_table(b: &mut String, o: &Overview) {
+    if o.emr.is_empty() {
+        return;
+    }
+    b.push_str(
+        "<h2 id=\"emr\">EMR links</h2><div class=\"scroll\"><table><tr><th>EMR</th>\
+         <th>Profile</th><th>Direction</th><th>Records in</th><th>Records out</th>\
+         <th>Failed</th><th>Last success</th><th>Last error</th></tr>",
+    );
+    for e in &o.emr {
+        let err = match &e.last_error {
+            Some(x) => format!(
+                "<span class=\"tag bad\">failing ×{}</span> {}",
+                e.consecutive_failures.max(1),
+                esc(x)
+            ),
+            None => "<span class=\"tag good\">ok</span>".into(),
+        };
+        let failed = if e.failed > 0 {
+            format!("<a href=\"/failures\"><span class=\"lag\">{}</span></a>", e.failed)
+        } else {
+            "0".into()
+        };
+        let _ = write!(
+            b,
+            "<tr data-emr=\"{name}\"><td>{name}<br><small class=\"muted\">{}</small></td><td>{}</td>\
+             <td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{failed}</td>\
+             <td>{}</td><td>{err}</td></tr>",
+            esc(&e.base_url),
+            esc(&e.profile),
+            esc(&e.direction),
+            e.records_in,
+            e.records_out,
+            when((e.last_success > 0).then_some(e.last_success), o.time),
+            name = esc(&e.name),
+        );
+    }
+    b.push_str("</table></div>");
 }
 
 fn network_table(b: &mut String, o: &Overview) {
