@@ -18,6 +18,9 @@
 //! 7. Node A's clock 6 hours ahead, then 6 hours behind: nothing is lost (the cursor is the
 //!    EMR's clock).
 //! 8. A patient deleted in EMR A is voided everywhere and inactive in EMR B.
+//! 10. Node A reading EMR A as `openmrs-fhir2` through a proxy that answers as OpenMRS FHIR2
+//!     does (whole-second timestamps, pages of at most 100, 410 for a deleted record, no
+//!     `_history`): 1, 5 and 8 still hold.
 //! 9. EMR B refuses one record (422): it is reported with the EMR's OperationOutcome text
 //!    (`failures`, `emr sync`, `emr status`, the admin view's EMR links and `/metrics`), and
 //!    the others are written.
@@ -53,12 +56,17 @@ fn root() -> std::path::PathBuf {
 /// Bridges `node` to the EMR at `base` (polled every second, pages of 20), with the FHIR
 /// settings of the FHIR tests (identifier systems, contact points).
 fn bridge(node: &Node, name: &str, base: &str) {
+    bridge_as(node, name, base, "fhir");
+}
+
+/// [`bridge`] with an EMR profile.
+fn bridge_as(node: &Node, name: &str, base: &str, profile: &str) {
     let settings = std::fs::read_to_string(root().join("tests/fixtures/fhir/settings.toml"))
         .expect("settings fixture");
     let path = node.dir.join("sitesync.toml");
     let mut text = std::fs::read_to_string(&path).expect("sitesync.toml");
     text.push_str(&format!(
-        "\n[[emr]]\nname = \"{name}\"\nbase_url = \"{base}\"\npoll_secs = 1\npage_size = 20\noverlap_secs = 2\nreconcile_secs = 2\n\n{settings}"
+        "\n[[emr]]\nname = \"{name}\"\nbase_url = \"{base}\"\nprofile = \"{profile}\"\npoll_secs = 1\npage_size = 20\noverlap_secs = 2\nreconcile_secs = 2\n\n{settings}"
     ));
     std::fs::write(&path, text).expect("write sitesync.toml");
 }
@@ -169,12 +177,30 @@ fn network() -> Network {
     network_with(None, None)
 }
 
+/// How a node reaches its EMR.
+enum Via {
+    Direct,
+    /// Through a proxy applying this rule.
+    Proxy(Rule),
+    /// Through a proxy that answers as OpenMRS FHIR2, with the `openmrs-fhir2` profile.
+    OpenmrsLike,
+}
+
+fn network_openmrs_a() -> Network {
+    network_via(Via::OpenmrsLike, Via::Direct)
+}
+
 /// What a proxy in front of an EMR does to each request.
 type Rule = Box<dyn Fn(&ProxyRequest) -> ProxyAction + Send>;
 
 /// As [`network`], with node A (B) reaching its EMR through a proxy that applies `rule_a`
 /// (`rule_b`).
 fn network_with(rule_a: Option<Rule>, rule_b: Option<Rule>) -> Network {
+    let via = |r: Option<Rule>| r.map_or(Via::Direct, Via::Proxy);
+    network_via(via(rule_a), via(rule_b))
+}
+
+fn network_via(via_a: Via, via_b: Via) -> Network {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (dir_a, dir_b) = (tmp.path().join("emr-a"), tmp.path().join("emr-b"));
     for d in [&dir_a, &dir_b] {
@@ -192,12 +218,15 @@ fn network_with(rule_a: Option<Rule>, rule_b: Option<Rule>) -> Network {
         c.peer_add(&d, "parent", Some(&dp));
         c.network(None, 1);
     }
-    let through = |emr: &FhirServer, rule: Option<Rule>| match rule {
-        Some(r) => proxy(emr.host(), r),
-        None => emr.base.clone(),
+    let link = |n: &Node, name: &str, emr: &FhirServer, via: Via| match via {
+        Via::Direct => bridge(n, name, &emr.base),
+        Via::Proxy(r) => bridge(n, name, &proxy(emr.host(), r)),
+        Via::OpenmrsLike => {
+            bridge_as(n, name, &net::openmrs_like::openmrs_like(emr.host()), "openmrs-fhir2")
+        }
     };
-    bridge(&a, "emr-a", &through(&emr_a, rule_a));
-    bridge(&b, "emr-b", &through(&emr_b, rule_b));
+    link(&a, "emr-a", &emr_a, via_a);
+    link(&b, "emr-b", &emr_b, via_b);
     let mut admin_bases = Vec::new();
     for n in [&d, &a, &b] {
         let listen = format!("127.0.0.1:{}", admin::free_tcp_port());
@@ -561,4 +590,40 @@ fn a_node_killed_between_its_write_into_the_emr_and_noting_it_neither_echoes_nor
     let (_, held) = emr.read(&key);
     assert_eq!(held["name"][0]["family"], patient["names"][0]["familyName"], "nothing lost");
     drop(serving);
+}
+
+#[test]
+fn through_an_emr_that_behaves_like_openmrs_fhir2_records_bursts_and_deletes_still_arrive() {
+    let _one = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let net = network_openmrs_a();
+    // 1. The clinician's records.
+    for r in clinic_records() {
+        clinician_puts(&net.emr_a, &r);
+    }
+    let keys = [
+        format!("Patient/{PATIENT}"),
+        format!("Encounter/{VISIT}"),
+        format!("Encounter/{ENCOUNTER}"),
+        format!("Observation/{OBS}"),
+    ];
+    let arrived =
+        wait_for(SETTLE_MAX, || keys.iter().all(|k| net.emr_b.read(k).0 == 200).then_some(()));
+    assert!(arrived.is_some(), "EMR B holds EMR A's records:\n{}", net.status());
+    // 5. A burst whose timestamps share whole seconds, larger than a page.
+    let burst: Vec<Value> = (0..250).map(burst_patient).collect();
+    for chunk in burst.chunks(50) {
+        clinician_imports(&net.emr_a, chunk);
+    }
+    let all = wait_for(SETTLE_MAX, || {
+        (net.emr_b.counts()["Patient"].as_u64() == Some(251)).then_some(())
+    });
+    assert!(all.is_some(), "all 251 patients in EMR B:\n{}", net.status());
+    assert_eq!(net.nodes[1].ok(&["list", "patient"]).lines().count(), 251, "none doubled at A");
+    // 8. A delete (a void in OpenMRS: hidden from search, 410 on read).
+    let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    let resp = agent.delete(&format!("{}/{}", net.emr_a.base, keys[0])).call().expect("DELETE");
+    assert!(resp.status().is_success(), "DELETE: {}", resp.status());
+    let inactive =
+        wait_for(SETTLE_MAX, || (net.emr_b.read(&keys[0]).1["active"] == false).then_some(()));
+    assert!(inactive.is_some(), "EMR B shows the patient inactive:\n{}", net.status());
 }

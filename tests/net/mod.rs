@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fhir_server;
+pub mod openmrs_like;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
