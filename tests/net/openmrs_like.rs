@@ -154,8 +154,7 @@ fn handle(upstream: &str, me: &str, head: &str, body: &[u8]) -> Vec<u8> {
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else { break };
+    while let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") {
         let size = usize::from_str_radix(
             String::from_utf8_lossy(&data[..line_end]).split(';').next().unwrap_or("0").trim(),
             16,
