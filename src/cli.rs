@@ -196,7 +196,7 @@ pub enum Command {
         #[command(subcommand)]
         action: admin::AdminAction,
     },
-    /// The bridge to the clinic's EMR ([[emr]] in sitesync.toml, docs/emr.md): its state, or a
+    /// The bridge to the clinic's EMR (`[[emr]]` in sitesync.toml, docs/emr.md): its state, or a
     /// run now.
     Emr {
         #[command(subcommand)]

@@ -1,6 +1,6 @@
 //! The EMR bridge of a node (`docs/emr.md`): one run reads what the EMR changed since its
-//! cursor into records ([`Node::emr_read`]), then writes into the EMR the records it does not
-//! hold as this node holds them ([`Node::emr_write`]). `serve` runs it every `poll_secs` per
+//! cursor into records (`Node::emr_read`), then writes into the EMR the records it does not
+//! hold as this node holds them (`Node::emr_write`). `serve` runs it every `poll_secs` per
 //! `[[emr]]` link; `sitesync emr sync` runs it now.
 //!
 //! The pure parts are `crate::emr` (config, field-by-field comparison, overlay, search) and

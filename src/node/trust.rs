@@ -159,7 +159,7 @@ impl Node {
 
     /// What `peer`'s batches may leave out: a child's scope is this node's config; a peer's is
     /// the one its own parent publishes, if any. Nothing goes to a peer whose scope is
-    /// unknown while this node has not heard from its own parent yet ([`Receiver::NotYet`]).
+    /// unknown while this node has not heard from its own parent yet ([`super::Receiver::NotYet`]).
     pub fn receiver(&self, peer: NodeId) -> Result<super::Receiver, NodeError> {
         use super::Receiver;
         let Some(entry) = self.config.peer(&peer) else { return Ok(Receiver::Whole) };
