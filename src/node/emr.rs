@@ -434,13 +434,7 @@ impl Node {
             let base_flat = base.and_then(|b| parse(&b.fields));
             let pending = base.and_then(|b| b.pending.as_ref().and_then(parse));
             let edits = diff::emr_edits(id.ty, base_flat.as_ref(), pending.as_ref(), &emr, &held);
-            let agreed_now = EmrBase {
-                version,
-                last_updated: updated,
-                fields: serde_json::to_string(&emr).unwrap_or_default(),
-                pending: None,
-                gone: false,
-            };
+            let agreed_now = agreed_on(Some(resource), &emr);
             if edits.is_empty() {
                 report.unchanged += 1;
                 agreed.push((id, agreed_now));
@@ -715,16 +709,7 @@ impl Node {
             let emr_now = read_back.as_ref().map(|u| diff::flatten(id.ty, &u.fields, &u.unsaid));
             if emr_now.as_ref() == Some(&held) {
                 report.agreed += 1;
-                let agreed = EmrBase {
-                    version: current.as_ref().and_then(search::version_id).map(str::to_string),
-                    last_updated: current
-                        .as_ref()
-                        .and_then(search::last_updated)
-                        .map(str::to_string),
-                    fields: serde_json::to_string(&held).unwrap_or_default(),
-                    pending: None,
-                    gone: false,
-                };
+                let agreed = agreed_on(current.as_ref(), &held);
                 self.store.emr_set_bases(&link.name, &[(*id, Some(agreed))]).map_err(stop)?;
                 return Ok(());
             }
@@ -753,16 +738,7 @@ impl Node {
                     // Crash tests: the EMR holds the write, this node has not noted it.
                     crate::failpoint("emr-after-write");
                     let stored = serde_json::from_str::<Value>(&reply.body).ok();
-                    let agreed = EmrBase {
-                        version: stored.as_ref().and_then(search::version_id).map(str::to_string),
-                        last_updated: stored
-                            .as_ref()
-                            .and_then(search::last_updated)
-                            .map(str::to_string),
-                        fields: serde_json::to_string(&held).unwrap_or_default(),
-                        pending: None,
-                        gone: false,
-                    };
+                    let agreed = agreed_on(stored.as_ref(), &held);
                     self.store.emr_set_bases(&link.name, &[(*id, Some(agreed))]).map_err(stop)?;
                     report.written += 1;
                     report.created += u64::from(reply.status == 201);
@@ -878,6 +854,17 @@ impl Node {
             give_up_after: self.config.failures.give_up_after,
         })?;
         Ok(())
+    }
+}
+
+/// The state both sides agree on: `fields`, as the resource version `resource` holds them.
+fn agreed_on(resource: Option<&Value>, fields: &Flat) -> EmrBase {
+    EmrBase {
+        version: resource.and_then(search::version_id).map(str::to_string),
+        last_updated: resource.and_then(search::last_updated).map(str::to_string),
+        fields: serde_json::to_string(fields).unwrap_or_default(),
+        pending: None,
+        gone: false,
     }
 }
 
