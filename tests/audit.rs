@@ -181,21 +181,6 @@ fn a_parent_keeps_a_copy_of_a_child_log_and_notices_a_rewrite() {
     );
 }
 
-/// The clock of a node moved `offset` seconds ahead of the operating system's.
-struct Ahead(i64);
-
-impl sitesync::node::Env for Ahead {
-    fn now_secs(&self) -> i64 {
-        sitesync::node::now_secs() + self.0
-    }
-    fn millis(&self) -> u64 {
-        sitesync::node::OsEnv.millis()
-    }
-    fn fill_random(&self, out: &mut [u8]) -> Result<(), sitesync::node::NodeError> {
-        sitesync::node::OsEnv.fill_random(out)
-    }
-}
-
 /// `[audit] keep_days = 365` and `keep_entries = N` keep the larger part of the log: when the
 /// clock jumps two years ahead, every entry is older than a year, and still the last N stay
 /// (what `serve` applies at start, `Node::compact_audit` with the configured retention).
@@ -215,11 +200,12 @@ fn retention_keeps_the_larger_part_of_the_log() {
     let before = node.store.events(usize::MAX).expect("events");
     drop(node);
     let two_years = 2 * 366 * 86_400;
-    let later = sitesync::node::Node::open_with_env(&dir, std::sync::Arc::new(Ahead(two_years)))
-        .expect("reopen two years later");
+    let later =
+        sitesync::node::Node::open_with_env(&dir, std::sync::Arc::new(SkewedClock(two_years)))
+            .expect("reopen two years later");
     assert!(
         later.store.events(1).expect("newest")[0].1.time
-            < Ahead(two_years).now_secs() - 365 * 86_400
+            < SkewedClock(two_years).now_secs() - 365 * 86_400
     );
     let removed = later.compact_audit(None, None).expect("retention");
     let after = later.store.events(usize::MAX).expect("events");

@@ -169,6 +169,22 @@ fn read_in(net: &Network, i: usize, field: &str, want: &str) {
     assert!(found.is_some(), "{}: {field} read from its EMR:\n{}", n.name, net.status());
 }
 
+/// A test FHIR server with its request log under `dir/name`.
+fn emr_in(dir: &std::path::Path, name: &str) -> FhirServer {
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).expect("EMR directory");
+    FhirServer::start(&dir, &[])
+}
+
+/// One clinic bridged to its EMR, no network: its folder, the EMR, the node (not serving).
+fn one_clinic() -> (tempfile::TempDir, FhirServer, Node) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let emr = emr_in(tmp.path(), "emr-a");
+    let a = Node::init(tmp.path(), "clinic-a");
+    bridge(&a, "emr-a", &emr.base);
+    (tmp, emr, a)
+}
+
 fn patient_key() -> String {
     format!("Patient/{PATIENT}")
 }
@@ -202,12 +218,7 @@ fn network_with(rule_a: Option<Rule>, rule_b: Option<Rule>) -> Network {
 
 fn network_via(via_a: Via, via_b: Via) -> Network {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (dir_a, dir_b) = (tmp.path().join("emr-a"), tmp.path().join("emr-b"));
-    for d in [&dir_a, &dir_b] {
-        std::fs::create_dir_all(d).expect("EMR directory");
-    }
-    let emr_a = FhirServer::start(&dir_a, &[]);
-    let emr_b = FhirServer::start(&dir_b, &[]);
+    let (emr_a, emr_b) = (emr_in(tmp.path(), "emr-a"), emr_in(tmp.path(), "emr-b"));
     let d = Node::init(tmp.path(), "district");
     let a = Node::init(tmp.path(), "clinic-a");
     let b = Node::init(tmp.path(), "clinic-b");
@@ -503,30 +514,10 @@ fn a_record_the_emr_refuses_is_reported_and_the_others_are_written() {
     assert!(metrics.contains("sitesync_emr_records_out_total{emr=\"emr-b\"}"), "{metrics}");
 }
 
-/// A node's clock moved `offset` seconds from the operating system's.
-struct Skewed(i64);
-
-impl sitesync::node::Env for Skewed {
-    fn now_secs(&self) -> i64 {
-        sitesync::node::now_secs() + self.0
-    }
-    fn millis(&self) -> u64 {
-        sitesync::node::OsEnv.millis()
-    }
-    fn fill_random(&self, out: &mut [u8]) -> Result<(), sitesync::node::NodeError> {
-        sitesync::node::OsEnv.fill_random(out)
-    }
-}
-
 #[test]
 fn a_node_clock_hours_ahead_or_behind_loses_nothing() {
     let _one = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("emr-a");
-    std::fs::create_dir_all(&dir).expect("dir");
-    let emr = FhirServer::start(&dir, &[]);
-    let a = Node::init(tmp.path(), "clinic-a");
-    bridge(&a, "emr-a", &emr.base);
+    let (_tmp, emr, a) = one_clinic();
     let six_hours = 6 * 3600;
     let mut n = 0;
     for offset in [six_hours, -six_hours, 0] {
@@ -535,7 +526,7 @@ fn a_node_clock_hours_ahead_or_behind_loses_nothing() {
             clinician_puts(&emr, &burst_patient(n));
             n += 1;
         }
-        let env: std::sync::Arc<dyn sitesync::node::Env> = std::sync::Arc::new(Skewed(offset));
+        let env: std::sync::Arc<dyn sitesync::node::Env> = std::sync::Arc::new(SkewedClock(offset));
         let node = sitesync::node::Node::open_with_env(&a.dir, env).expect("open node A");
         let reports = node.emr_now(Some("emr-a"), false).expect("run");
         assert!(reports[0].error.is_none() && reports[0].failed.is_empty(), "{reports:?}");
@@ -548,12 +539,7 @@ fn a_node_clock_hours_ahead_or_behind_loses_nothing() {
 #[test]
 fn a_node_killed_between_its_write_into_the_emr_and_noting_it_neither_echoes_nor_loses() {
     let _one = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("emr-a");
-    std::fs::create_dir_all(&dir).expect("dir");
-    let emr = FhirServer::start(&dir, &[]);
-    let a = Node::init(tmp.path(), "clinic-a");
-    bridge(&a, "emr-a", &emr.base);
+    let (_tmp, emr, a) = one_clinic();
     // A record that reaches the node otherwise than from its EMR (as one from another site).
     let patient = patient("killed", 1);
     let uuid = patient["uuid"].as_str().expect("uuid").to_string();

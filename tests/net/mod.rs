@@ -432,3 +432,19 @@ pub async fn read_until_end(
         }
     }
 }
+
+/// A node's clock moved `offset` seconds from the operating system's (entropy and the
+/// monotonic clock are the system's).
+pub struct SkewedClock(pub i64);
+
+impl sitesync::node::Env for SkewedClock {
+    fn now_secs(&self) -> i64 {
+        sitesync::node::now_secs() + self.0
+    }
+    fn millis(&self) -> u64 {
+        sitesync::node::OsEnv.millis()
+    }
+    fn fill_random(&self, out: &mut [u8]) -> Result<(), sitesync::node::NodeError> {
+        sitesync::node::OsEnv.fill_random(out)
+    }
+}
